@@ -1,0 +1,44 @@
+//! The command line (clap): roles and tools.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eventscope",
+    version,
+    about = "Consumer lag, lag seconds and consistency windows for Kafka-based microservices"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cluster-wide collector: lag, lag seconds, status and consistency windows of every consumer group.
+    Collector {
+        /// The TOML configuration file (see config/eventscope.example.toml).
+        #[arg(long, short, env = "EVENTSCOPE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validates a configuration file, reports every problem, exits 64 if there is one.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// Runs an embedded Kafka (librdkafka's mock cluster), producers, three consumer groups and the
+    /// collector, and prints a live table. No Kafka to install.
+    Demo {
+        /// Where to serve /metrics, /healthz, /readyz.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin_listen: String,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Seconds between two tables.
+        #[arg(long, default_value_t = 5)]
+        every: u64,
+    },
+}

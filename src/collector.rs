@@ -1,0 +1,866 @@
+//! The cluster-wide collector: every `poll_interval`, for each cluster, discover consumer groups, read
+//! their committed offsets, state and members, read every partition's log-start and log-end offsets, and
+//! turn them into lag, lag seconds, Burrow-style status and consistency windows.
+//!
+//! Each poll ends in a [`Snapshot`] published to [`Shared`]; `/metrics` renders from snapshots only.
+//!
+//! **An unreachable cluster** (Metadata fails on every known broker and the bootstrap list): its snapshot
+//! is withdrawn at once, so its lag series disappear from `/metrics` rather than being served stale
+//! (Prometheus marks them stale, alerts on them stop); `eventscope_collector_up{cluster}` becomes 0,
+//! `eventscope_collector_last_success_timestamp_seconds` keeps the time of the last good poll, and
+//! `eventscope_collector_errors_total` counts each failure by kind. Connections are re-dialled on the next
+//! poll, so collection recovers by itself. A group whose offsets cannot be read reports status ERR.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{stream, StreamExt};
+use regex::Regex;
+use tokio::sync::watch;
+
+use crate::config::{ClusterConfig, CollectorConfig, LagSecondsMethod};
+use crate::consistency::{observe_commit, Histogram};
+use crate::kafka::client::{ClusterMetadata, GroupDescription, Tp, EARLIEST, LATEST};
+use crate::kafka::{ClusterClient, KafkaError};
+use crate::lag::{age_seconds, find_record_time, RecordTime, Timeline};
+use crate::metrics::{self as m, SelfMetrics};
+use crate::status::{Observation, Status, Window};
+
+/// Partitions per ListOffsets request.
+const LIST_OFFSETS_BATCH: usize = 1000;
+/// Partitions per lag-seconds Fetch request, and bytes read per partition (the broker still returns the
+/// whole first batch of a partition if it is larger; later partitions' batches may be cut, see `lag`).
+const FETCH_BATCH: usize = 100;
+const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One partition of a group in a snapshot.
+#[derive(Debug, Clone)]
+pub struct PartitionRow {
+    pub partition: i32,
+    pub committed: i64,
+    /// `None` when the partition's log-end offset could not be read this poll.
+    pub lag: Option<u64>,
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupTopicRow {
+    pub topic: Arc<str>,
+    pub status: Status,
+    pub partitions: Vec<PartitionRow>,
+    pub consistency: Histogram,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupRow {
+    pub group: String,
+    pub members: Option<usize>,
+    pub topics: Vec<GroupTopicRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicRow {
+    pub topic: Arc<str>,
+    /// Partition, log-start offset, log-end offset.
+    pub partitions: Vec<(i32, Option<i64>, Option<i64>)>,
+}
+
+/// The result of one successful poll of one cluster.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub cluster: String,
+    pub taken_at_ms: i64,
+    pub topics: Vec<TopicRow>,
+    pub groups: Vec<GroupRow>,
+}
+
+/// A cluster's published state.
+pub struct ClusterSlot {
+    pub name: String,
+    pub snapshot: Mutex<Option<Arc<Snapshot>>>,
+    pub ready: AtomicBool,
+}
+
+/// What the collectors publish and the admin server reads.
+pub struct Shared {
+    pub self_metrics: SelfMetrics,
+    pub clusters: Vec<ClusterSlot>,
+    version: AtomicU64,
+    cache: Mutex<(u64, Arc<String>)>,
+}
+
+impl Shared {
+    pub fn new(names: Vec<String>, self_metrics: SelfMetrics) -> Arc<Shared> {
+        for n in &names {
+            self_metrics.init_cluster(n);
+        }
+        Arc::new(Shared {
+            self_metrics,
+            clusters: names
+                .into_iter()
+                .map(|name| ClusterSlot {
+                    name,
+                    snapshot: Mutex::new(None),
+                    ready: AtomicBool::new(false),
+                })
+                .collect(),
+            version: AtomicU64::new(1),
+            cache: Mutex::new((0, Arc::new(String::new()))),
+        })
+    }
+
+    fn publish(&self, index: usize, snapshot: Option<Arc<Snapshot>>) {
+        let slot = &self.clusters[index];
+        if snapshot.is_some() {
+            slot.ready.store(true, Ordering::Relaxed);
+        }
+        *slot.snapshot.lock().expect("snapshot lock") = snapshot;
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
+        self.clusters
+            .iter()
+            .filter_map(|c| c.snapshot.lock().expect("snapshot lock").clone())
+            .collect()
+    }
+
+    /// Ready once every cluster has had one successful collection.
+    pub fn ready(&self) -> bool {
+        self.clusters.iter().all(|c| c.ready.load(Ordering::Relaxed))
+    }
+
+    /// The `/metrics` body: snapshot series (rendered once per change, then cached) and self metrics.
+    pub fn render_metrics(&self) -> String {
+        let version = self.version.load(Ordering::Acquire);
+        let snapshot_text = {
+            let mut cache = self.cache.lock().expect("render cache lock");
+            if cache.0 != version {
+                *cache = (version, Arc::new(render_snapshots(&self.snapshots())));
+            }
+            cache.1.clone()
+        };
+        let mut out = String::with_capacity(snapshot_text.len() + 4096);
+        out.push_str(&snapshot_text);
+        self.self_metrics.render(&mut out);
+        out
+    }
+}
+
+/// Renders snapshots in the Prometheus text format, each family once.
+pub fn render_snapshots(snaps: &[Arc<Snapshot>]) -> String {
+    use m::{L_CLUSTER as C, L_GROUP as G, L_PARTITION as P, L_TOPIC as T};
+    let mut out = String::with_capacity(1 << 16);
+    for fam in m::SNAPSHOT_FAMILIES {
+        m::write_header(&mut out, fam);
+        for s in snaps {
+            let c = s.cluster.as_str();
+            match fam.name {
+                n if n == m::GROUP_MEMBERS.name => {
+                    for g in &s.groups {
+                        if let Some(members) = g.members {
+                            m::write_sample(&mut out, n, "", &[(C, c), (G, &g.group)], members as f64);
+                        }
+                    }
+                }
+                n if n == m::TOPIC_PARTITIONS.name => {
+                    for t in &s.topics {
+                        m::write_sample(&mut out, n, "", &[(C, c), (T, &t.topic)], t.partitions.len() as f64);
+                    }
+                }
+                n if n == m::TOPIC_CURRENT_OFFSET.name || n == m::TOPIC_OLDEST_OFFSET.name => {
+                    let newest = n == m::TOPIC_CURRENT_OFFSET.name;
+                    for t in &s.topics {
+                        for (p, oldest, end) in &t.partitions {
+                            if let Some(v) = if newest { end } else { oldest } {
+                                m::write_sample(&mut out, n, "", &[(C, c), (T, &t.topic), (P, &partition_label(*p))], *v as f64);
+                            }
+                        }
+                    }
+                }
+                n if n == m::GROUP_STATUS.name => {
+                    for g in &s.groups {
+                        for t in &g.topics {
+                            for st in Status::ALL {
+                                let v = if st == t.status { 1.0 } else { 0.0 };
+                                m::write_sample(
+                                    &mut out,
+                                    n,
+                                    "",
+                                    &[(C, c), (G, &g.group), (T, &t.topic), (m::L_STATUS, st.as_label())],
+                                    v,
+                                );
+                            }
+                        }
+                    }
+                }
+                n if n == m::GROUP_LAG_SUM.name || n == m::GROUP_CURRENT_OFFSET_SUM.name => {
+                    let lag = n == m::GROUP_LAG_SUM.name;
+                    for g in &s.groups {
+                        for t in &g.topics {
+                            let v: f64 = if lag {
+                                t.partitions.iter().filter_map(|p| p.lag).sum::<u64>() as f64
+                            } else {
+                                t.partitions.iter().map(|p| p.committed).sum::<i64>() as f64
+                            };
+                            if !t.partitions.is_empty() {
+                                m::write_sample(&mut out, n, "", &[(C, c), (G, &g.group), (T, &t.topic)], v);
+                            }
+                        }
+                    }
+                }
+                n if n == m::CONSISTENCY_WINDOW.name => {
+                    for g in &s.groups {
+                        for t in &g.topics {
+                            let h = &t.consistency;
+                            let labels = [(C, c), (G, g.group.as_str()), (T, &*t.topic)];
+                            for (bound, cum) in m::CONSISTENCY_BUCKETS
+                                .iter()
+                                .map(|b| b.to_string())
+                                .chain(["+Inf".to_string()])
+                                .zip(h.cumulative())
+                            {
+                                m::write_sample(
+                                    &mut out,
+                                    n,
+                                    "_bucket",
+                                    &[labels[0], labels[1], labels[2], ("le", &bound)],
+                                    cum as f64,
+                                );
+                            }
+                            m::write_sample(&mut out, n, "_sum", &labels, h.sum);
+                            m::write_sample(&mut out, n, "_count", &labels, h.count as f64);
+                        }
+                    }
+                }
+                n => {
+                    for g in &s.groups {
+                        for t in &g.topics {
+                            for p in &t.partitions {
+                                let v = match n {
+                                    _ if n == m::GROUP_LAG.name => p.lag.map(|l| l as f64),
+                                    _ if n == m::GROUP_LAG_SECONDS.name => p.lag_seconds,
+                                    _ => Some(p.committed as f64),
+                                };
+                                if let Some(v) = v {
+                                    m::write_sample(
+                                        &mut out,
+                                        n,
+                                        "",
+                                        &[(C, c), (G, &g.group), (T, &t.topic), (P, &partition_label(p.partition))],
+                                        v,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Partition numbers as label values, without formatting the common ones again and again.
+fn partition_label(p: i32) -> std::borrow::Cow<'static, str> {
+    const N: i32 = 1024;
+    static NUMS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let nums = NUMS.get_or_init(|| (0..N).map(|i| i.to_string()).collect());
+    if (0..N).contains(&p) {
+        std::borrow::Cow::Borrowed(nums[p as usize].as_str())
+    } else {
+        std::borrow::Cow::Owned(p.to_string())
+    }
+}
+
+/// Compiled group and topic filters of a cluster.
+struct Filters {
+    group_allow: Vec<Regex>,
+    group_deny: Vec<Regex>,
+    topic_allow: Vec<Regex>,
+    topic_deny: Vec<Regex>,
+    include_internal: bool,
+}
+
+impl Filters {
+    fn new(c: &ClusterConfig) -> Filters {
+        let compile = |v: &Vec<String>| v.iter().filter_map(|r| Regex::new(r).ok()).collect();
+        Filters {
+            group_allow: compile(&c.group_allow),
+            group_deny: compile(&c.group_deny),
+            topic_allow: compile(&c.topic_allow),
+            topic_deny: compile(&c.topic_deny),
+            include_internal: c.include_internal_topics,
+        }
+    }
+
+    fn group(&self, g: &str) -> bool {
+        (self.group_allow.is_empty() || self.group_allow.iter().any(|r| r.is_match(g))) && !self.group_deny.iter().any(|r| r.is_match(g))
+    }
+
+    fn topic(&self, t: &str, internal: bool) -> bool {
+        let internal = internal || t.starts_with("__") || t == "_schemas";
+        (self.include_internal || !internal)
+            && (self.topic_allow.is_empty() || self.topic_allow.iter().any(|r| r.is_match(t)))
+            && !self.topic_deny.iter().any(|r| r.is_match(t))
+    }
+}
+
+#[derive(Default)]
+struct GroupState {
+    windows: HashMap<Tp, Window>,
+    consistency: HashMap<Arc<str>, Histogram>,
+}
+
+#[derive(Default)]
+struct State {
+    timelines: HashMap<Tp, Timeline>,
+    record_times: HashMap<(Tp, i64), RecordTime>,
+    groups: HashMap<String, GroupState>,
+    coordinators: HashMap<String, i32>,
+    fetch_denied: HashSet<Arc<str>>,
+}
+
+/// Collects one cluster.
+pub struct ClusterCollector {
+    index: usize,
+    cfg: ClusterConfig,
+    settings: CollectorConfig,
+    client: ClusterClient,
+    filters: Filters,
+    state: State,
+    shared: Arc<Shared>,
+}
+
+impl ClusterCollector {
+    pub fn new(index: usize, cfg: ClusterConfig, settings: CollectorConfig, shared: Arc<Shared>) -> ClusterCollector {
+        let client = ClusterClient::new(
+            cfg.bootstrap_servers(),
+            cfg.client_id(),
+            settings.request_timeout,
+            settings.max_response_bytes,
+        );
+        let filters = Filters::new(&cfg);
+        ClusterCollector {
+            index,
+            cfg,
+            settings,
+            client,
+            filters,
+            state: State::default(),
+            shared,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn error(&self, step: &str, e: &KafkaError) {
+        self.shared.self_metrics.collection_error(&self.cfg.name, step, e);
+    }
+
+    /// Polls until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.settings.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            self.poll_once().await;
+        }
+        tracing::debug!(cluster = self.name(), "collector stopped");
+    }
+
+    /// One collection; publishes its snapshot (or withdraws it on failure).
+    pub async fn poll_once(&mut self) {
+        let started = Instant::now();
+        let sm = self.shared.self_metrics.clone();
+        let name = self.cfg.name.clone();
+        match self.poll().await {
+            Ok(snapshot) => {
+                sm.up.with_label_values(&[&name]).set(1);
+                sm.last_success
+                    .with_label_values(&[&name])
+                    .set(snapshot.taken_at_ms as f64 / 1000.0);
+                self.shared.publish(self.index, Some(Arc::new(snapshot)));
+            }
+            Err(e) => {
+                self.error("metadata", &e);
+                sm.up.with_label_values(&[&name]).set(0);
+                self.shared.publish(self.index, None);
+            }
+        }
+        sm.poll_duration
+            .with_label_values(&[&name])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn poll(&mut self) -> Result<Snapshot, KafkaError> {
+        let now = now_ms();
+        let md = self.client.metadata().await?;
+        let topics: BTreeMap<Arc<str>, Vec<(i32, Option<i32>)>> = md
+            .topics
+            .iter()
+            .filter(|(t, meta)| self.filters.topic(t, meta.internal))
+            .map(|(t, meta)| (t.clone(), meta.partitions.iter().map(|(p, l)| (*p, *l)).collect()))
+            .collect();
+
+        let groups = self.discover_groups(&md).await?;
+        let (descriptions, offsets) = self.read_groups(&groups, &topics).await;
+
+        // Log-end offsets are read after committed offsets, so lag is never negative.
+        let (log_start, log_end) = self.read_partition_offsets(&topics).await;
+        for (tp, end) in &log_end {
+            self.state.timelines.entry(tp.clone()).or_default().observe_log_end(*end, now);
+        }
+        self.state
+            .timelines
+            .retain(|tp, _| log_end.contains_key(tp) || topics.contains_key(&tp.0));
+
+        if self.settings.lag_seconds_method == LagSecondsMethod::Fetch {
+            self.read_record_times(&offsets, &log_start, &log_end, &topics).await;
+        }
+
+        let snapshot_groups = self.evaluate(now, &groups, &descriptions, &offsets, &log_start, &log_end);
+        let topic_rows = topics
+            .iter()
+            .map(|(t, parts)| TopicRow {
+                topic: t.clone(),
+                partitions: parts
+                    .iter()
+                    .map(|(p, _)| {
+                        let tp = (t.clone(), *p);
+                        (*p, log_start.get(&tp).copied(), log_end.get(&tp).copied())
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Snapshot {
+            cluster: self.cfg.name.clone(),
+            taken_at_ms: now,
+            topics: topic_rows,
+            groups: snapshot_groups,
+        })
+    }
+
+    /// The groups to watch: the configured list, or ListGroups on every broker, filtered.
+    async fn discover_groups(&mut self, md: &ClusterMetadata) -> Result<Vec<String>, KafkaError> {
+        if !self.cfg.groups.is_empty() {
+            return Ok(self.cfg.groups.clone());
+        }
+        let client = &self.client;
+        let brokers: Vec<i32> = md.brokers.keys().copied().collect();
+        let results: Vec<_> = stream::iter(brokers)
+            .map(|node| async move { (node, client.list_groups(node).await) })
+            .buffer_unordered(self.settings.max_concurrency)
+            .collect()
+            .await;
+        let mut groups = BTreeSet::new();
+        let mut last_err = None;
+        let mut ok = 0;
+        for (_, r) in results {
+            match r {
+                Ok(list) => {
+                    ok += 1;
+                    groups.extend(list.into_iter().filter(|g| g.state != "Dead").map(|g| g.group));
+                }
+                Err(e) => {
+                    self.error("list_groups", &e);
+                    last_err = Some(e);
+                }
+            }
+        }
+        if ok == 0 {
+            if let Some(e) = last_err {
+                return Err(e);
+            }
+        }
+        Ok(groups.into_iter().filter(|g| self.filters.group(g)).collect())
+    }
+
+    /// Coordinators, descriptions and committed offsets of the groups, batched per coordinator.
+    async fn read_groups(
+        &mut self,
+        groups: &[String],
+        topics: &BTreeMap<Arc<str>, Vec<(i32, Option<i32>)>>,
+    ) -> (
+        HashMap<String, GroupDescription>,
+        HashMap<String, Result<HashMap<Tp, i64>, KafkaError>>,
+    ) {
+        let mut offsets: HashMap<String, Result<HashMap<Tp, i64>, KafkaError>> = HashMap::new();
+        let missing: Vec<String> = groups
+            .iter()
+            .filter(|g| !self.state.coordinators.contains_key(*g))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            match self.client.find_coordinators(&missing).await {
+                Ok(found) => {
+                    for (g, r) in found {
+                        match r {
+                            Ok(node) => {
+                                self.state.coordinators.insert(g, node);
+                            }
+                            Err(e) => {
+                                self.error("find_coordinator", &e);
+                                offsets.insert(g, Err(e));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.error("find_coordinator", &e);
+                    for g in missing {
+                        offsets.insert(g, Err(KafkaError::Io(format!("coordinator unknown: {e}"))));
+                    }
+                }
+            }
+        }
+        let mut by_node: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for g in groups {
+            if let Some(node) = self.state.coordinators.get(g) {
+                by_node.entry(*node).or_default().push(g.clone());
+            }
+        }
+        // An explicit group list is small: ask for the watched topics' partitions by name (brokers such as
+        // librdkafka's mock answer nothing to "all topics"). Discovered groups ask for all they committed.
+        let explicit: Option<BTreeMap<Arc<str>, Vec<i32>>> = (!self.cfg.groups.is_empty()).then(|| {
+            topics
+                .iter()
+                .map(|(t, ps)| (t.clone(), ps.iter().map(|(p, _)| *p).collect()))
+                .collect()
+        });
+        let client = &self.client;
+        let explicit_ref = explicit.as_ref();
+        let results: Vec<_> = stream::iter(by_node)
+            .map(|(node, gs)| async move {
+                let described = client.describe_groups(node, &gs).await;
+                let fetched = client.offset_fetch(node, &gs, explicit_ref).await;
+                (node, gs, described, fetched)
+            })
+            .buffer_unordered(self.settings.max_concurrency)
+            .collect()
+            .await;
+        let mut descriptions = HashMap::new();
+        for (_, gs, described, fetched) in results {
+            match described {
+                Ok(list) => {
+                    for d in list {
+                        match d {
+                            Ok(d) => {
+                                descriptions.insert(d.group.clone(), d);
+                            }
+                            Err((_, e)) => self.error("describe_groups", &e),
+                        }
+                    }
+                }
+                // Brokers without DescribeGroups (librdkafka's mock): membership stays unknown.
+                Err(KafkaError::Unsupported { .. }) => {}
+                Err(e) => self.error("describe_groups", &e),
+            }
+            match fetched {
+                Ok(map) => {
+                    for (g, r) in map {
+                        if let Err(e) = &r {
+                            self.error("offset_fetch", e);
+                            self.state.coordinators.remove(&g);
+                        }
+                        offsets.insert(g, r);
+                    }
+                }
+                Err(e) => {
+                    self.error("offset_fetch", &e);
+                    for g in gs {
+                        self.state.coordinators.remove(&g);
+                        offsets.insert(g, Err(KafkaError::Io(e.to_string())));
+                    }
+                }
+            }
+        }
+        self.state.coordinators.retain(|g, _| groups.contains(g));
+        (descriptions, offsets)
+    }
+
+    /// Log-start and log-end offsets of every watched partition, batched per leader.
+    async fn read_partition_offsets(&self, topics: &BTreeMap<Arc<str>, Vec<(i32, Option<i32>)>>) -> (HashMap<Tp, i64>, HashMap<Tp, i64>) {
+        let mut by_leader: BTreeMap<i32, Vec<Tp>> = BTreeMap::new();
+        for (t, parts) in topics {
+            for (p, leader) in parts {
+                if let Some(l) = leader {
+                    by_leader.entry(*l).or_default().push((t.clone(), *p));
+                }
+            }
+        }
+        let mut jobs = Vec::new();
+        for (leader, tps) in &by_leader {
+            for chunk in tps.chunks(LIST_OFFSETS_BATCH) {
+                for ts in [EARLIEST, LATEST] {
+                    jobs.push((*leader, chunk.to_vec(), ts));
+                }
+            }
+        }
+        let client = &self.client;
+        let results: Vec<_> = stream::iter(jobs)
+            .map(|(leader, chunk, ts)| async move { (ts, client.list_offsets(leader, &chunk, ts).await) })
+            .buffer_unordered(self.settings.max_concurrency)
+            .collect()
+            .await;
+        let (mut start, mut end) = (HashMap::new(), HashMap::new());
+        for (ts, r) in results {
+            match r {
+                Ok(map) => {
+                    for (tp, r) in map {
+                        match r {
+                            Ok(o) if o >= 0 => {
+                                if ts == LATEST {
+                                    end.insert(tp, o);
+                                } else {
+                                    start.insert(tp, o);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => self.error("list_offsets", &e),
+                        }
+                    }
+                }
+                Err(e) => self.error("list_offsets", &e),
+            }
+        }
+        (start, end)
+    }
+
+    /// Reads the timestamp of the record at each lagging committed offset not already known.
+    async fn read_record_times(
+        &mut self,
+        offsets: &HashMap<String, Result<HashMap<Tp, i64>, KafkaError>>,
+        log_start: &HashMap<Tp, i64>,
+        log_end: &HashMap<Tp, i64>,
+        topics: &BTreeMap<Arc<str>, Vec<(i32, Option<i32>)>>,
+    ) {
+        let leaders: HashMap<Tp, i32> = topics
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().filter_map(move |(p, l)| l.map(|l| ((t.clone(), *p), l))))
+            .collect();
+        let mut wanted: BTreeSet<(i32, Tp, i64)> = BTreeSet::new();
+        for committed in offsets.values().flatten() {
+            for (tp, &c) in committed {
+                let (Some(&end), Some(&leader)) = (log_end.get(tp), leaders.get(tp)) else {
+                    continue;
+                };
+                let at = c.max(log_start.get(tp).copied().unwrap_or(0));
+                if at < end && !self.state.fetch_denied.contains(&tp.0) && !self.state.record_times.contains_key(&(tp.clone(), at)) {
+                    wanted.insert((leader, tp.clone(), at));
+                }
+            }
+        }
+        // One request may name a partition once: split into rounds of distinct partitions per leader.
+        let mut requests: Vec<(i32, Vec<(Tp, i64)>)> = Vec::new();
+        let mut rounds: HashMap<(i32, usize), Vec<(Tp, i64)>> = HashMap::new();
+        let mut seen: HashMap<(i32, Tp), usize> = HashMap::new();
+        for (leader, tp, at) in wanted {
+            let round = seen.entry((leader, tp.clone())).or_insert(0);
+            rounds.entry((leader, *round)).or_default().push((tp, at));
+            *round += 1;
+        }
+        for ((leader, _), parts) in rounds {
+            for chunk in parts.chunks(FETCH_BATCH) {
+                requests.push((leader, chunk.to_vec()));
+            }
+        }
+        let client = &self.client;
+        let results: Vec<_> = stream::iter(requests)
+            .map(|(leader, parts)| async move {
+                let r = client.fetch_at(leader, &parts, FETCH_PARTITION_BYTES).await;
+                (parts, r)
+            })
+            .buffer_unordered(self.settings.max_concurrency)
+            .collect()
+            .await;
+        let mut anchors = Vec::new();
+        for (parts, r) in results {
+            let fetched = match r {
+                Ok(f) => f,
+                Err(e) => {
+                    self.error("fetch", &e);
+                    continue;
+                }
+            };
+            for (tp, at) in parts {
+                let Some(fp) = fetched.get(&tp) else { continue };
+                if fp.error_code == 29 {
+                    self.error("fetch", &KafkaError::from_code(29));
+                    self.state.fetch_denied.insert(tp.0.clone());
+                    continue;
+                }
+                let Some(records) = &fp.records else { continue };
+                anchors.clear();
+                if let Some(rt) = find_record_time(records, at, &mut anchors) {
+                    self.state.record_times.insert((tp.clone(), at), rt);
+                }
+                let timeline = self.state.timelines.entry(tp.clone()).or_default();
+                for &(o, ts) in &anchors {
+                    if o < log_end.get(&tp).copied().unwrap_or(i64::MAX) {
+                        timeline.observe_exact(o, ts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lag, lag seconds, status and consistency windows of every group; updates the windows.
+    fn evaluate(
+        &mut self,
+        now: i64,
+        groups: &[String],
+        descriptions: &HashMap<String, GroupDescription>,
+        offsets: &HashMap<String, Result<HashMap<Tp, i64>, KafkaError>>,
+        log_start: &HashMap<Tp, i64>,
+        log_end: &HashMap<Tp, i64>,
+    ) -> Vec<GroupRow> {
+        let window_size = self.settings.status_window;
+        let allowed_lag = self.settings.allowed_lag;
+        let mut rows = Vec::new();
+        let mut used_times: HashSet<(Tp, i64)> = HashSet::new();
+        let mut min_committed: HashMap<Tp, i64> = HashMap::new();
+        for g in groups {
+            let desc = descriptions.get(g);
+            if desc.is_some_and(|d| d.state == "Dead") {
+                continue;
+            }
+            let members = desc.map(|d| d.members);
+            let state = self.state.groups.entry(g.clone()).or_default();
+            let committed = match offsets.get(g) {
+                Some(Ok(c)) => c,
+                _ => {
+                    // Offsets unreadable: ERR on every topic the group was last seen on.
+                    let topics: BTreeSet<Arc<str>> = state.windows.keys().map(|tp| tp.0.clone()).collect();
+                    let topics = topics
+                        .into_iter()
+                        .map(|t| GroupTopicRow {
+                            consistency: state.consistency.get(&t).cloned().unwrap_or_default(),
+                            topic: t,
+                            status: Status::Err,
+                            partitions: Vec::new(),
+                        })
+                        .collect();
+                    rows.push(GroupRow {
+                        group: g.clone(),
+                        members,
+                        topics,
+                    });
+                    continue;
+                }
+            };
+            let mut by_topic: BTreeMap<Arc<str>, Vec<(i32, i64)>> = BTreeMap::new();
+            for (tp, &c) in committed {
+                if log_end.contains_key(tp) || self.state.timelines.contains_key(tp) {
+                    by_topic.entry(tp.0.clone()).or_default().push((tp.1, c));
+                }
+            }
+            state.windows.retain(|tp, _| committed.contains_key(tp));
+            state.consistency.retain(|t, _| by_topic.contains_key(t));
+            let mut topic_rows = Vec::new();
+            for (topic, mut parts) in by_topic {
+                parts.sort_unstable();
+                let mut worst = Status::Ok;
+                let mut partition_rows = Vec::with_capacity(parts.len());
+                let hist = state.consistency.entry(topic.clone()).or_default();
+                for (p, c) in parts {
+                    let tp: Tp = (topic.clone(), p);
+                    let timeline = self.state.timelines.get(&tp);
+                    let end = log_end.get(&tp).copied();
+                    let lag = end.map(|e| (e - c).max(0) as u64);
+                    let at = c.max(log_start.get(&tp).copied().unwrap_or(0));
+                    let lag_seconds = match lag {
+                        Some(0) => Some(0.0),
+                        Some(_) => {
+                            let key = (tp.clone(), at);
+                            let exact = self.state.record_times.get(&key).map(|rt| rt.timestamp_ms);
+                            if exact.is_some() {
+                                used_times.insert(key);
+                            }
+                            exact
+                                .or_else(|| timeline.and_then(|t| t.estimate(at)))
+                                .map(|ts| age_seconds(now, ts))
+                        }
+                        None => None,
+                    };
+                    let window = state.windows.entry(tp.clone()).or_insert_with(|| Window::new(window_size));
+                    if let (Some(prev), Some(timeline)) = (window.last(), timeline) {
+                        if c > prev.offset {
+                            observe_commit(hist, prev.offset, c, now, |o| timeline.estimate(o).unwrap_or(now));
+                        }
+                    }
+                    if let Some(l) = lag {
+                        window.push(Observation {
+                            offset: c,
+                            lag: l,
+                            at_ms: now,
+                        });
+                        worst = worst.max(window.evaluate(allowed_lag, members));
+                    }
+                    let min = min_committed.entry(tp).or_insert(c);
+                    *min = (*min).min(c);
+                    partition_rows.push(PartitionRow {
+                        partition: p,
+                        committed: c,
+                        lag,
+                        lag_seconds,
+                    });
+                }
+                topic_rows.push(GroupTopicRow {
+                    topic: topic.clone(),
+                    status: worst,
+                    partitions: partition_rows,
+                    consistency: hist.clone(),
+                });
+            }
+            rows.push(GroupRow {
+                group: g.clone(),
+                members,
+                topics: topic_rows,
+            });
+        }
+        let watched: HashSet<&String> = groups.iter().collect();
+        self.state.groups.retain(|g, _| watched.contains(g));
+        self.state.record_times.retain(|k, _| used_times.contains(k));
+        for (tp, timeline) in self.state.timelines.iter_mut() {
+            let floor = min_committed.get(tp).copied().or_else(|| log_start.get(tp).copied()).unwrap_or(0);
+            timeline.prune_below(floor);
+        }
+        rows.sort_by(|a, b| a.group.cmp(&b.group));
+        rows
+    }
+}
+
+/// Spawns one collector per cluster; returns their join handles.
+pub fn spawn_all(
+    config: &crate::config::Config,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let collector = ClusterCollector::new(i, c.clone(), config.collector.clone(), shared.clone());
+            tokio::spawn(collector.run(shutdown.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,222 @@
+//! `eventscope demo`: the collector on an embedded Kafka, with no Kafka to install.
+//!
+//! librdkafka's mock cluster (real protocol code, in-process, on 127.0.0.1) carries an order stream.
+//! Three consumer groups read it the way rust-rdkafka recommends (offsets stored only after a record is
+//! processed, committed in the background): `inventory-service` keeps up, `order-readmodel` is too slow
+//! and its lag grows past the seed's 10,000-message threshold, `payment-notifier` stops after 20 s. The
+//! collector watches them (the mock cannot list or describe groups, so the demo names them), serves
+//! `/metrics`, and the demo prints a table of what it sees.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+use tokio::sync::watch;
+
+use crate::collector::{ClusterCollector, Shared, Snapshot};
+use crate::config::{ClusterConfig, CollectorConfig};
+use crate::consistency::Histogram;
+use crate::metrics::SelfMetrics;
+
+const ORDERS: &str = "orders";
+const PAYMENTS: &str = "payments";
+
+/// A consumer group of the demo and how it behaves.
+struct DemoGroup {
+    group: &'static str,
+    topic: &'static str,
+    /// Processing time per record.
+    per_record: Duration,
+    /// Stop consuming (leave the group) after this long.
+    stop_after: Option<Duration>,
+}
+
+const GROUPS: &[DemoGroup] = &[
+    DemoGroup {
+        group: "inventory-service",
+        topic: ORDERS,
+        per_record: Duration::ZERO,
+        stop_after: None,
+    },
+    DemoGroup {
+        group: "order-readmodel",
+        topic: ORDERS,
+        per_record: Duration::from_micros(2500),
+        stop_after: None,
+    },
+    DemoGroup {
+        group: "payment-notifier",
+        topic: PAYMENTS,
+        per_record: Duration::ZERO,
+        stop_after: Some(Duration::from_secs(20)),
+    },
+];
+
+pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = admin_listen.parse()?;
+    let listener = crate::admin::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1)?;
+    mock.create_topic(ORDERS, 6, 1)?;
+    mock.create_topic(PAYMENTS, 3, 1)?;
+    let bootstrap = mock.bootstrap_servers();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = vec![spawn_producer(bootstrap.clone(), stop.clone())?];
+    for g in GROUPS {
+        threads.push(spawn_consumer(bootstrap.clone(), g, stop.clone())?);
+    }
+
+    let cluster: ClusterConfig = toml::from_str(&format!(
+        "name = \"demo\"\ngroups = [{}]\nkafka = {{ \"bootstrap.servers\" = \"{bootstrap}\" }}",
+        GROUPS.iter().map(|g| format!("\"{}\"", g.group)).collect::<Vec<_>>().join(", ")
+    ))?;
+    let settings = CollectorConfig {
+        poll_interval: Duration::from_secs(2),
+        status_window: 5,
+        ..CollectorConfig::default()
+    };
+    let shared = Shared::new(vec!["demo".into()], SelfMetrics::new());
+    let (tx, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(ClusterCollector::new(0, cluster, settings, shared.clone()).run(rx.clone())),
+        tokio::spawn(crate::admin::serve(listener, shared.clone(), rx.clone())),
+    ];
+    println!("eventscope demo: librdkafka mock cluster on {bootstrap}; metrics on http://{addr}/metrics; Ctrl-C to stop");
+    println!("groups: inventory-service keeps up, order-readmodel is slow (lag passes 10,000), payment-notifier stops at 20 s\n");
+
+    let started = Instant::now();
+    let mut previous: HashMap<(String, String), Histogram> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(every.max(1)));
+    ticker.tick().await;
+    let signal = crate::run::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut signal => break,
+        }
+        if let Some(s) = shared.snapshots().first() {
+            print!("{}", table(s, started.elapsed(), &mut previous));
+        }
+        if duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    crate::run::drain(tx, tasks, Duration::from_secs(5)).await;
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    drop(mock);
+    Ok(())
+}
+
+/// The live table: lag, lag seconds, status, and the consistency window quantiles since the last table.
+pub fn table(s: &Snapshot, elapsed: Duration, previous: &mut HashMap<(String, String), Histogram>) -> String {
+    let mut out = format!(
+        "t={:>4}s  {:<18} {:<9} {:>8} {:>8} {:<7} {:>8} {:>8} {:>8}\n",
+        elapsed.as_secs(),
+        "GROUP",
+        "TOPIC",
+        "LAG",
+        "LAG_S",
+        "STATUS",
+        "CW_P50",
+        "CW_P95",
+        "CW_P99"
+    );
+    for g in &s.groups {
+        for t in &g.topics {
+            let lag: u64 = t.partitions.iter().filter_map(|p| p.lag).sum();
+            let lag_s = t.partitions.iter().filter_map(|p| p.lag_seconds).fold(0.0, f64::max);
+            let key = (g.group.clone(), t.topic.to_string());
+            let recent = previous
+                .get(&key)
+                .map(|p| t.consistency.since(p))
+                .unwrap_or_else(|| t.consistency.clone());
+            previous.insert(key, t.consistency.clone());
+            let q = |x: f64| recent.quantile(x).map(|v| format!("{v:.2}s")).unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "         {:<18} {:<9} {:>8} {:>7.1}s {:<7} {:>8} {:>8} {:>8}\n",
+                g.group,
+                t.topic,
+                lag,
+                lag_s,
+                t.status.as_label(),
+                q(0.5),
+                q(0.95),
+                q(0.99)
+            ));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn spawn_producer(bootstrap: String, stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()>> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .create()?;
+    Ok(thread::spawn(move || {
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            // About 800 orders and 200 payments a second.
+            for _ in 0..8 {
+                let key = format!("order-{}", n % 1000);
+                let value = format!("{{\"order\":{n},\"event\":\"OrderCreated\"}}");
+                let _ = producer.send(BaseRecord::to(ORDERS).key(&key).payload(&value));
+                n += 1;
+            }
+            for _ in 0..2 {
+                let key = format!("order-{}", n % 1000);
+                let _ = producer.send(BaseRecord::to(PAYMENTS).key(&key).payload("{\"event\":\"PaymentProcessed\"}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = producer.flush(Duration::from_secs(2));
+    }))
+}
+
+fn spawn_consumer(bootstrap: String, g: &'static DemoGroup, stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", g.group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .create()?;
+    consumer.subscribe(&[g.topic])?;
+    Ok(thread::spawn(move || {
+        let started = Instant::now();
+        while !stop.load(Ordering::Relaxed) && g.stop_after.is_none_or(|d| started.elapsed() < d) {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    if !g.per_record.is_zero() {
+                        thread::sleep(g.per_record);
+                    }
+                    // Processed: only now may its offset be committed.
+                    let _ = consumer.store_offset_from_message(&message);
+                    let _ = message.payload();
+                }
+                Some(Err(e)) => tracing::debug!(group = g.group, error = %e, "demo consumer"),
+                None => {}
+            }
+        }
+        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        consumer.unsubscribe();
+    }))
+}

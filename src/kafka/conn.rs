@@ -1,0 +1,222 @@
+//! One pipelined connection to one broker.
+//!
+//! Requests are written under a lock and answered by a reader task that matches responses to callers by
+//! correlation id, so many requests can be in flight on one connection. Every frame length read from the
+//! broker is checked against a maximum before anything is allocated; a malformed or oversized frame ends
+//! the connection (all its callers get the error) and the client dials a new one on next use.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::KafkaError;
+
+type Waiter = oneshot::Sender<Result<Bytes, KafkaError>>;
+
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<i32, Waiter>,
+    closed: Option<String>,
+}
+
+/// A connection with negotiated API versions.
+pub struct Connection {
+    addr: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Mutex<Pending>>,
+    next_correlation: AtomicI32,
+    alive: Arc<AtomicBool>,
+    versions: HashMap<i16, (i16, i16)>,
+    client_id: StrBytes,
+    timeout: Duration,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Dials `addr`, starts the reader and negotiates versions with ApiVersions.
+    pub async fn connect(addr: &str, client_id: &str, timeout: Duration, max_frame: usize) -> Result<Connection, KafkaError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| KafkaError::Timeout(timeout))?
+            .map_err(|source| KafkaError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_loop(read, pending.clone(), alive.clone(), max_frame));
+        let mut conn = Connection {
+            addr: addr.to_string(),
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_correlation: AtomicI32::new(1),
+            alive,
+            versions: HashMap::new(),
+            client_id: StrBytes::from_string(client_id.to_string()),
+            timeout,
+            reader,
+        };
+        conn.versions = conn.negotiate().await?;
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// The highest version of `R` both sides support, if any.
+    pub fn version_for<R: Request>(&self, ours_max: i16) -> Option<i16> {
+        let (theirs_min, theirs_max) = *self.versions.get(&R::KEY)?;
+        let lo = theirs_min.max(R::VERSIONS.min);
+        let hi = theirs_max.min(R::VERSIONS.max).min(ours_max);
+        (lo <= hi).then_some(hi)
+    }
+
+    /// Like [`Connection::version_for`], as an error when there is no common version.
+    pub fn require_version<R: Request>(&self, ours_max: i16) -> Result<i16, KafkaError> {
+        self.version_for::<R>(ours_max)
+            .ok_or(KafkaError::Unsupported { api: api_key(R::KEY) })
+    }
+
+    /// Sends a request in the given version and decodes its response.
+    pub async fn send<R: Request>(&self, request: &R, version: i16) -> Result<R::Response, KafkaError> {
+        let body = self.round_trip::<R>(request, version).await?;
+        decode_response::<R>(body, version)
+    }
+
+    async fn round_trip<R: Request>(&self, request: &R, version: i16) -> Result<Bytes, KafkaError> {
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut frame = BytesMut::with_capacity(256);
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, R::header_version(version))
+            .and_then(|_| request.encode(&mut frame, version))
+            .map_err(|e| KafkaError::Protocol(format!("cannot encode request: {e}")))?;
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if let Some(reason) = &pending.closed {
+                return Err(KafkaError::Io(reason.clone()));
+            }
+            pending.waiters.insert(correlation_id, tx);
+        }
+        let result = tokio::time::timeout(self.timeout, async {
+            {
+                let mut w = self.writer.lock().await;
+                w.write_all(&frame).await.map_err(|e| KafkaError::Io(e.to_string()))?;
+            }
+            rx.await.map_err(|_| KafkaError::Io("connection closed".into()))?
+        })
+        .await;
+        match result {
+            Ok(r) => {
+                if r.is_err() {
+                    self.alive.store(false, Ordering::Relaxed);
+                }
+                r
+            }
+            Err(_) => {
+                self.pending.lock().expect("pending lock").waiters.remove(&correlation_id);
+                self.alive.store(false, Ordering::Relaxed);
+                Err(KafkaError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// ApiVersions: try v3; a broker that does not know it may answer in any form, so on failure ask again
+    /// in v0, which every broker speaks.
+    async fn negotiate(&self) -> Result<HashMap<i16, (i16, i16)>, KafkaError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("eventscope"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let body = self.round_trip::<ApiVersionsRequest>(&request, 3).await?;
+        let response: ApiVersionsResponse = match decode_response::<ApiVersionsRequest>(body, 3) {
+            Ok(r) if r.error_code == 0 => r,
+            _ => {
+                let body = self.round_trip::<ApiVersionsRequest>(&request, 0).await?;
+                let r = decode_response::<ApiVersionsRequest>(body, 0)?;
+                super::check_code(r.error_code)?;
+                r
+            }
+        };
+        Ok(response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect())
+    }
+}
+
+fn decode_response<R: Request>(mut body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
+    let header_version = <R::Response as HeaderVersion>::header_version(version);
+    ResponseHeader::decode(&mut body, header_version).map_err(|e| KafkaError::Protocol(format!("response header: {e}")))?;
+    let response = R::Response::decode(&mut body, version)
+        .map_err(|e| KafkaError::Protocol(format!("{:?} v{version} response: {e}", api_key(R::KEY))))?;
+    Ok(response)
+}
+
+fn api_key(key: i16) -> ApiKey {
+    ApiKey::try_from(key).unwrap_or(ApiKey::ApiVersions)
+}
+
+async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, alive: Arc<AtomicBool>, max_frame: usize) {
+    let reason = loop {
+        let mut len = [0u8; 4];
+        if let Err(e) = read.read_exact(&mut len).await {
+            break format!("read: {e}");
+        }
+        let len = i32::from_be_bytes(len);
+        if len < 4 || len as usize > max_frame {
+            break format!("response frame of {len} bytes is outside 4..={max_frame}");
+        }
+        let mut buf = vec![0u8; len as usize];
+        if let Err(e) = read.read_exact(&mut buf).await {
+            break format!("read: {e}");
+        }
+        let mut body = Bytes::from(buf);
+        let correlation_id = body.clone().get_i32();
+        let waiter = pending.lock().expect("pending lock").waiters.remove(&correlation_id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(Ok(body.split_off(0)));
+            }
+            // A response nobody waits for (its caller timed out): dropped.
+            None => tracing::debug!(correlation_id, "response without a waiter"),
+        }
+    };
+    alive.store(false, Ordering::Relaxed);
+    let mut p = pending.lock().expect("pending lock");
+    p.closed = Some(reason.clone());
+    for (_, tx) in p.waiters.drain() {
+        let _ = tx.send(Err(KafkaError::Io(reason.clone())));
+    }
+}

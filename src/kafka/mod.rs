@@ -1,0 +1,100 @@
+//! A small Kafka client for administrative reads, built on the `kafka-protocol` crate's codecs.
+//!
+//! The collector needs batched, raw requests that no high-level client exposes at scale: ListGroups on
+//! every broker, DescribeGroups and OffsetFetch batched per coordinator, ListOffsets and Fetch batched per
+//! partition leader (the approach KMinion takes). [`conn`] is one pipelined broker connection; [`client`]
+//! knows the cluster's brokers and negotiates versions.
+
+pub mod client;
+pub mod conn;
+
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::ResponseError;
+
+pub use client::ClusterClient;
+pub use conn::Connection;
+
+/// Everything that can go wrong talking to a broker, typed where it arises.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection lost: {0}")]
+    Io(String),
+    #[error("malformed data from broker: {0}")]
+    Protocol(String),
+    #[error("broker does not support {api:?} in a version eventscope speaks")]
+    Unsupported { api: ApiKey },
+    #[error("not authorized ({0})")]
+    Authorization(String),
+    #[error("broker error {code}: {name}")]
+    Broker { code: i16, name: String },
+}
+
+impl KafkaError {
+    /// Classifies a non-zero Kafka error code.
+    pub fn from_code(code: i16) -> KafkaError {
+        let name = match ResponseError::try_from_code(code) {
+            Some(e) => format!("{e:?}"),
+            None => format!("UNKNOWN_{code}"),
+        };
+        if matches!(code, 29 | 30 | 31 | 58) {
+            KafkaError::Authorization(name)
+        } else {
+            KafkaError::Broker { code, name }
+        }
+    }
+
+    /// Whether the connection that produced this error should be dropped and re-dialled.
+    pub fn is_connection_fatal(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Connect { .. } | KafkaError::Io(_) | KafkaError::Timeout(_) | KafkaError::Protocol(_)
+        )
+    }
+}
+
+/// Turns a non-zero Kafka error code into an error; zero into `Ok`.
+pub fn check_code(code: i16) -> Result<(), KafkaError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(KafkaError::from_code(code))
+    }
+}
+
+/// Splits `host:port` (and `[v6]:port`); `None` if it is not of that form.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("localhost:9092"), Some(("localhost".into(), 9092)));
+        assert_eq!(split_host_port("[::1]:9092"), Some(("::1".into(), 9092)));
+        assert_eq!(split_host_port("localhost"), None);
+        assert_eq!(split_host_port("localhost:0"), None);
+        assert_eq!(split_host_port(":9092"), None);
+    }
+
+    #[test]
+    fn codes_are_classified() {
+        assert!(matches!(KafkaError::from_code(29), KafkaError::Authorization(_)));
+        assert!(matches!(KafkaError::from_code(16), KafkaError::Broker { code: 16, .. }));
+        assert!(check_code(0).is_ok());
+    }
+}

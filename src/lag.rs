@@ -1,0 +1,307 @@
+//! Consumer lag in messages and in seconds.
+//!
+//! **Lag** is `log_end − committed`, floored at 0 (committed offsets are read *before* log-end offsets in
+//! each poll, so a fast consumer can never produce a negative value).
+//!
+//! **Lag seconds** is how long ago the oldest record the group has not consumed was appended: `now − ts`
+//! where `ts` is the timestamp of the record at the committed offset (the next record the group will
+//! read), 0 when the group is caught up. The collector reads that record with a small Fetch (only for
+//! lagging partitions, batched per leader, cached while the committed offset stays put), so the value is
+//! measured, not estimated: a group that rewinds to offset 0 shows the true age of offset 0, a busy topic
+//! does not bounce between 0 and the poll interval, and nothing is ever NaN. The timestamp is
+//! LogAppendTime where the topic is so configured, else the producer's CreateTime; a timestamp in the
+//! future (clock skew) gives 0, never a negative value.
+//!
+//! Where reading is not allowed (`lag_seconds_method = "interpolate"`, or the broker denies the Fetch),
+//! the append time is interpolated on a [`Timeline`] of `(log_end − 1, poll time)` samples. An offset
+//! older than the oldest sample gets the oldest sample's time: a lower bound, never an extrapolation.
+
+use std::collections::VecDeque;
+
+use kafka_protocol::records::RecordBatchDecoder;
+
+/// Largest number of anchor points kept per partition.
+const TIMELINE_POINTS: usize = 512;
+
+/// Known `(offset, append time)` points of one partition, sorted by offset.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    points: VecDeque<(i64, i64)>,
+}
+
+impl Timeline {
+    /// Records that every record below `log_end` was appended at or before `now_ms`.
+    pub fn observe_log_end(&mut self, log_end: i64, now_ms: i64) {
+        if let Some(&(last_offset, _)) = self.points.back() {
+            if log_end - 1 < last_offset {
+                // The log went backwards: the topic was recreated or truncated. Start again.
+                self.points.clear();
+            } else if log_end - 1 == last_offset {
+                return;
+            }
+        }
+        if log_end > 0 {
+            self.insert(log_end - 1, now_ms);
+        }
+    }
+
+    /// Records an append time read from a record.
+    pub fn observe_exact(&mut self, offset: i64, ts_ms: i64) {
+        self.insert(offset, ts_ms);
+    }
+
+    fn insert(&mut self, offset: i64, ts_ms: i64) {
+        let idx = self.points.partition_point(|&(o, _)| o < offset);
+        match self.points.get_mut(idx) {
+            Some(p) if p.0 == offset => p.1 = ts_ms,
+            _ => self.points.insert(idx, (offset, ts_ms)),
+        }
+        while self.points.len() > TIMELINE_POINTS {
+            self.points.pop_front();
+        }
+    }
+
+    /// Drops points that no group can need any more: all but the last one below `min_offset`.
+    pub fn prune_below(&mut self, min_offset: i64) {
+        while self.points.len() > 1 && self.points[1].0 <= min_offset {
+            self.points.pop_front();
+        }
+    }
+
+    /// Estimated append time of `offset`, by linear interpolation between the points around it.
+    pub fn estimate(&self, offset: i64) -> Option<i64> {
+        let idx = self.points.partition_point(|&(o, _)| o < offset);
+        match (idx.checked_sub(1).and_then(|i| self.points.get(i)), self.points.get(idx)) {
+            (_, Some(&(o, t))) if o == offset => Some(t),
+            (Some(&(o1, t1)), Some(&(o2, t2))) => {
+                let frac = (offset - o1) as f64 / (o2 - o1) as f64;
+                Some(t1 + ((t2 - t1) as f64 * frac).round() as i64)
+            }
+            // Older than every point: the oldest point's time is an upper bound on its append time.
+            (None, Some(&(_, t))) => Some(t),
+            // Newer than every point: appended after the last sample; the caller's `now` is the bound.
+            (Some(_), None) | (None, None) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// The timestamp of a record found in fetched bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordTime {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub log_append_time: bool,
+    /// False when the batch was cut short and only its header could be read: then the timestamp is the
+    /// batch's first timestamp, which is at most the batch's linger time early.
+    pub exact: bool,
+}
+
+// Offsets of fields in a v2 record batch header.
+const BATCH_HEADER_LEN: usize = 61;
+const OFF_LENGTH: usize = 8;
+const OFF_MAGIC: usize = 16;
+const OFF_ATTRIBUTES: usize = 21;
+const OFF_LAST_OFFSET_DELTA: usize = 23;
+const OFF_BASE_TIMESTAMP: usize = 27;
+const OFF_MAX_TIMESTAMP: usize = 35;
+const OFF_RECORD_COUNT: usize = 57;
+const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
+const ATTR_CONTROL: i16 = 1 << 5;
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    i32::from_be_bytes(a)
+}
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Finds the first data record at or after `target` in a Fetch response's record bytes, and every
+/// batch boundary seen on the way (as `(offset, timestamp)` anchors for the timeline).
+///
+/// The bytes are untrusted: every length is checked before use, a truncated or corrupt batch ends the
+/// walk, and nothing here can panic or allocate more than the input's size.
+pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64)>) -> Option<RecordTime> {
+    let mut at = 0usize;
+    while records.len() - at >= BATCH_HEADER_LEN {
+        let b = &records[at..];
+        let base = be_i64(b, 0);
+        let length = be_i32(b, OFF_LENGTH);
+        if length < (BATCH_HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
+            return None;
+        }
+        let total = 12 + length as usize;
+        let attributes = be_i16(b, OFF_ATTRIBUTES);
+        let last = base.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64);
+        let base_ts = be_i64(b, OFF_BASE_TIMESTAMP);
+        let max_ts = be_i64(b, OFF_MAX_TIMESTAMP);
+        let log_append = attributes & ATTR_LOG_APPEND_TIME != 0;
+        let complete = total <= b.len();
+        if attributes & ATTR_CONTROL == 0 {
+            anchors.push((base, if log_append { max_ts } else { base_ts }));
+            if complete {
+                anchors.push((last, max_ts));
+            }
+        }
+        if last < target || attributes & ATTR_CONTROL != 0 {
+            if !complete {
+                return None;
+            }
+            at += total;
+            continue;
+        }
+        let offset = target.max(base);
+        if log_append {
+            return Some(RecordTime {
+                offset,
+                timestamp_ms: max_ts,
+                log_append_time: true,
+                exact: true,
+            });
+        }
+        if complete {
+            let record_count = be_i32(b, OFF_RECORD_COUNT);
+            // Each record takes at least 7 bytes uncompressed; a count beyond what the batch (even fully
+            // compressed at 1000:1) could hold is corrupt, and would make the decoder reserve too much.
+            if record_count >= 0 && (record_count as usize) <= total.saturating_mul(1000) / 7 {
+                let mut slice = bytes::Bytes::copy_from_slice(&b[..total]);
+                if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
+                    if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
+                        return Some(RecordTime {
+                            offset: r.offset,
+                            timestamp_ms: r.timestamp,
+                            log_append_time: false,
+                            exact: true,
+                        });
+                    }
+                }
+            }
+        }
+        return Some(RecordTime {
+            offset,
+            timestamp_ms: base_ts,
+            log_append_time: false,
+            exact: false,
+        });
+    }
+    None
+}
+
+/// Seconds between `ts_ms` and `now_ms`, never negative.
+pub fn age_seconds(now_ms: i64, ts_ms: i64) -> f64 {
+    ((now_ms - ts_ms).max(0)) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    fn batch(base: i64, timestamps: &[i64], compression: Compression) -> Vec<u8> {
+        let records: Vec<Record> = timestamps
+            .iter()
+            .enumerate()
+            .map(|(i, ts)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: base + i as i64,
+                sequence: i as i32,
+                timestamp: *ts,
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"hello")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn finds_the_record_at_the_target_inside_a_batch() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Zstd,
+            Compression::Snappy,
+        ] {
+            let mut bytes = batch(10, &[1000, 2000, 3000], compression);
+            bytes.extend(batch(13, &[4000, 5000], compression));
+            let mut anchors = Vec::new();
+            let r = find_record_time(&bytes, 11, &mut anchors).unwrap();
+            assert_eq!((r.offset, r.timestamp_ms, r.exact), (11, 2000, true), "{compression:?}");
+            let r = find_record_time(&bytes, 14, &mut anchors).unwrap();
+            assert_eq!((r.offset, r.timestamp_ms), (14, 5000));
+            assert!(find_record_time(&bytes, 15, &mut anchors).is_none());
+        }
+    }
+
+    #[test]
+    fn truncated_batch_gives_header_estimate() {
+        let bytes = batch(0, &[1000, 2000, 3000], Compression::None);
+        let cut = &bytes[..bytes.len() - 5];
+        let r = find_record_time(cut, 1, &mut Vec::new()).unwrap();
+        assert_eq!((r.timestamp_ms, r.exact), (1000, false));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let bytes = batch(0, &[1000, 2000], Compression::None);
+        for len in 0..bytes.len() {
+            let _ = find_record_time(&bytes[..len], 0, &mut Vec::new());
+        }
+        let mut corrupt = bytes.clone();
+        corrupt[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        let r = find_record_time(&corrupt, 1, &mut Vec::new()).unwrap();
+        assert!(!r.exact);
+        let mut x = 0x1234_5678u32;
+        for _ in 0..2000 {
+            let junk: Vec<u8> = (0..200)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let _ = find_record_time(&junk, 0, &mut Vec::new());
+        }
+    }
+
+    #[test]
+    fn timeline_interpolates_and_never_extrapolates() {
+        let mut t = Timeline::default();
+        t.observe_log_end(100, 10_000); // offsets 0..=99 appended by t=10s
+        t.observe_log_end(200, 20_000);
+        assert_eq!(t.estimate(199), Some(20_000));
+        assert_eq!(t.estimate(149), Some(15_000));
+        assert_eq!(t.estimate(0), Some(10_000)); // lower bound, not "3 years"
+        assert_eq!(t.estimate(250), None);
+        t.observe_exact(120, 11_000);
+        assert_eq!(t.estimate(120), Some(11_000));
+        t.observe_log_end(50, 30_000); // topic recreated
+        assert_eq!(t.len(), 1);
+        assert_eq!(age_seconds(1_000, 2_000), 0.0);
+    }
+}

@@ -1,0 +1,18 @@
+//! eventscope: an observability sidecar and collector for Kafka-based event-driven microservices.
+//!
+//! This crate holds the `collector` role: consumer lag in messages and seconds, Burrow-style status and
+//! end-to-end consistency windows for every consumer group of one or more clusters, exported on
+//! `/metrics`. See README.md for the map of modules.
+
+pub mod admin;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod consistency;
+pub mod demo;
+pub mod kafka;
+pub mod lag;
+pub mod logging;
+pub mod metrics;
+pub mod run;
+pub mod status;

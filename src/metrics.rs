@@ -1,0 +1,378 @@
+//! The metric contract: every name, label and help text the program exports, in one place.
+//!
+//! Dashboards (`dashboards/`) and alerts (`alerts/`) depend on these names; `tests/artifacts.rs` checks that
+//! they use nothing else, and `docs/metrics.md` documents each. Lag metrics keep kafka_exporter's names and
+//! labels (`consumergroup`, `topic`, `partition`) plus `cluster`, so existing dashboards keep working.
+//!
+//! Two kinds of metrics live here:
+//! - **collection results** (lag, offsets, status, consistency windows): rebuilt from scratch at the end of
+//!   each poll into a [`crate::collector::Snapshot`] and rendered once into cached text. A group or topic
+//!   that disappears is simply absent from the next snapshot, so no series leaks; a scrape never calls a
+//!   broker and many scrapes cost one render.
+//! - **about eventscope itself** (poll duration, errors, last success): a `prometheus` registry.
+
+use std::fmt::Write as _;
+
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Namespace of eventscope's own metrics.
+pub const NAMESPACE: &str = "eventscope";
+
+// Label names.
+pub const L_CLUSTER: &str = "cluster";
+pub const L_GROUP: &str = "consumergroup";
+pub const L_TOPIC: &str = "topic";
+pub const L_PARTITION: &str = "partition";
+pub const L_STATUS: &str = "status";
+pub const L_KIND: &str = "kind";
+
+/// A metric family: name, type and help.
+pub struct Family {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! family {
+    ($id:ident, $name:expr, $kind:expr, $help:expr) => {
+        pub const $id: Family = Family {
+            name: $name,
+            kind: $kind,
+            help: $help,
+        };
+    };
+}
+
+family!(
+    GROUP_LAG,
+    "kafka_consumergroup_lag",
+    "gauge",
+    "Messages between the partition's log-end offset and the group's committed offset (never negative)."
+);
+family!(
+    GROUP_LAG_SUM,
+    "kafka_consumergroup_lag_sum",
+    "gauge",
+    "kafka_consumergroup_lag summed over the topic's partitions."
+);
+family!(
+    GROUP_LAG_SECONDS,
+    "kafka_consumergroup_lag_seconds",
+    "gauge",
+    "Seconds since the oldest record the group has not consumed was appended (0 when caught up)."
+);
+family!(
+    GROUP_CURRENT_OFFSET,
+    "kafka_consumergroup_current_offset",
+    "gauge",
+    "The group's committed offset for the partition."
+);
+family!(
+    GROUP_CURRENT_OFFSET_SUM,
+    "kafka_consumergroup_current_offset_sum",
+    "gauge",
+    "kafka_consumergroup_current_offset summed over the topic's partitions."
+);
+family!(
+    GROUP_MEMBERS,
+    "kafka_consumergroup_members",
+    "gauge",
+    "Members of the consumer group (absent when the broker cannot describe groups)."
+);
+family!(
+    GROUP_STATUS,
+    "kafka_consumergroup_status",
+    "gauge",
+    "Burrow-style evaluation of the group on the topic: 1 for the current status, 0 for the others."
+);
+family!(TOPIC_PARTITIONS, "kafka_topic_partitions", "gauge", "Partitions of the topic.");
+family!(
+    TOPIC_CURRENT_OFFSET,
+    "kafka_topic_partition_current_offset",
+    "gauge",
+    "Log-end offset (high watermark) of the partition."
+);
+family!(
+    TOPIC_OLDEST_OFFSET,
+    "kafka_topic_partition_oldest_offset",
+    "gauge",
+    "Log-start offset of the partition."
+);
+family!(
+    CONSISTENCY_WINDOW,
+    "eventscope_consistency_window_seconds",
+    "histogram",
+    "Time from a record's append until a commit of the group past it was observed: the read model's eventual-consistency window."
+);
+
+/// Every family the collection snapshot renders, in render order.
+pub const SNAPSHOT_FAMILIES: &[&Family] = &[
+    &GROUP_LAG,
+    &GROUP_LAG_SUM,
+    &GROUP_LAG_SECONDS,
+    &GROUP_CURRENT_OFFSET,
+    &GROUP_CURRENT_OFFSET_SUM,
+    &GROUP_MEMBERS,
+    &GROUP_STATUS,
+    &TOPIC_PARTITIONS,
+    &TOPIC_CURRENT_OFFSET,
+    &TOPIC_OLDEST_OFFSET,
+    &CONSISTENCY_WINDOW,
+];
+
+pub const POLL_DURATION: &str = "eventscope_collector_poll_duration_seconds";
+pub const LAST_SUCCESS: &str = "eventscope_collector_last_success_timestamp_seconds";
+pub const ERRORS_TOTAL: &str = "eventscope_collector_errors_total";
+pub const CLUSTER_UP: &str = "eventscope_collector_up";
+pub const BUILD_INFO: &str = "eventscope_build_info";
+
+/// Every metric name the program can export (histograms by family name), for the artifact tests.
+pub fn exported_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
+    v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO]);
+    v.extend([
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_open_fds",
+    ]);
+    v
+}
+
+/// Buckets of `eventscope_consistency_window_seconds`, 1 ms to 1 h. Dense between 50 ms and 3 s, where the
+/// seed's observed consistency windows lie (p50 85 ms to p99 3.5 s), so p50/p95/p99 interpolate well
+/// there; coarse beyond, where a window of minutes is an incident whatever its exact value.
+pub const CONSISTENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Buckets of the poll duration: a poll is milliseconds on a small cluster and must stay under the 5 s
+/// default interval on a large one.
+pub const POLL_DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Why a collection step failed: a closed set, used as the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A broker could not be reached.
+    Connect,
+    /// A request got no answer in time.
+    Timeout,
+    /// A response could not be decoded, or was too large.
+    Protocol,
+    /// The broker answered with an error code.
+    Broker,
+    /// The broker denied the request (ACLs).
+    Authorization,
+    /// The broker lacks an API (or version) the step needs.
+    Unsupported,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Protocol,
+        ErrorKind::Broker,
+        ErrorKind::Authorization,
+        ErrorKind::Unsupported,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Broker => "broker",
+            ErrorKind::Authorization => "authorization",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl From<&crate::kafka::KafkaError> for ErrorKind {
+    fn from(e: &crate::kafka::KafkaError) -> Self {
+        use crate::kafka::KafkaError as K;
+        match e {
+            K::Connect { .. } | K::Io(_) => ErrorKind::Connect,
+            K::Timeout(_) => ErrorKind::Timeout,
+            K::Protocol(_) => ErrorKind::Protocol,
+            K::Unsupported { .. } => ErrorKind::Unsupported,
+            K::Authorization(_) => ErrorKind::Authorization,
+            K::Broker { .. } => ErrorKind::Broker,
+        }
+    }
+}
+
+/// eventscope's metrics about itself.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    pub registry: Registry,
+    pub poll_duration: HistogramVec,
+    pub last_success: GaugeVec,
+    pub errors: IntCounterVec,
+    pub up: IntGaugeVec,
+}
+
+impl SelfMetrics {
+    pub fn new() -> SelfMetrics {
+        let registry = Registry::new();
+        let poll_duration = HistogramVec::new(
+            HistogramOpts::new(POLL_DURATION, "Duration of one collection of a cluster.").buckets(POLL_DURATION_BUCKETS.to_vec()),
+            &[L_CLUSTER],
+        )
+        .expect("valid metric");
+        let last_success = GaugeVec::new(
+            Opts::new(LAST_SUCCESS, "Unix time of the cluster's last successful collection."),
+            &[L_CLUSTER],
+        )
+        .expect("valid metric");
+        let errors =
+            IntCounterVec::new(Opts::new(ERRORS_TOTAL, "Failed collection steps, by kind."), &[L_CLUSTER, L_KIND]).expect("valid metric");
+        let up = IntGaugeVec::new(
+            Opts::new(
+                CLUSTER_UP,
+                "1 if the cluster's last collection succeeded, else 0 (and its lag series are withdrawn).",
+            ),
+            &[L_CLUSTER],
+        )
+        .expect("valid metric");
+        let build = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1; the version label says which eventscope runs."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(last_success.clone()),
+            Box::new(errors.clone()),
+            Box::new(up.clone()),
+            Box::new(build),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+        SelfMetrics {
+            registry,
+            poll_duration,
+            last_success,
+            errors,
+            up,
+        }
+    }
+
+    /// Creates a cluster's series at their zero values, so they exist before the first event.
+    pub fn init_cluster(&self, cluster: &str) {
+        for kind in ErrorKind::ALL {
+            self.errors.with_label_values(&[cluster, kind.as_label()]);
+        }
+        self.up.with_label_values(&[cluster]).set(0);
+        self.poll_duration.with_label_values(&[cluster]);
+    }
+
+    /// The one place a collection error is both logged and counted.
+    pub fn collection_error(&self, cluster: &str, step: &str, err: &crate::kafka::KafkaError) {
+        let kind = ErrorKind::from(err);
+        tracing::warn!(cluster, step, kind = kind.as_label(), error = %err, "collection step failed");
+        self.errors.with_label_values(&[cluster, kind.as_label()]).inc();
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let families = self.registry.gather();
+        if let Ok(text) = prometheus::TextEncoder::new().encode_to_string(&families) {
+            out.push_str(&text);
+        }
+    }
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a family.
+pub fn write_header(out: &mut String, f: &Family) {
+    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+    let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+}
+
+/// Writes one sample line. Label values are escaped as the text format requires.
+pub fn write_sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for ch in v.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    if value.is_finite() {
+        if value == value.trunc() && value.abs() < 1e15 {
+            let _ = write!(out, "{}", value as i64);
+        } else {
+            let _ = write!(out, "{value}");
+        }
+    } else if value.is_nan() {
+        out.push_str("NaN");
+    } else if value > 0.0 {
+        out.push_str("+Inf");
+    } else {
+        out.push_str("-Inf");
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        write_sample(&mut s, "m", "", &[("a", "x\"y\\z\nw")], 1.5);
+        assert_eq!(s, "m{a=\"x\\\"y\\\\z\\nw\"} 1.5\n");
+        s.clear();
+        write_sample(&mut s, "m", "_bucket", &[("le", "+Inf")], 42.0);
+        assert_eq!(s, "m_bucket{le=\"+Inf\"} 42\n");
+    }
+
+    #[test]
+    fn buckets_are_sorted() {
+        assert!(CONSISTENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(CONSISTENCY_BUCKETS[0], 0.001);
+        assert_eq!(*CONSISTENCY_BUCKETS.last().unwrap(), 3600.0);
+    }
+
+    #[test]
+    fn self_metrics_render() {
+        let m = SelfMetrics::new();
+        m.init_cluster("c1");
+        let mut s = String::new();
+        m.render(&mut s);
+        assert!(
+            s.contains("eventscope_collector_errors_total{cluster=\"c1\",kind=\"timeout\"} 0"),
+            "{s}"
+        );
+        assert!(s.contains("eventscope_build_info"));
+    }
+}
