@@ -709,7 +709,9 @@ impl ClusterCollector {
                 }
                 let Some(records) = &fp.records else { continue };
                 anchors.clear();
-                if let Some(rt) = find_record_time(records, at, &mut anchors) {
+                let found = find_record_time(records, at, &mut anchors);
+                tracing::debug!(topic = %tp.0, partition = tp.1, at, bytes = records.len(), anchors = anchors.len(), ?found, "record time");
+                if let Some(rt) = found {
                     self.state.record_times.insert((tp.clone(), at), rt);
                 }
                 let timeline = self.state.timelines.entry(tp.clone()).or_default();

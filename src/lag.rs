@@ -137,12 +137,13 @@ fn be_i16(b: &[u8], at: usize) -> i16 {
 /// walk, and nothing here can panic or allocate more than the input's size.
 pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64)>) -> Option<RecordTime> {
     let mut at = 0usize;
+    let mut found = None;
     while records.len() - at >= BATCH_HEADER_LEN {
         let b = &records[at..];
         let base = be_i64(b, 0);
         let length = be_i32(b, OFF_LENGTH);
         if length < (BATCH_HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
-            return None;
+            break;
         }
         let total = 12 + length as usize;
         let attributes = be_i16(b, OFF_ATTRIBUTES);
@@ -151,54 +152,67 @@ pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64
         let max_ts = be_i64(b, OFF_MAX_TIMESTAMP);
         let log_append = attributes & ATTR_LOG_APPEND_TIME != 0;
         let complete = total <= b.len();
-        if attributes & ATTR_CONTROL == 0 {
+        let control = attributes & ATTR_CONTROL != 0;
+        if !control {
             anchors.push((base, if log_append { max_ts } else { base_ts }));
             if complete {
                 anchors.push((last, max_ts));
             }
-        }
-        if last < target || attributes & ATTR_CONTROL != 0 {
-            if !complete {
-                return None;
+            if found.is_none() && last >= target {
+                found = Some(record_in_batch(
+                    &b[..total.min(b.len())],
+                    complete,
+                    target,
+                    base,
+                    base_ts,
+                    max_ts,
+                    log_append,
+                ));
             }
-            at += total;
-            continue;
         }
-        let offset = target.max(base);
-        if log_append {
-            return Some(RecordTime {
-                offset,
-                timestamp_ms: max_ts,
-                log_append_time: true,
-                exact: true,
-            });
+        if !complete {
+            break;
         }
-        if complete {
-            let record_count = be_i32(b, OFF_RECORD_COUNT);
-            // Each record takes at least 7 bytes uncompressed; a count beyond what the batch (even fully
-            // compressed at 1000:1) could hold is corrupt, and would make the decoder reserve too much.
-            if record_count >= 0 && (record_count as usize) <= total.saturating_mul(1000) / 7 {
-                let mut slice = bytes::Bytes::copy_from_slice(&b[..total]);
-                if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
-                    if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
-                        return Some(RecordTime {
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp,
-                            log_append_time: false,
-                            exact: true,
-                        });
-                    }
+        at += total;
+    }
+    found
+}
+
+/// The time of the first record at or after `target` in one batch that contains it.
+fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i64, max_ts: i64, log_append: bool) -> RecordTime {
+    let offset = target.max(base);
+    if log_append {
+        return RecordTime {
+            offset,
+            timestamp_ms: max_ts,
+            log_append_time: true,
+            exact: true,
+        };
+    }
+    if complete {
+        let record_count = be_i32(b, OFF_RECORD_COUNT);
+        // Each record takes at least 7 bytes uncompressed; a count beyond what the batch (even fully
+        // compressed at 1000:1) could hold is corrupt, and would make the decoder reserve too much.
+        if record_count >= 0 && (record_count as usize) <= b.len().saturating_mul(1000) / 7 {
+            let mut slice = bytes::Bytes::copy_from_slice(b);
+            if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
+                if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
+                    return RecordTime {
+                        offset: r.offset,
+                        timestamp_ms: r.timestamp,
+                        log_append_time: false,
+                        exact: true,
+                    };
                 }
             }
         }
-        return Some(RecordTime {
-            offset,
-            timestamp_ms: base_ts,
-            log_append_time: false,
-            exact: false,
-        });
     }
-    None
+    RecordTime {
+        offset,
+        timestamp_ms: base_ts,
+        log_append_time: false,
+        exact: false,
+    }
 }
 
 /// Seconds between `ts_ms` and `now_ms`, never negative.

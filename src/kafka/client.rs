@@ -36,7 +36,9 @@ const DESCRIBE_GROUPS_MAX: i16 = 5;
 const FIND_COORDINATOR_MAX: i16 = 4;
 const OFFSET_FETCH_MAX: i16 = 8;
 const LIST_OFFSETS_MAX: i16 = 7;
-const FETCH_MAX: i16 = 12;
+// Fetch v11 is the last non-flexible version: tansu 0.6.0 sends a top-level tagged field (tag 0,
+// NodeEndpoints, defined from v16) in v12+ responses, which a strict decoder rightly rejects.
+const FETCH_MAX: i16 = 11;
 
 /// Groups per batched DescribeGroups / OffsetFetch / FindCoordinator request.
 const GROUP_BATCH: usize = 100;

@@ -1,0 +1,348 @@
+//! The collector against a real Kafka-protocol broker (tansu) with real librdkafka producers and
+//! consumer groups. Every expected value comes from the test's own counts, offsets and timestamps.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientConfig;
+use support::*;
+
+const C: &str = "test";
+
+/// Known lags built by real producers and commits, asserted exactly at rest; lag seconds against the
+/// records' own timestamps; a group with no members keeps reporting; every exported metric is present.
+#[test]
+fn lag_offsets_and_lag_seconds_are_exact_at_rest() {
+    let tansu = Tansu::start();
+    tansu.create_topic("orders", 3);
+    let now = now_ms();
+    // Record i of partition p was created (100 − i) seconds ago.
+    let ts = |n: usize| -> Vec<i64> { (0..n).map(|i| now - (100 - i as i64) * 1000).collect() };
+    let p = producer(&tansu.bootstrap());
+    produce(&p, "orders", 0, &ts(10));
+    produce(&p, "orders", 1, &ts(20));
+    produce(&p, "orders", 2, &ts(30));
+
+    let c = committer(&tansu.bootstrap(), "billing");
+    // Check the broker's own accounting against ours before trusting it.
+    assert_eq!(high_watermark(&c, "orders", 0), 10);
+    assert_eq!(high_watermark(&c, "orders", 1), 20);
+    assert_eq!(high_watermark(&c, "orders", 2), 30);
+    commit(&c, "orders", &[(0, 4), (1, 20), (2, 0)]);
+
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    let m = es.wait_metrics("billing lag", |m| {
+        m.get("kafka_consumergroup_lag_sum", &[("consumergroup", "billing")])
+            .map(|_| m.samples.len())
+    });
+    assert!(m > 0);
+    let m = es.scrape();
+    let g = |name: &str, p: &str| {
+        m.get(
+            name,
+            &[("cluster", C), ("consumergroup", "billing"), ("topic", "orders"), ("partition", p)],
+        )
+    };
+    assert_eq!(g("kafka_consumergroup_lag", "0"), Some(6.0));
+    assert_eq!(g("kafka_consumergroup_lag", "1"), Some(0.0));
+    assert_eq!(g("kafka_consumergroup_lag", "2"), Some(30.0));
+    assert_eq!(g("kafka_consumergroup_current_offset", "0"), Some(4.0));
+    assert_eq!(g("kafka_consumergroup_current_offset", "2"), Some(0.0));
+    assert_eq!(
+        m.get("kafka_consumergroup_lag_sum", &[("consumergroup", "billing"), ("topic", "orders")]),
+        Some(36.0)
+    );
+    assert_eq!(
+        m.get(
+            "kafka_consumergroup_current_offset_sum",
+            &[("consumergroup", "billing"), ("topic", "orders")]
+        ),
+        Some(24.0)
+    );
+    assert_eq!(
+        m.get("kafka_topic_partition_current_offset", &[("topic", "orders"), ("partition", "2")]),
+        Some(30.0)
+    );
+    assert_eq!(
+        m.get("kafka_topic_partition_oldest_offset", &[("topic", "orders"), ("partition", "2")]),
+        Some(0.0)
+    );
+    assert_eq!(m.get("kafka_topic_partitions", &[("topic", "orders")]), Some(3.0));
+    // No members (the committer never joined): the group is visible, and stopped.
+    assert_eq!(m.get("kafka_consumergroup_members", &[("consumergroup", "billing")]), Some(0.0));
+    assert_eq!(m.status(C, "billing", "orders").as_deref(), Some("STOP"));
+
+    // Lag seconds: the age of the record at the committed offset. Partition 0 waits at record 4
+    // (created 96 s ago), partition 2 at record 0 (100 s ago), partition 1 is caught up.
+    let scraped = now_ms();
+    let expect = |i: i64| (scraped - (now - (100 - i) * 1000)) as f64 / 1000.0;
+    let l0 = g("kafka_consumergroup_lag_seconds", "0").unwrap();
+    let l2 = g("kafka_consumergroup_lag_seconds", "2").unwrap();
+    assert!((l0 - expect(4)).abs() < 1.5, "lag seconds p0 {l0} vs {}", expect(4));
+    assert!((l2 - expect(0)).abs() < 1.5, "lag seconds p2 {l2} vs {}", expect(0));
+    assert_eq!(g("kafka_consumergroup_lag_seconds", "1"), Some(0.0));
+
+    // Every metric of the contract that this scenario can produce is exported.
+    for name in eventscope::metrics::exported_names() {
+        let name = if name == "eventscope_consistency_window_seconds" {
+            "eventscope_consistency_window_seconds_count"
+        } else {
+            name
+        };
+        let name = if name == "eventscope_collector_poll_duration_seconds" {
+            "eventscope_collector_poll_duration_seconds_count"
+        } else {
+            name
+        };
+        assert!(m.has(name), "{name} is not exported");
+    }
+    assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
+
+    // A rewind to offset 0: lag seconds is the true age of record 0 (about 100 s), not years.
+    commit(&c, "orders", &[(1, 0)]);
+    let l1 = es.wait_metrics("rewound lag", |m| {
+        (m.get(
+            "kafka_consumergroup_lag",
+            &[("consumergroup", "billing"), ("partition", "1"), ("topic", "orders")],
+        ) == Some(20.0))
+        .then(|| {
+            m.get(
+                "kafka_consumergroup_lag_seconds",
+                &[("consumergroup", "billing"), ("partition", "1"), ("topic", "orders")],
+            )
+            .unwrap()
+        })
+    });
+    assert!(
+        (l1 - (now_ms() - (now - 100_000)) as f64 / 1000.0).abs() < 1.5,
+        "rewound lag seconds {l1}"
+    );
+    let text = es.raw_metrics();
+    assert!(!text.contains("NaN"), "no NaN anywhere");
+}
+
+/// Status transitions of a live member: same offset re-committed while lagging → STALL; offset moved
+/// back → REWIND; the consumer leaves → STOP.
+#[test]
+fn status_follows_the_consumer() {
+    let tansu = Tansu::start();
+    tansu.create_topic("events", 1);
+    let p = producer(&tansu.bootstrap());
+    let now = now_ms();
+    produce(&p, "events", 0, &(0..50).map(|i| now - 50_000 + i * 1000).collect::<Vec<_>>());
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .set("group.id", "projector")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["events"]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(10));
+    let target = stop.clone();
+    let handle = std::thread::spawn(move || {
+        // Keep the membership alive and re-commit the offset the test chooses (-1 = leave).
+        loop {
+            let o = target.load(std::sync::atomic::Ordering::Relaxed);
+            if o < 0 {
+                break;
+            }
+            let _ = consumer.poll(Duration::from_millis(100));
+            if consumer.assignment().map(|a| a.count() > 0).unwrap_or(false) {
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition_offset("events", 0, rdkafka::Offset::Offset(o)).unwrap();
+                let _ = consumer.commit(&tpl, CommitMode::Sync);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), "status_window = 4"));
+    es.wait_metrics("a member", |m| {
+        m.get("kafka_consumergroup_members", &[("consumergroup", "projector")])
+            .filter(|v| *v >= 1.0)
+    });
+    es.wait_metrics("STALL", |m| {
+        (m.status(C, "projector", "events").as_deref() == Some("STALL")).then_some(())
+    });
+    stop.store(5, std::sync::atomic::Ordering::Relaxed);
+    es.wait_metrics("REWIND", |m| {
+        (m.status(C, "projector", "events").as_deref() == Some("REWIND")).then_some(())
+    });
+    stop.store(-1, std::sync::atomic::Ordering::Relaxed);
+    handle.join().unwrap();
+    es.wait_metrics("STOP", |m| {
+        (m.status(C, "projector", "events").as_deref() == Some("STOP")).then_some(())
+    });
+    // Stopped, the group still reports its lag.
+    let m = es.scrape();
+    assert_eq!(
+        m.get("kafka_consumergroup_lag", &[("consumergroup", "projector"), ("partition", "0")]),
+        Some(45.0)
+    );
+}
+
+/// The consistency window: counts equal the records committed, values match the records' ages at commit.
+#[test]
+fn consistency_window_counts_and_values() {
+    let tansu = Tansu::start();
+    tansu.create_topic("payments", 1);
+    let p = producer(&tansu.bootstrap());
+    let now = now_ms();
+    // Records 0..50 created 40 s ago, 50..100 created 10 s ago.
+    let mut ts: Vec<i64> = vec![now - 40_000; 50];
+    ts.extend(vec![now - 10_000; 50]);
+    produce(&p, "payments", 0, &ts);
+    let c = committer(&tansu.bootstrap(), "ledger");
+    commit(&c, "payments", &[(0, 0)]);
+
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    let at = |m: &Metrics, o: f64| (m.get("kafka_consumergroup_current_offset", &[("consumergroup", "ledger")]) == Some(o)).then_some(());
+    es.wait_metrics("offset 0 seen", |m| at(m, 0.0));
+    // Let a second poll see offset 0 too, so the next commit is measured from it.
+    std::thread::sleep(Duration::from_millis(700));
+    commit(&c, "payments", &[(0, 50)]);
+    es.wait_metrics("offset 50 seen", |m| at(m, 50.0));
+    commit(&c, "payments", &[(0, 100)]);
+    es.wait_metrics("offset 100 seen", |m| at(m, 100.0));
+    let m = es.scrape();
+    let h = |le: &str| {
+        m.get(
+            "eventscope_consistency_window_seconds_bucket",
+            &[("consumergroup", "ledger"), ("topic", "payments"), ("le", le)],
+        )
+        .unwrap()
+    };
+    let count = m
+        .get("eventscope_consistency_window_seconds_count", &[("consumergroup", "ledger")])
+        .unwrap();
+    assert_eq!(count, 100.0, "one observation per committed record");
+    // 50 records about 10 s old at commit, 50 about 40 s old (plus at most a poll interval and a bit).
+    assert_eq!(h("10"), 0.0);
+    assert_eq!(h("20"), 50.0);
+    assert_eq!(h("30"), 50.0);
+    assert_eq!(h("60"), 100.0);
+    let sum = m
+        .get("eventscope_consistency_window_seconds_sum", &[("consumergroup", "ledger")])
+        .unwrap();
+    let elapsed = (now_ms() - now) as f64 / 1000.0;
+    // Each window is (commit observed − created); created ages are 40 s and 10 s at `now`.
+    assert!(sum >= 50.0 * 40.0 + 50.0 * 10.0, "sum {sum}");
+    assert!(sum <= 50.0 * (40.0 + elapsed) + 50.0 * (10.0 + elapsed), "sum {sum}");
+}
+
+/// A broker killed and restarted: lag is withdrawn (not served stale), errors are counted, up is 0; once
+/// the broker is back, collection recovers by itself.
+#[test]
+fn broker_restart_recovers() {
+    let mut tansu = Tansu::start();
+    let port = tansu.port;
+    tansu.create_topic("orders", 1);
+    let p = producer(&tansu.bootstrap());
+    produce(&p, "orders", 0, &[now_ms(); 5]);
+    commit(&committer(&tansu.bootstrap(), "g"), "orders", &[(0, 2)]);
+    drop(p);
+
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    es.wait_metrics("lag 3", |m| {
+        (m.get("kafka_consumergroup_lag", &[("consumergroup", "g")]) == Some(3.0)).then_some(())
+    });
+    tansu.kill();
+    es.wait_metrics("up = 0", |m| {
+        (m.get("eventscope_collector_up", &[("cluster", C)]) == Some(0.0)).then_some(())
+    });
+    let m = es.scrape();
+    assert!(!m.has("kafka_consumergroup_lag"), "no stale lag while the cluster is unreachable");
+    assert!(
+        m.get("eventscope_collector_errors_total", &[("cluster", C), ("kind", "connect")])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        m.get("eventscope_collector_last_success_timestamp_seconds", &[("cluster", C)])
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(es.get("/healthz").map(|r| r.0), Some(200));
+
+    // Same address, empty storage: rebuild a known state.
+    let tansu = Tansu::start_on(port);
+    tansu.create_topic("orders", 1);
+    let p = producer(&tansu.bootstrap());
+    produce(&p, "orders", 0, &[now_ms(); 7]);
+    commit(&committer(&tansu.bootstrap(), "g"), "orders", &[(0, 1)]);
+    es.wait_metrics("recovered lag 6", |m| {
+        (m.get("eventscope_collector_up", &[("cluster", C)]) == Some(1.0)
+            && m.get("kafka_consumergroup_lag", &[("consumergroup", "g")]) == Some(6.0))
+        .then_some(())
+    });
+}
+
+/// Filters and group lifecycle: denied groups and topics are not reported, and a group that is deleted
+/// loses its series (no series leak).
+#[test]
+fn filters_and_deleted_groups() {
+    let tansu = Tansu::start();
+    tansu.create_topic("orders", 1);
+    tansu.create_topic("audit", 1);
+    let p = producer(&tansu.bootstrap());
+    produce(&p, "orders", 0, &[now_ms(); 3]);
+    produce(&p, "audit", 0, &[now_ms(); 3]);
+    commit(&committer(&tansu.bootstrap(), "keep"), "orders", &[(0, 1)]);
+    commit(&committer(&tansu.bootstrap(), "keep"), "audit", &[(0, 1)]);
+    commit(&committer(&tansu.bootstrap(), "drop-me"), "orders", &[(0, 1)]);
+    commit(&committer(&tansu.bootstrap(), "gone"), "orders", &[(0, 2)]);
+    let toml = format!(
+        "[collector]\npoll_interval = \"500ms\"\n[[clusters]]\nname = \"test\"\nkafka = {{ \"bootstrap.servers\" = \"{}\" }}\ngroup_deny = [\"^drop-\"]\ntopic_deny = [\"^audit$\"]\n",
+        tansu.bootstrap()
+    );
+    let es = Eventscope::collector(&toml);
+    es.wait_metrics("gone", |m| m.get("kafka_consumergroup_lag", &[("consumergroup", "gone")]));
+    let m = es.scrape();
+    assert_eq!(
+        m.get("kafka_consumergroup_lag", &[("consumergroup", "keep"), ("topic", "orders")]),
+        Some(2.0)
+    );
+    assert_eq!(m.count("kafka_consumergroup_lag", &[("topic", "audit")]), 0);
+    assert_eq!(m.count("kafka_topic_partitions", &[("topic", "audit")]), 0);
+    assert_eq!(m.count("kafka_consumergroup_lag", &[("consumergroup", "drop-me")]), 0);
+    assert_eq!(
+        m.count("kafka_topic_partitions", &[("topic", "__consumer_offsets")]),
+        0,
+        "internal topics are excluded by default"
+    );
+
+    delete_group(&tansu.bootstrap(), "gone");
+    es.wait_metrics("deleted group's series gone", |m| {
+        (m.count("kafka_consumergroup_lag", &[("consumergroup", "gone")]) == 0
+            && m.count("kafka_consumergroup_status", &[("consumergroup", "gone")]) == 0
+            && m.count("eventscope_consistency_window_seconds_count", &[("consumergroup", "gone")]) == 0)
+            .then_some(())
+    });
+}
+
+/// Deletes a group with a raw DeleteGroups request through eventscope's own Kafka client.
+fn delete_group(bootstrap: &str, group: &str) {
+    use kafka_protocol::messages::{DeleteGroupsRequest, GroupId};
+    use kafka_protocol::protocol::StrBytes;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = eventscope::kafka::Connection::connect(bootstrap, "test", Duration::from_secs(5), 1 << 20)
+            .await
+            .unwrap();
+        let v = conn.require_version::<DeleteGroupsRequest>(2).expect("tansu supports DeleteGroups");
+        let r = conn
+            .send(
+                &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_string(group.into()))]),
+                v,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.results[0].error_code, 0, "DeleteGroups {group}");
+    });
+}

@@ -1,0 +1,350 @@
+//! Shared helpers of the integration tests: a real tansu broker and a real eventscope process, both on
+//! 127.0.0.1 with fresh ports, stopped when dropped; scraping and parsing `/metrics`; producing and
+//! committing with librdkafka (rdkafka).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A free port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+/// A tansu broker (Apache-Kafka-compatible, in-memory storage) on a fresh port.
+pub struct Tansu {
+    pub port: u16,
+    child: Child,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Tansu {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--storage-engine=memory://tansu/",
+                &format!("--listener-url={url}"),
+                &format!("--advertised-listener-url={url}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu is installed (cargo install --locked tansu@0.6.0 --features dynostore; .ci/run does it)");
+        wait_for(Duration::from_secs(20), "tansu to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Tansu { port, child }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills the broker (SIGKILL: a crash, not a clean stop).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An eventscope process running a role, with its admin address.
+pub struct Eventscope {
+    pub admin: String,
+    child: Child,
+    pub config: tempfile::NamedTempFile,
+}
+
+impl Eventscope {
+    /// Starts `eventscope collector` with `[admin] listen` set to a fresh port and the given TOML appended.
+    pub fn collector(toml: &str) -> Eventscope {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        write!(config, "[admin]\nlisten = \"{admin}\"\nshutdown_grace = \"2s\"\n{toml}").unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+            .args(["collector", "--config", config.path().to_str().unwrap()])
+            .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let es = Eventscope { admin, child, config };
+        wait_for(Duration::from_secs(20), "eventscope /healthz", || {
+            http_get(&es.admin, "/healthz").filter(|(s, _)| *s == 200)
+        });
+        es
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let (status, body) = http_get(&self.admin, "/metrics").expect("scrape");
+        assert_eq!(status, 200);
+        Metrics::parse(&body)
+    }
+
+    pub fn raw_metrics(&self) -> String {
+        http_get(&self.admin, "/metrics").expect("scrape").1
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.admin, path)
+    }
+
+    /// Scrapes until `f` is satisfied.
+    pub fn wait_metrics<T>(&self, what: &str, mut f: impl FnMut(&Metrics) -> Option<T>) -> T {
+        wait_for(Duration::from_secs(30), what, || f(&self.scrape()))
+    }
+
+    /// Sends SIGTERM and returns the exit status and how long the process took to stop.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        unsafe_free_sigterm(self.child.id());
+        let status = self.child.wait().unwrap();
+        (status, started.elapsed())
+    }
+}
+
+/// SIGTERM through the `kill` command (no `unsafe` libc call needed in tests).
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+impl Drop for Eventscope {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; `None` if the server is unreachable.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Parsed samples of a scrape: `name{labels}` → value.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, HashMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                None => (series.to_string(), HashMap::new()),
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics { samples }
+    }
+
+    /// The value of the one sample with this name whose labels include all of `want`.
+    pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(found.len() <= 1, "{name} {want:?} matches {} samples", found.len());
+        found.first().copied()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|(n, _, _)| n == name)
+    }
+
+    pub fn count(&self, name: &str, want: &[(&str, &str)]) -> usize {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .count()
+    }
+
+    /// The label value of the `status` whose sample is 1.
+    pub fn status(&self, cluster: &str, group: &str, topic: &str) -> Option<String> {
+        self.samples
+            .iter()
+            .find(|(n, l, v)| {
+                n == "kafka_consumergroup_status"
+                    && *v == 1.0
+                    && l.get("cluster").map(String::as_str) == Some(cluster)
+                    && l.get("consumergroup").map(String::as_str) == Some(group)
+                    && l.get("topic").map(String::as_str) == Some(topic)
+            })
+            .map(|(_, l, _)| l["status"].clone())
+    }
+}
+
+fn parse_labels(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// A producer that sends one record per request (tansu's ListOffsets answers the start of the last batch
+/// + 1 for multi-record batches; see docs and the issue note).
+pub fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .create()
+        .unwrap()
+}
+
+/// Produces records to a partition with the given CreateTime timestamps; waits for every ack.
+pub fn produce(p: &BaseProducer, topic: &str, partition: i32, timestamps: &[i64]) {
+    for (i, ts) in timestamps.iter().enumerate() {
+        let payload = format!("record-{i}");
+        loop {
+            match p.send(BaseRecord::<(), _>::to(topic).partition(partition).payload(&payload).timestamp(*ts)) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    assert_eq!(p.flush(Duration::from_secs(30)).map(|_| 0), Ok(0), "every record acknowledged");
+}
+
+/// A consumer in `group` that has not joined (no subscription): commits make the group exist with no members.
+pub fn committer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+pub fn commit(c: &BaseConsumer, topic: &str, offsets: &[(i32, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// High watermark of a partition as librdkafka sees it.
+pub fn high_watermark(c: &BaseConsumer, topic: &str, partition: i32) -> i64 {
+    c.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap().1
+}
+
+/// A collector config for one cluster on `bootstrap`, polling fast for tests.
+pub fn collector_toml(bootstrap: &str, extra_collector: &str) -> String {
+    format!(
+        "[collector]\npoll_interval = \"500ms\"\nrequest_timeout = \"2s\"\n{extra_collector}\n[[clusters]]\nname = \"test\"\nkafka = {{ \"bootstrap.servers\" = \"{bootstrap}\" }}\n"
+    )
+}
