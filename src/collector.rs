@@ -343,11 +343,17 @@ pub struct ClusterCollector {
 
 impl ClusterCollector {
     pub fn new(index: usize, cfg: ClusterConfig, settings: CollectorConfig, shared: Arc<Shared>) -> ClusterCollector {
+        // Validation has already checked the properties; a failure here can only be a file changed since.
+        let security = crate::kafka::Security::from_properties(&cfg.kafka).unwrap_or_else(|problems| {
+            tracing::error!(cluster = %cfg.name, ?problems, "security settings unusable; connecting without them");
+            crate::kafka::Security::default()
+        });
         let client = ClusterClient::new(
             cfg.bootstrap_servers(),
             cfg.client_id(),
             settings.request_timeout,
             settings.max_response_bytes,
+            security,
         );
         let filters = Filters::new(&cfg);
         ClusterCollector {

@@ -204,21 +204,8 @@ impl ClusterConfig {
     }
 }
 
-/// Kafka client properties the collector understands, with what each accepts.
-const KAFKA_PROPERTIES: &[&str] = &["bootstrap.servers", "client.id", "security.protocol"];
-
-/// Properties of TLS and SASL, recognised but not yet implemented by the built-in client.
-const KAFKA_PROPERTIES_NOT_YET: &[&str] = &[
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
-];
+/// Kafka client properties the collector understands besides the security ones.
+const KAFKA_PROPERTIES: &[&str] = &["bootstrap.servers", "client.id"];
 
 /// One configuration problem: the key it concerns and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,20 +323,22 @@ impl Config {
                     push(k("kafka.\"bootstrap.servers\""), format!("{server:?} is not host:port"));
                 }
             }
-            for (key, value) in &cl.kafka {
-                let kk = k(&format!("kafka.\"{key}\""));
-                if KAFKA_PROPERTIES_NOT_YET.contains(&key.as_str()) {
+            for key in cl.kafka.keys() {
+                if !KAFKA_PROPERTIES.contains(&key.as_str()) && !crate::kafka::security::SECURITY_PROPERTIES.contains(&key.as_str()) {
+                    let known: Vec<&str> = KAFKA_PROPERTIES
+                        .iter()
+                        .chain(crate::kafka::security::SECURITY_PROPERTIES)
+                        .copied()
+                        .collect();
                     push(
-                        kk,
-                        "TLS and SASL are not implemented by the collector yet (see README, Limits)".into(),
+                        k(&format!("kafka.\"{key}\"")),
+                        format!("unknown or unsupported Kafka client property; supported: {}", known.join(", ")),
                     );
-                } else if !KAFKA_PROPERTIES.contains(&key.as_str()) {
-                    push(kk, format!("unknown Kafka client property; known: {}", KAFKA_PROPERTIES.join(", ")));
-                } else if key == "security.protocol" && !value.eq_ignore_ascii_case("plaintext") {
-                    push(
-                        kk,
-                        format!("{value:?}: only PLAINTEXT is implemented yet (SSL, SASL_* are planned)"),
-                    );
+                }
+            }
+            if let Err(problems) = crate::kafka::Security::from_properties(&cl.kafka) {
+                for (property, reason) in problems {
+                    push(k(&format!("kafka.\"{property}\"")), reason);
                 }
             }
             for (field, list) in [
@@ -383,7 +372,8 @@ fn deserialize_collecting(mut tree: toml::Value, issues: &mut Vec<ConfigIssue>) 
             Ok(config) => return Some(config),
             Err(err) => {
                 let path = err.path().to_string();
-                let inner = err.into_inner().to_string();
+                // Keep the first line: the path is reported separately.
+                let inner = err.into_inner().to_string().lines().next().unwrap_or_default().trim().to_string();
                 let (path, reason) = match unknown_field_name(&inner) {
                     // For an unknown field the path names its parent; point at the field itself.
                     Some(field) if !path.ends_with(&field) => (if path == "." { field.clone() } else { format!("{path}.{field}") }, inner),

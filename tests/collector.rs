@@ -332,7 +332,7 @@ fn delete_group(bootstrap: &str, group: &str) {
     use kafka_protocol::protocol::StrBytes;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let conn = eventscope::kafka::Connection::connect(bootstrap, "test", Duration::from_secs(5), 1 << 20)
+        let conn = eventscope::kafka::Connection::connect(bootstrap, "test", Duration::from_secs(5), 1 << 20, &Default::default())
             .await
             .unwrap();
         let v = conn.require_version::<DeleteGroupsRequest>(2).expect("tansu supports DeleteGroups");

@@ -19,7 +19,7 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{check_code, Connection, KafkaError};
+use super::{check_code, Connection, KafkaError, Security};
 
 /// A topic and partition.
 pub type Tp = (Arc<str>, i32);
@@ -91,17 +91,19 @@ pub struct ClusterClient {
     client_id: String,
     timeout: Duration,
     max_frame: usize,
+    security: Security,
     brokers: Mutex<HashMap<i32, String>>,
     conns: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
 }
 
 impl ClusterClient {
-    pub fn new(bootstrap: Vec<String>, client_id: String, timeout: Duration, max_frame: usize) -> ClusterClient {
+    pub fn new(bootstrap: Vec<String>, client_id: String, timeout: Duration, max_frame: usize, security: Security) -> ClusterClient {
         ClusterClient {
             bootstrap,
             client_id,
             timeout,
             max_frame,
+            security,
             brokers: Mutex::new(HashMap::new()),
             conns: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -115,7 +117,7 @@ impl ClusterClient {
             }
         }
         conns.remove(addr);
-        let c = Arc::new(Connection::connect(addr, &self.client_id, self.timeout, self.max_frame).await?);
+        let c = Arc::new(Connection::connect(addr, &self.client_id, self.timeout, self.max_frame, &self.security).await?);
         conns.insert(addr.to_string(), c.clone());
         Ok(c)
     }

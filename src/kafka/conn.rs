@@ -13,12 +13,20 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::security::{plain_token, Mechanism, Scram, Security};
 use super::KafkaError;
+
+/// A byte stream to a broker: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+/// How long before the broker's SASL session ends a connection is replaced (KIP-368).
+const REAUTH_MARGIN: Duration = Duration::from_secs(5);
 
 type Waiter = oneshot::Sender<Result<Bytes, KafkaError>>;
 
@@ -31,7 +39,7 @@ struct Pending {
 /// A connection with negotiated API versions.
 pub struct Connection {
     addr: String,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf<BoxStream>>,
     pending: Arc<Mutex<Pending>>,
     next_correlation: AtomicI32,
     alive: Arc<AtomicBool>,
@@ -39,6 +47,8 @@ pub struct Connection {
     client_id: StrBytes,
     timeout: Duration,
     reader: tokio::task::JoinHandle<()>,
+    /// When the broker will end the SASL session (SaslAuthenticate's session lifetime), if it said.
+    expires_at: Option<std::time::Instant>,
 }
 
 impl Drop for Connection {
@@ -48,17 +58,43 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Dials `addr`, starts the reader and negotiates versions with ApiVersions.
-    pub async fn connect(addr: &str, client_id: &str, timeout: Duration, max_frame: usize) -> Result<Connection, KafkaError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    /// Dials `addr` (with TLS when configured), starts the reader, negotiates versions with ApiVersions
+    /// and authenticates with SASL when configured.
+    pub async fn connect(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        max_frame: usize,
+        security: &Security,
+    ) -> Result<Connection, KafkaError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| KafkaError::Timeout(timeout))?
             .map_err(|source| KafkaError::Connect {
                 addr: addr.to_string(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let _ = tcp.set_nodelay(true);
+        let stream: BoxStream = match &security.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let host = super::split_host_port(addr).map(|(h, _)| h).unwrap_or_default();
+                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| KafkaError::Connect {
+                    addr: addr.into(),
+                    source: std::io::Error::other(format!("{host:?} is not a TLS server name")),
+                })?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| KafkaError::Timeout(timeout))?
+                    .map_err(|e| KafkaError::Connect {
+                        addr: addr.into(),
+                        source: std::io::Error::other(format!("TLS handshake: {e}")),
+                    })?;
+                Box::new(tls)
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let alive = Arc::new(AtomicBool::new(true));
         let reader = tokio::spawn(read_loop(read, pending.clone(), alive.clone(), max_frame));
@@ -72,17 +108,71 @@ impl Connection {
             client_id: StrBytes::from_string(client_id.to_string()),
             timeout,
             reader,
+            expires_at: None,
         };
         conn.versions = conn.negotiate().await?;
+        if let Some(sasl) = &security.sasl {
+            conn.expires_at = conn.authenticate(sasl.mechanism, &sasl.username, &sasl.password).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake v1, then SaslAuthenticate rounds. Returns when the session ends, if the broker says.
+    async fn authenticate(&self, mechanism: Mechanism, username: &str, password: &str) -> Result<Option<std::time::Instant>, KafkaError> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let v = self.require_version::<SaslHandshakeRequest>(1)?;
+        let hs = self
+            .send(
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism.name())),
+                v,
+            )
+            .await?;
+        if hs.error_code != 0 {
+            let offered: Vec<String> = hs.mechanisms.iter().map(|m| m.to_string()).collect();
+            return Err(KafkaError::Authorization(format!(
+                "SASL mechanism {} refused (broker offers {})",
+                mechanism.name(),
+                offered.join(", ")
+            )));
+        }
+        let av = self.require_version::<SaslAuthenticateRequest>(2)?;
+        let round = |token: Vec<u8>| async move {
+            let r = self
+                .send(&SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token)), av)
+                .await?;
+            if r.error_code != 0 {
+                let msg = r.error_message.map(|m| m.to_string()).unwrap_or_default();
+                return Err(KafkaError::Authorization(format!(
+                    "SASL {} authentication failed: {msg}",
+                    mechanism.name()
+                )));
+            }
+            Ok::<_, KafkaError>((r.auth_bytes, r.session_lifetime_ms))
+        };
+        let lifetime_ms = match mechanism {
+            Mechanism::Plain => round(plain_token(username, password)).await?.1,
+            Mechanism::ScramSha256 | Mechanism::ScramSha512 => {
+                let mut scram = Scram::new(mechanism, username, password, Scram::random_nonce());
+                let (server_first, _) = round(scram.client_first().into_bytes()).await?;
+                let server_first = String::from_utf8_lossy(&server_first).into_owned();
+                let client_final = scram.client_final(&server_first).map_err(KafkaError::Authorization)?;
+                let (server_final, lifetime) = round(client_final.into_bytes()).await?;
+                scram
+                    .verify_server_final(&String::from_utf8_lossy(&server_final))
+                    .map_err(KafkaError::Authorization)?;
+                lifetime
+            }
+        };
+        Ok((lifetime_ms > 0).then(|| std::time::Instant::now() + Duration::from_millis(lifetime_ms as u64)))
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
+    /// False once the connection failed, or when its SASL session is about to end.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+        self.alive.load(Ordering::Relaxed) && self.expires_at.is_none_or(|t| std::time::Instant::now() + REAUTH_MARGIN < t)
     }
 
     /// The highest version of `R` both sides support, if any.
@@ -188,7 +278,7 @@ fn api_key(key: i16) -> ApiKey {
     ApiKey::try_from(key).unwrap_or(ApiKey::ApiVersions)
 }
 
-async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, alive: Arc<AtomicBool>, max_frame: usize) {
+async fn read_loop(mut read: ReadHalf<BoxStream>, pending: Arc<Mutex<Pending>>, alive: Arc<AtomicBool>, max_frame: usize) {
     let reason = loop {
         let mut len = [0u8; 4];
         if let Err(e) = read.read_exact(&mut len).await {

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod security;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use kafka_protocol::ResponseError;
 
 pub use client::ClusterClient;
 pub use conn::Connection;
+pub use security::Security;
 
 /// Everything that can go wrong talking to a broker, typed where it arises.
 #[derive(Debug, thiserror::Error)]

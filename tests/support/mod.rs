@@ -63,14 +63,23 @@ impl Tansu {
     }
 
     pub fn start_on(port: u16) -> Tansu {
-        let url = format!("tcp://127.0.0.1:{port}");
+        Self::start_with(port, port, false)
+    }
+
+    /// A broker on `port` that tells clients to use `advertised` (e.g. a TLS terminator in front of it),
+    /// requiring SASL when `authentication` is set.
+    pub fn start_with(port: u16, advertised: u16, authentication: bool) -> Tansu {
+        let mut args = vec![
+            "broker".to_string(),
+            "--storage-engine=memory://tansu/".to_string(),
+            format!("--listener-url=tcp://127.0.0.1:{port}"),
+            format!("--advertised-listener-url=tcp://127.0.0.1:{advertised}"),
+        ];
+        if authentication {
+            args.push("--authentication".into());
+        }
         let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--storage-engine=memory://tansu/",
-                &format!("--listener-url={url}"),
-                &format!("--advertised-listener-url={url}"),
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -288,6 +297,174 @@ fn parse_labels(s: &str) -> HashMap<String, String> {
         rest = &after[end..];
     }
     out
+}
+
+/// A librdkafka configuration with extra client properties (security settings).
+pub fn client_config(bootstrap: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// Creates a topic through the Kafka protocol (CreateTopics) with librdkafka's admin client.
+pub fn create_topic_with(bootstrap: &str, props: &[(&str, &str)], name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, props).create().unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let r =
+        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
+            .expect("CreateTopics");
+    assert!(r[0].is_ok(), "create topic {name}: {:?}", r[0]);
+}
+
+pub fn producer_with(bootstrap: &str, props: &[(&str, &str)]) -> BaseProducer {
+    let mut c = client_config(bootstrap, props);
+    c.set("batch.num.messages", "1").set("linger.ms", "0").set("acks", "all");
+    c.create().unwrap()
+}
+
+pub fn committer_with(bootstrap: &str, group: &str, props: &[(&str, &str)]) -> BaseConsumer {
+    let mut c = client_config(bootstrap, props);
+    c.set("group.id", group).set("enable.auto.commit", "false");
+    c.create().unwrap()
+}
+
+/// stunnel (Debian's stunnel4) terminating TLS on `accept` and forwarding to `connect` in plaintext;
+/// with `client_ca`, it requires client certificates signed by that CA (mutual TLS).
+pub struct Stunnel {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Stunnel {
+    pub fn start(accept: u16, connect: u16, certs: &Certs, require_client_cert: bool) -> Stunnel {
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        let mut text = format!(
+            "foreground = yes\npid =\nsyslog = no\ndebug = 3\n[kafka]\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = {}\nkey = {}\n",
+            certs.server_cert.display(),
+            certs.server_key.display()
+        );
+        if require_client_cert {
+            text.push_str(&format!("verifyChain = yes\nCAfile = {}\n", certs.ca.display()));
+        }
+        config.write_all(text.as_bytes()).unwrap();
+        let child = Command::new("stunnel4")
+            .arg(config.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 is installed (Debian package stunnel4; .ci/run installs it)");
+        wait_for(Duration::from_secs(10), "stunnel to listen", || {
+            TcpStream::connect(("127.0.0.1", accept)).ok()
+        });
+        Stunnel { child, _config: config }
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with openssl.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed nothing here: trusting only it must fail.
+    pub other_ca: PathBuf,
+}
+
+impl Certs {
+    pub fn generate() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=eventscope test {ca}"),
+                "-days",
+                "2",
+            ]);
+        }
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for who in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ]);
+        }
+        Certs {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.pem"),
+            dir,
+        }
+    }
+}
+
+/// A collector config for one cluster with extra Kafka client properties.
+pub fn collector_toml_with(bootstrap: &str, props: &[(&str, &str)]) -> String {
+    let mut kafka = format!("\"bootstrap.servers\" = \"{bootstrap}\"");
+    for (k, v) in props {
+        kafka.push_str(&format!(", \"{k}\" = \"{v}\""));
+    }
+    format!("[collector]\npoll_interval = \"500ms\"\nrequest_timeout = \"2s\"\n[[clusters]]\nname = \"test\"\nkafka = {{ {kafka} }}\n")
 }
 
 /// A producer that sends one record per request (tansu's ListOffsets answers the start of the last batch
