@@ -112,9 +112,9 @@ const OFF_ATTRIBUTES: usize = 21;
 const OFF_LAST_OFFSET_DELTA: usize = 23;
 const OFF_BASE_TIMESTAMP: usize = 27;
 const OFF_MAX_TIMESTAMP: usize = 35;
-const OFF_RECORD_COUNT: usize = 57;
 const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
 const ATTR_CONTROL: i16 = 1 << 5;
+const ATTR_COMPRESSION: i16 = 0b111;
 
 fn be_i64(b: &[u8], at: usize) -> i64 {
     let mut a = [0u8; 8];
@@ -179,6 +179,11 @@ pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64
 }
 
 /// The time of the first record at or after `target` in one batch that contains it.
+///
+/// Compressed batches are never decompressed (no decompression bomb can reach the collector, and no CPU
+/// is spent on it): Kafka producers set a batch's base timestamp to its first record's, so the base offset
+/// is exact from the header alone, and an offset inside the batch is interpolated between the first and
+/// the max timestamp (records of one batch were created within the producer's linger time).
 fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i64, max_ts: i64, log_append: bool) -> RecordTime {
     let offset = target.max(base);
     if log_append {
@@ -189,27 +194,37 @@ fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i6
             exact: true,
         };
     }
-    if complete {
-        let record_count = be_i32(b, OFF_RECORD_COUNT);
-        // Each record takes at least 7 bytes uncompressed; a count beyond what the batch (even fully
-        // compressed at 1000:1) could hold is corrupt, and would make the decoder reserve too much.
-        if record_count >= 0 && (record_count as usize) <= b.len().saturating_mul(1000) / 7 {
-            let mut slice = bytes::Bytes::copy_from_slice(b);
-            if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
-                if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
-                    return RecordTime {
-                        offset: r.offset,
-                        timestamp_ms: r.timestamp,
-                        log_append_time: false,
-                        exact: true,
-                    };
-                }
+    if offset == base {
+        return RecordTime {
+            offset,
+            timestamp_ms: base_ts,
+            log_append_time: false,
+            exact: true,
+        };
+    }
+    let compressed = be_i16(b, OFF_ATTRIBUTES) & ATTR_COMPRESSION != 0;
+    if complete && !compressed {
+        let mut slice = bytes::Bytes::copy_from_slice(b);
+        if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
+            if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
+                return RecordTime {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp,
+                    log_append_time: false,
+                    exact: true,
+                };
             }
         }
     }
+    let last = base.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64);
+    let ts = if last > base && max_ts >= base_ts {
+        base_ts + ((max_ts - base_ts) as f64 * (offset - base) as f64 / (last - base) as f64).round() as i64
+    } else {
+        base_ts
+    };
     RecordTime {
         offset,
-        timestamp_ms: base_ts,
+        timestamp_ms: ts,
         log_append_time: false,
         exact: false,
     }
@@ -264,7 +279,18 @@ mod tests {
             bytes.extend(batch(13, &[4000, 5000], compression));
             let mut anchors = Vec::new();
             let r = find_record_time(&bytes, 11, &mut anchors).unwrap();
-            assert_eq!((r.offset, r.timestamp_ms, r.exact), (11, 2000, true), "{compression:?}");
+            // Uncompressed: read from the record. Compressed: interpolated from the header, not decompressed.
+            assert_eq!(
+                (r.offset, r.timestamp_ms, r.exact),
+                (11, 2000, compression == Compression::None),
+                "{compression:?}"
+            );
+            let r = find_record_time(&bytes, 13, &mut anchors).unwrap();
+            assert_eq!(
+                (r.offset, r.timestamp_ms, r.exact),
+                (13, 4000, true),
+                "base offsets are exact from the header"
+            );
             let r = find_record_time(&bytes, 14, &mut anchors).unwrap();
             assert_eq!((r.offset, r.timestamp_ms), (14, 5000));
             assert!(find_record_time(&bytes, 15, &mut anchors).is_none());
@@ -276,7 +302,11 @@ mod tests {
         let bytes = batch(0, &[1000, 2000, 3000], Compression::None);
         let cut = &bytes[..bytes.len() - 5];
         let r = find_record_time(cut, 1, &mut Vec::new()).unwrap();
-        assert_eq!((r.timestamp_ms, r.exact), (1000, false));
+        assert_eq!(
+            (r.timestamp_ms, r.exact),
+            (2000, false),
+            "interpolated between the header's first and max timestamps"
+        );
     }
 
     #[test]
@@ -285,8 +315,9 @@ mod tests {
         for len in 0..bytes.len() {
             let _ = find_record_time(&bytes[..len], 0, &mut Vec::new());
         }
+        // A record count of i32::MAX in an otherwise valid batch: refused by the CRC, answered from the header.
         let mut corrupt = bytes.clone();
-        corrupt[OFF_RECORD_COUNT..OFF_RECORD_COUNT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        corrupt[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
         let r = find_record_time(&corrupt, 1, &mut Vec::new()).unwrap();
         assert!(!r.exact);
         let mut x = 0x1234_5678u32;

@@ -33,7 +33,24 @@ type Waiter = oneshot::Sender<Result<Bytes, KafkaError>>;
 #[derive(Default)]
 struct Pending {
     waiters: HashMap<i32, Waiter>,
-    closed: Option<String>,
+    closed: Option<Closed>,
+}
+
+/// Why the reader stopped.
+#[derive(Clone)]
+enum Closed {
+    Io(String),
+    /// The broker sent a frame that cannot be valid: never read, the connection is dropped.
+    Malformed(String),
+}
+
+impl Closed {
+    fn error(&self) -> KafkaError {
+        match self {
+            Closed::Io(r) => KafkaError::Io(r.clone()),
+            Closed::Malformed(r) => KafkaError::Protocol(r.clone()),
+        }
+    }
 }
 
 /// A connection with negotiated API versions.
@@ -214,8 +231,8 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().expect("pending lock");
-            if let Some(reason) = &pending.closed {
-                return Err(KafkaError::Io(reason.clone()));
+            if let Some(closed) = &pending.closed {
+                return Err(closed.error());
             }
             pending.waiters.insert(correlation_id, tx);
         }
@@ -266,7 +283,18 @@ impl Connection {
     }
 }
 
-fn decode_response<R: Request>(mut body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
+/// Decodes a response. The codec is not expected to panic on malformed input, but the bytes are untrusted:
+/// a panic is caught and becomes a protocol error, so it can never end a collection task.
+fn decode_response<R: Request>(body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
+    std::panic::catch_unwind(move || decode_response_inner::<R>(body, version)).unwrap_or_else(|_| {
+        Err(KafkaError::Protocol(format!(
+            "{:?} v{version} response: decoder panicked",
+            api_key(R::KEY)
+        )))
+    })
+}
+
+fn decode_response_inner<R: Request>(mut body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
     let header_version = <R::Response as HeaderVersion>::header_version(version);
     ResponseHeader::decode(&mut body, header_version).map_err(|e| KafkaError::Protocol(format!("response header: {e}")))?;
     let response = R::Response::decode(&mut body, version)
@@ -279,34 +307,75 @@ fn api_key(key: i16) -> ApiKey {
 }
 
 async fn read_loop(mut read: ReadHalf<BoxStream>, pending: Arc<Mutex<Pending>>, alive: Arc<AtomicBool>, max_frame: usize) {
-    let reason = loop {
+    let closed = loop {
         let mut len = [0u8; 4];
         if let Err(e) = read.read_exact(&mut len).await {
-            break format!("read: {e}");
+            break Closed::Io(format!("read: {e}"));
         }
         let len = i32::from_be_bytes(len);
         if len < 4 || len as usize > max_frame {
-            break format!("response frame of {len} bytes is outside 4..={max_frame}");
+            break Closed::Malformed(format!("response frame of {len} bytes is outside 4..={max_frame}"));
         }
         let mut buf = vec![0u8; len as usize];
         if let Err(e) = read.read_exact(&mut buf).await {
-            break format!("read: {e}");
+            break Closed::Io(format!("read: {e}"));
         }
-        let mut body = Bytes::from(buf);
+        let body = Bytes::from(buf);
         let correlation_id = body.clone().get_i32();
         let waiter = pending.lock().expect("pending lock").waiters.remove(&correlation_id);
         match waiter {
             Some(tx) => {
-                let _ = tx.send(Ok(body.split_off(0)));
+                let _ = tx.send(Ok(body));
             }
-            // A response nobody waits for (its caller timed out): dropped.
+            // A response nobody waits for (its caller timed out, or the broker invented it): dropped.
             None => tracing::debug!(correlation_id, "response without a waiter"),
         }
     };
     alive.store(false, Ordering::Relaxed);
     let mut p = pending.lock().expect("pending lock");
-    p.closed = Some(reason.clone());
     for (_, tx) in p.waiters.drain() {
-        let _ = tx.send(Err(KafkaError::Io(reason.clone())));
+        let _ = tx.send(Err(closed.error()));
+    }
+    p.closed = Some(closed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::*;
+
+    /// Random bytes, truncated responses and huge counts never panic or abort in any response the client
+    /// decodes; they are errors (or, rarely, a nonsense value that the callers bound-check).
+    #[test]
+    fn garbage_responses_never_panic() {
+        let mut x = 0x2545_f491u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..3000 {
+            let len = (next() % 300) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 3 == 0 && bytes.len() >= 12 {
+                // A plausible header followed by a huge count.
+                bytes[4..8].copy_from_slice(&0x7fff_fff0i32.to_be_bytes());
+            }
+            let b = Bytes::from(bytes);
+            macro_rules! no_panic {
+                ($($req:ty => $v:expr),*) => {$(
+                    let input = b.clone();
+                    let outcome = std::panic::catch_unwind(move || decode_response_inner::<$req>(input, $v).is_ok());
+                    assert!(outcome.is_ok(), "{} v{} panicked on {:?}", stringify!($req), $v, b);
+                )*};
+            }
+            no_panic!(
+                ApiVersionsRequest => 3, ApiVersionsRequest => 0, MetadataRequest => 12, MetadataRequest => 9,
+                ListGroupsRequest => 4, DescribeGroupsRequest => 5, FindCoordinatorRequest => 4, FindCoordinatorRequest => 3,
+                OffsetFetchRequest => 8, OffsetFetchRequest => 6, ListOffsetsRequest => 7, FetchRequest => 11,
+                SaslHandshakeRequest => 1, SaslAuthenticateRequest => 2
+            );
+        }
     }
 }
