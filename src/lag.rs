@@ -27,22 +27,37 @@ const TIMELINE_POINTS: usize = 512;
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
     points: VecDeque<(i64, i64)>,
+    /// The last log-end offset seen and when: record `log_end` did not exist yet at that time.
+    last_seen: Option<(i64, i64)>,
 }
 
 impl Timeline {
-    /// Records that every record below `log_end` was appended at or before `now_ms`.
+    /// Records the log-end offset seen at `now_ms`. New records `[previous log end, log_end)` were appended
+    /// after the previous sample and by this one: the first is placed at the previous sample's time, the
+    /// last at this one's, so interpolation between them is off by at most one poll interval.
     pub fn observe_log_end(&mut self, log_end: i64, now_ms: i64) {
-        if let Some(&(last_offset, _)) = self.points.back() {
-            if log_end - 1 < last_offset {
+        match self.last_seen {
+            Some((previous, _)) if log_end < previous => {
                 // The log went backwards: the topic was recreated or truncated. Start again.
                 self.points.clear();
-            } else if log_end - 1 == last_offset {
-                return;
+                if log_end > 0 {
+                    self.insert(log_end - 1, now_ms);
+                }
             }
+            Some((previous, seen_at)) if log_end > previous => {
+                if log_end - 1 == previous {
+                    self.insert(previous, seen_at + (now_ms - seen_at) / 2);
+                } else {
+                    self.insert(previous, seen_at);
+                    self.insert(log_end - 1, now_ms);
+                }
+            }
+            Some(_) => {}
+            // First sample: everything below was appended at or before now.
+            None if log_end > 0 => self.insert(log_end - 1, now_ms),
+            None => {}
         }
-        if log_end > 0 {
-            self.insert(log_end - 1, now_ms);
-        }
+        self.last_seen = Some((log_end, now_ms));
     }
 
     /// Records an append time read from a record.
@@ -340,12 +355,26 @@ mod tests {
         t.observe_log_end(100, 10_000); // offsets 0..=99 appended by t=10s
         t.observe_log_end(200, 20_000);
         assert_eq!(t.estimate(199), Some(20_000));
-        assert_eq!(t.estimate(149), Some(15_000));
+        assert_eq!(
+            t.estimate(100),
+            Some(10_000),
+            "the first new record: just after the previous sample"
+        );
+        assert_eq!(t.estimate(149), Some(14_949), "records 100..=199 spread over 10 s..20 s");
         assert_eq!(t.estimate(0), Some(10_000)); // lower bound, not "3 years"
         assert_eq!(t.estimate(250), None);
         t.observe_exact(120, 11_000);
         assert_eq!(t.estimate(120), Some(11_000));
-        t.observe_log_end(50, 30_000); // topic recreated
+        // Quiet for 20 s, then 10 records between t=40s and t=41s: placed in that second, not smeared
+        // back over the quiet time.
+        t.observe_log_end(200, 30_000);
+        t.observe_log_end(200, 40_000);
+        t.observe_log_end(210, 41_000);
+        assert_eq!(t.estimate(200), Some(40_000));
+        assert_eq!(t.estimate(209), Some(41_000));
+        t.observe_log_end(211, 42_000);
+        assert_eq!(t.estimate(210), Some(41_500), "a single new record: the middle of the interval");
+        t.observe_log_end(50, 50_000); // topic recreated
         assert_eq!(t.len(), 1);
         assert_eq!(age_seconds(1_000, 2_000), 0.0);
     }

@@ -346,3 +346,92 @@ fn delete_group(bootstrap: &str, group: &str) {
         assert_eq!(r.results[0].error_code, 0, "DeleteGroups {group}");
     });
 }
+
+/// A busy, bursty topic with a consumer that keeps up: lag seconds stays small and steady (the age of a
+/// real record), never bouncing up to the poll interval or beyond as interpolating exporters do.
+#[test]
+fn lag_seconds_on_a_bursty_topic_stays_small() {
+    let tansu = Tansu::start();
+    tansu.create_topic("clicks", 1);
+    let bootstrap = tansu.bootstrap();
+    let es = Eventscope::collector(&collector_toml(&bootstrap, ""));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_p = stop.clone();
+    let b = bootstrap.clone();
+    let producer_thread = std::thread::spawn(move || {
+        let p = producer(&b);
+        while !stop_p.load(std::sync::atomic::Ordering::Relaxed) {
+            // A burst of 50 records, then quiet.
+            produce(&p, "clicks", 0, &[now_ms(); 50]);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    });
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "counter")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["clicks"]).unwrap();
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    let mut last_sample = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset("clicks", 0, rdkafka::Offset::Offset(rdkafka::Message::offset(&m) + 1))
+                .unwrap();
+            let _ = consumer.commit(&tpl, CommitMode::Async);
+        }
+        if started.elapsed() > Duration::from_secs(3) && last_sample.elapsed() > Duration::from_millis(250) {
+            last_sample = std::time::Instant::now();
+            if let Some(v) = es.scrape().get(
+                "kafka_consumergroup_lag_seconds",
+                &[("consumergroup", "counter"), ("partition", "0")],
+            ) {
+                samples.push(v);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer_thread.join().unwrap();
+    assert!(samples.len() >= 15, "{samples:?}");
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    assert!(samples.iter().all(|v| v.is_finite() && *v >= 0.0), "{samples:?}");
+    assert!(max < 2.0, "lag seconds of a consumer that keeps up stays under 2 s: {samples:?}");
+}
+
+/// `lag_seconds_method = "interpolate"` never reads records: append times come from log-end samples.
+/// Records older than the first sample get a lower bound, never an extrapolation.
+#[test]
+fn interpolated_lag_seconds() {
+    let tansu = Tansu::start();
+    tansu.create_topic("orders", 1);
+    let p = producer(&tansu.bootstrap());
+    // Created 1 hour ago, but appended just now: interpolation can only know when the log end moved.
+    produce(&p, "orders", 0, &[now_ms() - 3_600_000; 10]);
+    let c = committer(&tansu.bootstrap(), "g");
+    commit(&c, "orders", &[(0, 0)]);
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), "lag_seconds_method = \"interpolate\""));
+    let first = es.wait_metrics("lag seconds", |m| {
+        m.get("kafka_consumergroup_lag_seconds", &[("consumergroup", "g")])
+    });
+    assert!(
+        first < 5.0,
+        "a lower bound since the first sample, not the records' CreateTime: {first}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Ten new records appended at a known time; the group moves to the first of them.
+    let appended = now_ms();
+    produce(&p, "orders", 0, &[appended; 10]);
+    commit(&c, "orders", &[(0, 10)]);
+    std::thread::sleep(Duration::from_secs(3));
+    let v = es.wait_metrics("offset 10", |m| {
+        (m.get("kafka_consumergroup_current_offset", &[("consumergroup", "g")]) == Some(10.0))
+            .then(|| m.get("kafka_consumergroup_lag_seconds", &[("consumergroup", "g")]).unwrap())
+    });
+    let truth = (now_ms() - appended) as f64 / 1000.0;
+    // Interpolation between samples: off by at most one poll interval (500 ms) plus scrape delays.
+    assert!((v - truth).abs() < 1.2, "interpolated {v} vs appended {truth} s ago");
+}
