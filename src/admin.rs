@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -57,20 +59,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let body = tokio::task::spawn_blocking(move || shared.render_metrics())
+            let (series, own) = tokio::task::spawn_blocking(move || shared.render_metrics())
                 .await
                 .unwrap_or_default();
+            let frames = vec![Ok::<_, Infallible>(Frame::data(series)), Ok(Frame::data(Bytes::from(own)))];
             Response::builder()
                 .header("content-type", TEXT_FORMAT)
-                .body(Full::new(Bytes::from(body)))
+                .body(StreamBody::new(futures::stream::iter(frames)).boxed())
         }
-        (&Method::GET, "/healthz") => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::GET, "/healthz") => Response::builder().body(full(Bytes::from_static(b"ok\n"))),
         (&Method::GET, "/readyz") => {
             if shared.ready() {
-                Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
+                Response::builder().body(full(Bytes::from_static(b"ready\n")))
             } else {
                 let waiting: Vec<&str> = shared
                     .clusters
@@ -80,18 +83,20 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                     .collect();
                 Response::builder()
                     .status(StatusCode::SERVICE_UNAVAILABLE)
-                    .body(Full::new(Bytes::from(format!(
+                    .body(full(Bytes::from(format!(
                         "waiting for a first collection of: {}\n",
                         waiting.join(", ")
                     ))))
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz") => Response::builder()
-            .status(StatusCode::METHOD_NOT_ALLOWED)
-            .body(Full::new(Bytes::new())),
+        (_, "/metrics" | "/healthz" | "/readyz") => Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new())),
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"not found: try /metrics, /healthz, /readyz\n"))),
+            .body(full(Bytes::from_static(b"not found: try /metrics, /healthz, /readyz\n"))),
     };
-    Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    Ok(response.unwrap_or_else(|_| Response::new(full(Bytes::new()))))
+}
+
+fn full(b: Bytes) -> BoxBody<Bytes, Infallible> {
+    Full::new(b).boxed()
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::{stream, StreamExt};
 use regex::Regex;
 use tokio::sync::watch;
@@ -25,9 +26,11 @@ use crate::consistency::{observe_commit, Histogram};
 use crate::kafka::client::{ClusterMetadata, GroupDescription, Tp, EARLIEST, LATEST};
 use crate::kafka::{ClusterClient, KafkaError};
 use crate::lag::{age_seconds, find_record_time, RecordTime, Timeline};
-use crate::metrics::{self as m, SelfMetrics};
+use crate::metrics::SelfMetrics;
 use crate::status::{Observation, Status, Window};
 
+/// Groups per DescribeGroups + OffsetFetch job (one batched request each where the broker allows).
+const GROUP_JOB: usize = 100;
 /// Partitions per ListOffsets request.
 const LIST_OFFSETS_BATCH: usize = 1000;
 /// Partitions per lag-seconds Fetch request, and bytes read per partition (the broker still returns the
@@ -95,7 +98,7 @@ pub struct Shared {
     pub self_metrics: SelfMetrics,
     pub clusters: Vec<ClusterSlot>,
     version: AtomicU64,
-    cache: Mutex<(u64, Arc<String>)>,
+    cache: Mutex<(u64, Bytes)>,
 }
 
 impl Shared {
@@ -114,7 +117,7 @@ impl Shared {
                 })
                 .collect(),
             version: AtomicU64::new(1),
-            cache: Mutex::new((0, Arc::new(String::new()))),
+            cache: Mutex::new((0, Bytes::new())),
         })
     }
 
@@ -139,146 +142,22 @@ impl Shared {
         self.clusters.iter().all(|c| c.ready.load(Ordering::Relaxed))
     }
 
-    /// The `/metrics` body: snapshot series (rendered once per change, then cached) and self metrics.
-    pub fn render_metrics(&self) -> String {
+    /// The `/metrics` body in two parts: the snapshot series (rendered once per new snapshot, then shared
+    /// by every scrape without a copy) and eventscope's own metrics.
+    pub fn render_metrics(&self) -> (Bytes, String) {
         let version = self.version.load(Ordering::Acquire);
         let snapshot_text = {
             let mut cache = self.cache.lock().expect("render cache lock");
             if cache.0 != version {
-                *cache = (version, Arc::new(render_snapshots(&self.snapshots())));
+                let started = Instant::now();
+                *cache = (version, crate::exposition::render(&self.snapshots()));
+                self.self_metrics.render_duration.observe(started.elapsed().as_secs_f64());
             }
             cache.1.clone()
         };
-        let mut out = String::with_capacity(snapshot_text.len() + 4096);
-        out.push_str(&snapshot_text);
-        self.self_metrics.render(&mut out);
-        out
-    }
-}
-
-/// Renders snapshots in the Prometheus text format, each family once.
-pub fn render_snapshots(snaps: &[Arc<Snapshot>]) -> String {
-    use m::{L_CLUSTER as C, L_GROUP as G, L_PARTITION as P, L_TOPIC as T};
-    let mut out = String::with_capacity(1 << 16);
-    for fam in m::SNAPSHOT_FAMILIES {
-        m::write_header(&mut out, fam);
-        for s in snaps {
-            let c = s.cluster.as_str();
-            match fam.name {
-                n if n == m::GROUP_MEMBERS.name => {
-                    for g in &s.groups {
-                        if let Some(members) = g.members {
-                            m::write_sample(&mut out, n, "", &[(C, c), (G, &g.group)], members as f64);
-                        }
-                    }
-                }
-                n if n == m::TOPIC_PARTITIONS.name => {
-                    for t in &s.topics {
-                        m::write_sample(&mut out, n, "", &[(C, c), (T, &t.topic)], t.partitions.len() as f64);
-                    }
-                }
-                n if n == m::TOPIC_CURRENT_OFFSET.name || n == m::TOPIC_OLDEST_OFFSET.name => {
-                    let newest = n == m::TOPIC_CURRENT_OFFSET.name;
-                    for t in &s.topics {
-                        for (p, oldest, end) in &t.partitions {
-                            if let Some(v) = if newest { end } else { oldest } {
-                                m::write_sample(&mut out, n, "", &[(C, c), (T, &t.topic), (P, &partition_label(*p))], *v as f64);
-                            }
-                        }
-                    }
-                }
-                n if n == m::GROUP_STATUS.name => {
-                    for g in &s.groups {
-                        for t in &g.topics {
-                            for st in Status::ALL {
-                                let v = if st == t.status { 1.0 } else { 0.0 };
-                                m::write_sample(
-                                    &mut out,
-                                    n,
-                                    "",
-                                    &[(C, c), (G, &g.group), (T, &t.topic), (m::L_STATUS, st.as_label())],
-                                    v,
-                                );
-                            }
-                        }
-                    }
-                }
-                n if n == m::GROUP_LAG_SUM.name || n == m::GROUP_CURRENT_OFFSET_SUM.name => {
-                    let lag = n == m::GROUP_LAG_SUM.name;
-                    for g in &s.groups {
-                        for t in &g.topics {
-                            let v: f64 = if lag {
-                                t.partitions.iter().filter_map(|p| p.lag).sum::<u64>() as f64
-                            } else {
-                                t.partitions.iter().map(|p| p.committed).sum::<i64>() as f64
-                            };
-                            if !t.partitions.is_empty() {
-                                m::write_sample(&mut out, n, "", &[(C, c), (G, &g.group), (T, &t.topic)], v);
-                            }
-                        }
-                    }
-                }
-                n if n == m::CONSISTENCY_WINDOW.name => {
-                    for g in &s.groups {
-                        for t in &g.topics {
-                            let h = &t.consistency;
-                            let labels = [(C, c), (G, g.group.as_str()), (T, &*t.topic)];
-                            for (bound, cum) in m::CONSISTENCY_BUCKETS
-                                .iter()
-                                .map(|b| b.to_string())
-                                .chain(["+Inf".to_string()])
-                                .zip(h.cumulative())
-                            {
-                                m::write_sample(
-                                    &mut out,
-                                    n,
-                                    "_bucket",
-                                    &[labels[0], labels[1], labels[2], ("le", &bound)],
-                                    cum as f64,
-                                );
-                            }
-                            m::write_sample(&mut out, n, "_sum", &labels, h.sum);
-                            m::write_sample(&mut out, n, "_count", &labels, h.count as f64);
-                        }
-                    }
-                }
-                n => {
-                    for g in &s.groups {
-                        for t in &g.topics {
-                            for p in &t.partitions {
-                                let v = match n {
-                                    _ if n == m::GROUP_LAG.name => p.lag.map(|l| l as f64),
-                                    _ if n == m::GROUP_LAG_SECONDS.name => p.lag_seconds,
-                                    _ => Some(p.committed as f64),
-                                };
-                                if let Some(v) = v {
-                                    m::write_sample(
-                                        &mut out,
-                                        n,
-                                        "",
-                                        &[(C, c), (G, &g.group), (T, &t.topic), (P, &partition_label(p.partition))],
-                                        v,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Partition numbers as label values, without formatting the common ones again and again.
-fn partition_label(p: i32) -> std::borrow::Cow<'static, str> {
-    const N: i32 = 1024;
-    static NUMS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let nums = NUMS.get_or_init(|| (0..N).map(|i| i.to_string()).collect());
-    if (0..N).contains(&p) {
-        std::borrow::Cow::Borrowed(nums[p as usize].as_str())
-    } else {
-        std::borrow::Cow::Owned(p.to_string())
+        let mut own = String::with_capacity(8192);
+        self.self_metrics.render(&mut own);
+        (snapshot_text, own)
     }
 }
 
@@ -551,9 +430,15 @@ impl ClusterCollector {
                 .map(|(t, ps)| (t.clone(), ps.iter().map(|(p, _)| *p).collect()))
                 .collect()
         });
+        // One job per batch of groups, so that batches for the same coordinator are in flight together on
+        // its pipelined connection.
+        let jobs: Vec<(i32, Vec<String>)> = by_node
+            .into_iter()
+            .flat_map(|(node, gs)| gs.chunks(GROUP_JOB).map(|c| (node, c.to_vec())).collect::<Vec<_>>())
+            .collect();
         let client = &self.client;
         let explicit_ref = explicit.as_ref();
-        let results: Vec<_> = stream::iter(by_node)
+        let results: Vec<_> = stream::iter(jobs)
             .map(|(node, gs)| async move {
                 let described = client.describe_groups(node, &gs).await;
                 let fetched = client.offset_fetch(node, &gs, explicit_ref).await;

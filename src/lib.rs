@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod consistency;
 pub mod demo;
+pub mod exposition;
 pub mod kafka;
 pub mod lag;
 pub mod logging;

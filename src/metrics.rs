@@ -125,11 +125,15 @@ pub const LAST_SUCCESS: &str = "eventscope_collector_last_success_timestamp_seco
 pub const ERRORS_TOTAL: &str = "eventscope_collector_errors_total";
 pub const CLUSTER_UP: &str = "eventscope_collector_up";
 pub const BUILD_INFO: &str = "eventscope_build_info";
+pub const RENDER_DURATION: &str = "eventscope_metrics_render_duration_seconds";
+
+/// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
+pub const HISTOGRAMS: &[&str] = &[CONSISTENCY_WINDOW.name, POLL_DURATION, RENDER_DURATION];
 
 /// Every metric name the program can export (histograms by family name), for the artifact tests.
 pub fn exported_names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
-    v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO]);
+    v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO, RENDER_DURATION]);
     v.extend([
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
@@ -212,6 +216,7 @@ pub struct SelfMetrics {
     pub last_success: GaugeVec,
     pub errors: IntCounterVec,
     pub up: IntGaugeVec,
+    pub render_duration: prometheus::Histogram,
 }
 
 impl SelfMetrics {
@@ -243,12 +248,21 @@ impl SelfMetrics {
         )
         .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let render_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                RENDER_DURATION,
+                "Time to render the collection series for /metrics (once per new snapshot).",
+            )
+            .buckets(POLL_DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(last_success.clone()),
             Box::new(errors.clone()),
             Box::new(up.clone()),
             Box::new(build),
+            Box::new(render_duration.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -262,6 +276,7 @@ impl SelfMetrics {
             last_success,
             errors,
             up,
+            render_duration,
         }
     }
 

@@ -153,10 +153,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[test]
 fn alerts_and_dashboards_use_only_exported_metrics() {
     let exported: BTreeSet<String> = eventscope::metrics::exported_names().into_iter().map(String::from).collect();
-    let histograms = [
-        "eventscope_consistency_window_seconds",
-        "eventscope_collector_poll_duration_seconds",
-    ];
+    let histograms = eventscope::metrics::HISTOGRAMS;
     let recorded: BTreeSet<String> = rules()
         .iter()
         .filter_map(|(_, r)| r.get("record").and_then(|x| x.as_str()).map(String::from))

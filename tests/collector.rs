@@ -86,17 +86,12 @@ fn lag_offsets_and_lag_seconds_are_exact_at_rest() {
 
     // Every metric of the contract that this scenario can produce is exported.
     for name in eventscope::metrics::exported_names() {
-        let name = if name == "eventscope_consistency_window_seconds" {
-            "eventscope_consistency_window_seconds_count"
+        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
+            format!("{name}_count")
         } else {
-            name
+            name.to_string()
         };
-        let name = if name == "eventscope_collector_poll_duration_seconds" {
-            "eventscope_collector_poll_duration_seconds_count"
-        } else {
-            name
-        };
-        assert!(m.has(name), "{name} is not exported");
+        assert!(m.has(&name), "{name} is not exported");
     }
     assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
 

@@ -1,0 +1,281 @@
+//! Prometheus text exposition of the collection snapshots.
+//!
+//! At 10,000 groups the snapshot is hundreds of thousands of series, so rendering is built for it: each
+//! family's `# HELP`/`# TYPE` once, every label set escaped once per group and topic and reused for all its
+//! lines, integers through `itoa`. The result is rendered once per new snapshot and shared by every scrape
+//! as `Bytes`, without a copy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::collector::Snapshot;
+use crate::metrics::{self as m, Family};
+use crate::status::Status;
+
+/// Appends a label value, escaped as the text format requires.
+fn escaped(out: &mut Vec<u8>, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.extend_from_slice(v.as_bytes());
+        return;
+    }
+    for b in v.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b => out.push(b),
+        }
+    }
+}
+
+/// `name=\"value\"` pairs, escaped, without braces.
+fn label_set(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escaped(&mut out, v);
+        out.push(b'"');
+    }
+    out
+}
+
+struct Writer {
+    out: Vec<u8>,
+    ints: itoa::Buffer,
+}
+
+impl Writer {
+    fn header(&mut self, f: &Family) {
+        let mut s = String::new();
+        m::write_header(&mut s, f);
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    /// `name{labels[,extra]} value\n`
+    fn sample(&mut self, name: &str, suffix: &str, labels: &[u8], extra: Option<(&str, &str)>, value: Value) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(suffix.as_bytes());
+        self.out.push(b'{');
+        self.out.extend_from_slice(labels);
+        if let Some((k, v)) = extra {
+            self.out.push(b',');
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"=\"");
+            escaped(&mut self.out, v);
+            self.out.push(b'"');
+        }
+        self.out.extend_from_slice(b"} ");
+        match value {
+            Value::Int(i) => self.out.extend_from_slice(self.ints.format(i).as_bytes()),
+            Value::Float(f) => {
+                let mut s = String::new();
+                m::write_sample(&mut s, "", "", &[], f);
+                // write_sample wrote " value\n"; keep the value only.
+                self.out.extend_from_slice(s.trim().as_bytes());
+            }
+        }
+        self.out.push(b'\n');
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Value {
+    Int(i64),
+    Float(f64),
+}
+
+/// Label sets of one snapshot, escaped once.
+struct Labels {
+    /// Per group: `cluster,consumergroup`.
+    group: Vec<Vec<u8>>,
+    /// Per group and topic: `cluster,consumergroup,topic`.
+    group_topic: Vec<Vec<Vec<u8>>>,
+    /// Per topic row: `cluster,topic`.
+    topic: Vec<Vec<u8>>,
+}
+
+fn labels_of(s: &Snapshot) -> Labels {
+    let c = s.cluster.as_str();
+    Labels {
+        group: s
+            .groups
+            .iter()
+            .map(|g| label_set(&[(m::L_CLUSTER, c), (m::L_GROUP, &g.group)]))
+            .collect(),
+        group_topic: s
+            .groups
+            .iter()
+            .map(|g| {
+                g.topics
+                    .iter()
+                    .map(|t| label_set(&[(m::L_CLUSTER, c), (m::L_GROUP, &g.group), (m::L_TOPIC, &t.topic)]))
+                    .collect()
+            })
+            .collect(),
+        topic: s
+            .topics
+            .iter()
+            .map(|t| label_set(&[(m::L_CLUSTER, c), (m::L_TOPIC, &t.topic)]))
+            .collect(),
+    }
+}
+
+/// Renders snapshots, each family once with the series of every cluster.
+pub fn render(snaps: &[Arc<Snapshot>]) -> Bytes {
+    let labels: Vec<Labels> = snaps.iter().map(|s| labels_of(s)).collect();
+    let size_hint: usize = snaps
+        .iter()
+        .map(|s| s.groups.iter().map(|g| g.topics.len() * 6000).sum::<usize>() + 4096)
+        .sum();
+    let mut w = Writer {
+        out: Vec::with_capacity(size_hint),
+        ints: itoa::Buffer::new(),
+    };
+    let bucket_bounds: Vec<String> = m::CONSISTENCY_BUCKETS
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_string()])
+        .collect();
+    let mut pbuf = itoa::Buffer::new();
+    for fam in m::SNAPSHOT_FAMILIES {
+        w.header(fam);
+        let n = fam.name;
+        for (s, l) in snaps.iter().zip(&labels) {
+            if n == m::GROUP_MEMBERS.name {
+                for (g, gl) in s.groups.iter().zip(&l.group) {
+                    if let Some(members) = g.members {
+                        w.sample(n, "", gl, None, Value::Int(members as i64));
+                    }
+                }
+            } else if n == m::TOPIC_PARTITIONS.name {
+                for (t, tl) in s.topics.iter().zip(&l.topic) {
+                    w.sample(n, "", tl, None, Value::Int(t.partitions.len() as i64));
+                }
+            } else if n == m::TOPIC_CURRENT_OFFSET.name || n == m::TOPIC_OLDEST_OFFSET.name {
+                let newest = n == m::TOPIC_CURRENT_OFFSET.name;
+                for (t, tl) in s.topics.iter().zip(&l.topic) {
+                    for (p, oldest, end) in &t.partitions {
+                        if let Some(v) = if newest { end } else { oldest } {
+                            w.sample(n, "", tl, Some((m::L_PARTITION, pbuf.format(*p))), Value::Int(*v));
+                        }
+                    }
+                }
+            } else {
+                for (g, gtl) in s.groups.iter().zip(&l.group_topic) {
+                    for (t, tl) in g.topics.iter().zip(gtl) {
+                        group_topic_family(&mut w, fam, t, tl, &bucket_bounds, &mut pbuf);
+                    }
+                }
+            }
+        }
+    }
+    Bytes::from(w.out)
+}
+
+fn group_topic_family(
+    w: &mut Writer,
+    fam: &Family,
+    t: &crate::collector::GroupTopicRow,
+    tl: &[u8],
+    bucket_bounds: &[String],
+    pbuf: &mut itoa::Buffer,
+) {
+    let n = fam.name;
+    if n == m::GROUP_STATUS.name {
+        for st in Status::ALL {
+            w.sample(n, "", tl, Some((m::L_STATUS, st.as_label())), Value::Int((st == t.status) as i64));
+        }
+    } else if n == m::GROUP_LAG_SUM.name || n == m::GROUP_CURRENT_OFFSET_SUM.name {
+        if t.partitions.is_empty() {
+            return;
+        }
+        let v = if n == m::GROUP_LAG_SUM.name {
+            t.partitions.iter().filter_map(|p| p.lag).sum::<u64>() as i64
+        } else {
+            t.partitions.iter().map(|p| p.committed).sum::<i64>()
+        };
+        w.sample(n, "", tl, None, Value::Int(v));
+    } else if n == m::CONSISTENCY_WINDOW.name {
+        let h = &t.consistency;
+        for (bound, cum) in bucket_bounds.iter().zip(h.cumulative()) {
+            w.sample(n, "_bucket", tl, Some(("le", bound)), Value::Int(cum as i64));
+        }
+        w.sample(n, "_sum", tl, None, Value::Float(h.sum));
+        w.sample(n, "_count", tl, None, Value::Int(h.count as i64));
+    } else {
+        for p in &t.partitions {
+            let v = if n == m::GROUP_LAG.name {
+                p.lag.map(|l| Value::Int(l as i64))
+            } else if n == m::GROUP_LAG_SECONDS.name {
+                p.lag_seconds.map(Value::Float)
+            } else {
+                Some(Value::Int(p.committed))
+            };
+            if let Some(v) = v {
+                w.sample(n, "", tl, Some((m::L_PARTITION, pbuf.format(p.partition))), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::{GroupRow, GroupTopicRow, PartitionRow, TopicRow};
+    use crate::consistency::Histogram;
+
+    #[test]
+    fn renders_every_family_once_with_escaped_labels() {
+        let mut h = Histogram::default();
+        h.observe_n(0.08, 3);
+        let snap = |cluster: &str| {
+            Arc::new(Snapshot {
+                cluster: cluster.into(),
+                taken_at_ms: 0,
+                topics: vec![TopicRow {
+                    topic: "orders".into(),
+                    partitions: vec![(0, Some(0), Some(10))],
+                }],
+                groups: vec![GroupRow {
+                    group: "read\"model".into(),
+                    members: Some(2),
+                    topics: vec![GroupTopicRow {
+                        topic: "orders".into(),
+                        status: Status::Warn,
+                        partitions: vec![PartitionRow {
+                            partition: 0,
+                            committed: 4,
+                            lag: Some(6),
+                            lag_seconds: Some(1.5),
+                        }],
+                        consistency: h.clone(),
+                    }],
+                }],
+            })
+        };
+        let text = String::from_utf8(render(&[snap("a"), snap("b")]).to_vec()).unwrap();
+        assert_eq!(text.matches("# TYPE kafka_consumergroup_lag gauge").count(), 1);
+        assert!(
+            text.contains("kafka_consumergroup_lag{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",partition=\"0\"} 6\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "kafka_consumergroup_lag_seconds{cluster=\"b\",consumergroup=\"read\\\"model\",topic=\"orders\",partition=\"0\"} 1.5\n"
+        ));
+        assert!(
+            text.contains("kafka_consumergroup_status{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",status=\"WARN\"} 1\n")
+        );
+        assert!(text.contains(
+            "eventscope_consistency_window_seconds_bucket{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",le=\"0.1\"} 3\n"
+        ));
+        assert!(text
+            .contains("eventscope_consistency_window_seconds_count{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\"} 3\n"));
+        assert!(text.contains("kafka_topic_partition_current_offset{cluster=\"b\",topic=\"orders\",partition=\"0\"} 10\n"));
+        assert!(text.contains("kafka_consumergroup_members{cluster=\"a\",consumergroup=\"read\\\"model\"} 2\n"));
+    }
+}
