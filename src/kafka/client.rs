@@ -86,6 +86,29 @@ pub struct FetchedPartition {
     pub records: Option<Bytes>,
 }
 
+/// The caller's name for a topic named in a response (no new allocation per partition), or a new one.
+fn topic_key<V>(asked: &BTreeMap<Arc<str>, V>, name: &str) -> Arc<str> {
+    asked.get_key_value(name).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(name))
+}
+
+/// Committed offsets from an OffsetFetch response: `(topic, [(partition, offset, error code)])`.
+/// Partitions with an error or without a commit (-1) are left out.
+fn committed<'a, P>(topics: impl Iterator<Item = (&'a str, P)>) -> HashMap<Tp, i64>
+where
+    P: Iterator<Item = (i32, i64, i16)>,
+{
+    let mut out = HashMap::new();
+    for (name, partitions) in topics {
+        let topic: Arc<str> = Arc::from(name);
+        for (partition, offset, error) in partitions {
+            if error == 0 && offset >= 0 {
+                out.insert((topic.clone(), partition), offset);
+            }
+        }
+    }
+    out
+}
+
 pub struct ClusterClient {
     bootstrap: Vec<String>,
     client_id: String,
@@ -281,16 +304,12 @@ impl ClusterClient {
                     .await?;
                 for g in response.groups {
                     let offsets = check_code(g.error_code).map(|_| {
-                        let mut m = HashMap::new();
-                        for t in &g.topics {
-                            let topic: Arc<str> = Arc::from(t.name.0.as_str());
-                            for p in &t.partitions {
-                                if p.error_code == 0 && p.committed_offset >= 0 {
-                                    m.insert((topic.clone(), p.partition_index), p.committed_offset);
-                                }
-                            }
-                        }
-                        m
+                        committed(g.topics.iter().map(|t| {
+                            (
+                                t.name.0.as_str(),
+                                t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
+                            )
+                        }))
                     });
                     out.insert(g.group_id.0.to_string(), offsets);
                 }
@@ -318,16 +337,12 @@ impl ClusterClient {
                     }
                 };
                 let offsets = check_code(response.error_code).map(|_| {
-                    let mut m = HashMap::new();
-                    for t in &response.topics {
-                        let topic: Arc<str> = Arc::from(t.name.0.as_str());
-                        for p in &t.partitions {
-                            if p.error_code == 0 && p.committed_offset >= 0 {
-                                m.insert((topic.clone(), p.partition_index), p.committed_offset);
-                            }
-                        }
-                    }
-                    m
+                    committed(response.topics.iter().map(|t| {
+                        (
+                            t.name.0.as_str(),
+                            t.partitions.iter().map(|p| (p.partition_index, p.committed_offset, p.error_code)),
+                        )
+                    }))
                 });
                 out.insert(g.clone(), offsets);
             }
@@ -344,9 +359,9 @@ impl ClusterClient {
     ) -> Result<HashMap<Tp, Result<i64, KafkaError>>, KafkaError> {
         let conn = self.broker(node).await?;
         let version = conn.require_version::<ListOffsetsRequest>(LIST_OFFSETS_MAX)?;
-        let mut by_topic: BTreeMap<&Arc<str>, Vec<i32>> = BTreeMap::new();
+        let mut by_topic: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
         for (t, p) in partitions {
-            by_topic.entry(t).or_default().push(*p);
+            by_topic.entry(t.clone()).or_default().push(*p);
         }
         let topics = by_topic
             .iter()
@@ -372,11 +387,7 @@ impl ClusterClient {
         let response = conn.send(&request, version).await?;
         let mut out = HashMap::new();
         for t in response.topics {
-            let topic: Arc<str> = by_topic
-                .keys()
-                .find(|k| k.as_ref() == t.name.0.as_str())
-                .map(|k| (*k).clone())
-                .unwrap_or_else(|| Arc::from(t.name.0.as_str()));
+            let topic = topic_key(&by_topic, t.name.0.as_str());
             for p in t.partitions {
                 out.insert((topic.clone(), p.partition_index), check_code(p.error_code).map(|_| p.offset));
             }
@@ -394,9 +405,9 @@ impl ClusterClient {
     ) -> Result<HashMap<Tp, FetchedPartition>, KafkaError> {
         let conn = self.broker(node).await?;
         let version = conn.require_version::<FetchRequest>(FETCH_MAX)?;
-        let mut by_topic: BTreeMap<&Arc<str>, Vec<(i32, i64)>> = BTreeMap::new();
+        let mut by_topic: BTreeMap<Arc<str>, Vec<(i32, i64)>> = BTreeMap::new();
         for ((t, p), offset) in partitions {
-            by_topic.entry(t).or_default().push((*p, *offset));
+            by_topic.entry(t.clone()).or_default().push((*p, *offset));
         }
         let topics = by_topic
             .iter()
@@ -432,11 +443,7 @@ impl ClusterClient {
         check_code(response.error_code)?;
         let mut out = HashMap::new();
         for t in response.responses {
-            let topic: Arc<str> = by_topic
-                .keys()
-                .find(|k| k.as_ref() == t.topic.0.as_str())
-                .map(|k| (*k).clone())
-                .unwrap_or_else(|| Arc::from(t.topic.0.as_str()));
+            let topic = topic_key(&by_topic, t.topic.0.as_str());
             for p in t.partitions {
                 out.insert(
                     (topic.clone(), p.partition_index),
