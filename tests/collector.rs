@@ -430,3 +430,16 @@ fn interpolated_lag_seconds() {
     // Interpolation between samples: off by at most one poll interval (500 ms) plus scrape delays.
     assert!((v - truth).abs() < 1.2, "interpolated {v} vs appended {truth} s ago");
 }
+
+/// SIGTERM on a healthy collector: it stops at once, cleanly.
+#[test]
+fn sigterm_stops_the_collector() {
+    let tansu = Tansu::start();
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    es.wait_metrics("a first collection", |m| {
+        (m.get("eventscope_collector_up", &[("cluster", C)]) == Some(1.0)).then_some(())
+    });
+    let (status, took) = es.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+}

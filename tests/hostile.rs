@@ -131,3 +131,18 @@ fn hostile_endpoints_do_not_take_the_collector_down() {
     let rss = m.get("process_resident_memory_bytes", &[]).unwrap();
     assert!(rss < 200e6, "RSS {rss}");
 }
+
+/// SIGTERM while a poll hangs on a broker that never answers: the process still ends within the grace
+/// period (2 s in the test config), with exit code 0.
+#[test]
+fn sigterm_ends_within_the_grace_period_even_with_a_hung_poll() {
+    let port = hostile_endpoint(Hostility::Silent);
+    let es = Eventscope::collector(&format!(
+        "[collector]\npoll_interval = \"500ms\"\nrequest_timeout = \"60s\"\n[[clusters]]\nname = \"hung\"\nkafka = {{ \"bootstrap.servers\" = \"127.0.0.1:{port}\" }}\n"
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(es.get("/readyz").map(|r| r.0), Some(503), "never collected, so not ready");
+    let (status, took) = es.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_millis(3500), "stopped after {took:?}");
+}
