@@ -342,22 +342,26 @@ fn delete_group(bootstrap: &str, group: &str) {
     });
 }
 
-/// A busy, bursty topic with a consumer that keeps up: lag seconds stays small and steady (the age of a
-/// real record), never bouncing up to the poll interval or beyond as interpolating exporters do.
+/// A busy, bursty topic with a consumer that keeps up: every sample of lag seconds is the age of the real
+/// record at the committed offset (0 when caught up), never a bounce to the poll interval or beyond as
+/// interpolating exporters do. Ground truth: the producer records each burst's offsets and timestamp.
 #[test]
-fn lag_seconds_on_a_bursty_topic_stays_small() {
+fn lag_seconds_on_a_bursty_topic_matches_ground_truth() {
+    const BURST: i64 = 50;
     let tansu = Tansu::start();
     tansu.create_topic("clicks", 1);
     let bootstrap = tansu.bootstrap();
     let es = Eventscope::collector(&collector_toml(&bootstrap, ""));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_p = stop.clone();
-    let b = bootstrap.clone();
+    let bursts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let (stop_p, bursts_p, b) = (stop.clone(), bursts.clone(), bootstrap.clone());
     let producer_thread = std::thread::spawn(move || {
         let p = producer(&b);
         while !stop_p.load(std::sync::atomic::Ordering::Relaxed) {
-            // A burst of 50 records, then quiet.
-            produce(&p, "clicks", 0, &[now_ms(); 50]);
+            // Burst k is offsets [50k, 50k + 50), all created at the same instant; then quiet.
+            let ts = now_ms();
+            bursts_p.lock().unwrap().push(ts);
+            produce(&p, "clicks", 0, &[ts; BURST as usize]);
             std::thread::sleep(Duration::from_millis(700));
         }
     });
@@ -379,22 +383,41 @@ fn lag_seconds_on_a_bursty_topic_stays_small() {
                 .unwrap();
             let _ = consumer.commit(&tpl, CommitMode::Async);
         }
-        if started.elapsed() > Duration::from_secs(3) && last_sample.elapsed() > Duration::from_millis(250) {
+        if started.elapsed() > Duration::from_secs(2) && last_sample.elapsed() > Duration::from_millis(250) {
             last_sample = std::time::Instant::now();
-            if let Some(v) = es.scrape().get(
-                "kafka_consumergroup_lag_seconds",
-                &[("consumergroup", "counter"), ("partition", "0")],
+            let scraped_at = now_ms();
+            let m = es.scrape();
+            let want = [("consumergroup", "counter"), ("partition", "0")];
+            if let (Some(c), Some(lag), Some(secs)) = (
+                m.get("kafka_consumergroup_current_offset", &want),
+                m.get("kafka_consumergroup_lag", &want),
+                m.get("kafka_consumergroup_lag_seconds", &want),
             ) {
-                samples.push(v);
+                samples.push((scraped_at, c as i64, lag, secs));
             }
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer_thread.join().unwrap();
+    let bursts = bursts.lock().unwrap().clone();
     assert!(samples.len() >= 15, "{samples:?}");
-    let max = samples.iter().cloned().fold(0.0, f64::max);
-    assert!(samples.iter().all(|v| v.is_finite() && *v >= 0.0), "{samples:?}");
-    assert!(max < 2.0, "lag seconds of a consumer that keeps up stays under 2 s: {samples:?}");
+    assert!(
+        samples.iter().filter(|s| s.2 > 0.0).count() >= 3,
+        "samples taken mid-burst: {samples:?}"
+    );
+    for &(scraped_at, committed, lag, secs) in &samples {
+        assert!(secs.is_finite() && secs >= 0.0, "{secs}");
+        if lag == 0.0 {
+            assert_eq!(secs, 0.0, "caught up means 0");
+            continue;
+        }
+        // The snapshot was taken at most one poll (500 ms) plus its duration before the scrape.
+        let age_at_scrape = (scraped_at - bursts[(committed / BURST) as usize]) as f64 / 1000.0;
+        assert!(
+            secs <= age_at_scrape + 0.05 && secs >= age_at_scrape - 1.5,
+            "lag seconds {secs} for a record {age_at_scrape} s old at scrape"
+        );
+    }
 }
 
 /// `lag_seconds_method = "interpolate"` never reads records: append times come from log-end samples.
