@@ -76,3 +76,43 @@ fn the_shipped_example_is_valid() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `[log] format = "json"`: every line on stderr is a JSON object with level, target and fields.
+#[test]
+fn json_logs() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[collector]\npoll_interval = \"200ms\"\n[[clusters]]\nname = \"nowhere\"\nkafka = {{ \"bootstrap.servers\" = \"127.0.0.1:{port}\" }}\n"
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+        .args(["collector", "--config", f.path().to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "collector running"),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["fields"]["cluster"] == "nowhere" && l["fields"]["kind"] == "connect"),
+        "the unreachable cluster is logged with its cluster and kind: {stderr}"
+    );
+}
