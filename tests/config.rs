@@ -88,7 +88,7 @@ fn json_logs() {
         "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[collector]\npoll_interval = \"200ms\"\n[[clusters]]\nname = \"nowhere\"\nkafka = {{ \"bootstrap.servers\" = \"127.0.0.1:{port}\" }}\n"
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+    let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
         .args(["collector", "--config", f.path().to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
