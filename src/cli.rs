@@ -23,6 +23,22 @@ pub enum Command {
         #[arg(long, short, env = "EVENTSCOPE_CONFIG")]
         config: PathBuf,
     },
+    /// Sidecar in the application's pod: a Kafka protocol proxy between the application and its cluster.
+    /// The common case needs no file: `--kafka-bootstrap kafka:9092`.
+    Sidecar {
+        /// A TOML configuration file (optional; flags and EVENTSCOPE_... variables override it).
+        #[arg(long, short, env = "EVENTSCOPE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The real cluster's bootstrap servers (config key sidecar.kafka_bootstrap).
+        #[arg(long, env = "EVENTSCOPE_KAFKA_BOOTSTRAP")]
+        kafka_bootstrap: Option<String>,
+        /// Where the application connects; its bootstrap.servers (sidecar.kafka_listen, default 127.0.0.1:19092).
+        #[arg(long, env = "EVENTSCOPE_KAFKA_LISTEN")]
+        kafka_listen: Option<String>,
+        /// Address of /metrics, /healthz, /readyz (admin.listen, default 0.0.0.0:9464).
+        #[arg(long, env = "EVENTSCOPE_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+    },
     /// Validates a configuration file, reports every problem, exits 64 if there is one.
     CheckConfig {
         /// The TOML configuration file.

@@ -34,9 +34,60 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub collector: CollectorConfig,
-    /// The Kafka clusters to watch; at least one.
+    /// The Kafka clusters to watch (collector role); at least one for that role.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// The sidecar role: a Kafka protocol proxy beside the application.
+    #[serde(default)]
+    pub sidecar: Option<SidecarConfig>,
+}
+
+/// Which role a configuration is for: each has its required keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Collector,
+    Sidecar,
+}
+
+/// The sidecar role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// The real cluster's bootstrap servers, `host:port[,host:port...]`.
+    #[serde(default)]
+    pub kafka_bootstrap: String,
+    /// Where the application connects (its `bootstrap.servers`). Brokers get the following ports.
+    #[serde(default = "default_kafka_listen")]
+    pub kafka_listen: String,
+    /// Host given to clients for the broker listeners (default: the listen address; 127.0.0.1 for 0.0.0.0).
+    #[serde(default)]
+    pub kafka_advertised_host: String,
+    /// Largest Kafka frame relayed in either direction, in bytes.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Client connections at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Deadline for dialling a broker.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// TLS towards the brokers, with Kafka client property names (`security.protocol = "SSL"`, `ssl.*`).
+    /// SASL is the application's own and passes through the proxy unchanged.
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub kafka: BTreeMap<String, String>,
+}
+
+fn default_kafka_listen() -> String {
+    "127.0.0.1:19092".to_string()
+}
+fn default_max_frame_bytes() -> usize {
+    100 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
@@ -237,19 +288,20 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads a file, applies the process environment and validates.
-    pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+    /// Reads a file, applies the process environment and validates it for the given roles (none: for the
+    /// roles its sections ask for).
+    pub fn load_file(path: &std::path::Path, roles: &[Role]) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigIssue {
                 key: path.display().to_string(),
                 reason: format!("cannot read: {e}"),
             }])
         })?;
-        Self::load_str(&text, std::env::vars())
+        Self::load_str(&text, std::env::vars(), roles)
     }
 
-    /// Parses TOML text, applies the given `EVENTSCOPE_...` variables and validates.
-    pub fn load_str(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigErrors> {
+    /// Parses TOML text, applies the given `EVENTSCOPE_...` variables and validates for `roles`.
+    pub fn load_str(text: &str, env: impl IntoIterator<Item = (String, String)>, roles: &[Role]) -> Result<Config, ConfigErrors> {
         let mut issues = Vec::new();
         let mut tree: toml::Value = match text.parse::<toml::Table>() {
             Ok(t) => toml::Value::Table(t),
@@ -265,6 +317,16 @@ impl Config {
         let config = deserialize_collecting(tree, &mut issues);
         if let Some(config) = &config {
             issues.extend(config.validate());
+            let roles: Vec<Role> = if roles.is_empty() { config.roles() } else { roles.to_vec() };
+            if roles.is_empty() {
+                issues.push(ConfigIssue {
+                    key: "(file)".into(),
+                    reason: "nothing to run: add [[clusters]] (collector) or [sidecar]".into(),
+                });
+            }
+            for role in roles {
+                issues.extend(config.validate_role(role));
+            }
         }
         match config {
             Some(c) if issues.is_empty() => Ok(c),
@@ -304,8 +366,59 @@ impl Config {
         if c.max_response_bytes < 1024 * 1024 || c.max_response_bytes > 1024 * 1024 * 1024 {
             push("collector.max_response_bytes".into(), "must be between 1 MiB and 1 GiB".into());
         }
-        if self.clusters.is_empty() {
-            push("clusters".into(), "at least one [[clusters]] entry is required".into());
+        if let Some(sc) = &self.sidecar {
+            if !sc.kafka_bootstrap.is_empty() {
+                for server in sc.kafka_bootstrap.split(',').map(str::trim) {
+                    if crate::kafka::split_host_port(server).is_none() {
+                        push("sidecar.kafka_bootstrap".into(), format!("{server:?} is not host:port"));
+                    }
+                }
+            }
+            if sc.kafka_listen.parse::<SocketAddr>().is_err() {
+                push(
+                    "sidecar.kafka_listen".into(),
+                    format!("{:?} is not an address like 127.0.0.1:19092", sc.kafka_listen),
+                );
+            }
+            if sc.max_frame_bytes < 1024 * 1024 || sc.max_frame_bytes > 1024 * 1024 * 1024 {
+                push("sidecar.max_frame_bytes".into(), "must be between 1 MiB and 1 GiB".into());
+            }
+            if sc.max_connections == 0 {
+                push("sidecar.max_connections".into(), "must be at least 1".into());
+            }
+            for key in sc.kafka.keys() {
+                if key.starts_with("sasl.") {
+                    push(
+                        format!("sidecar.kafka.\"{key}\""),
+                        "SASL is the application's own: it passes through the proxy, so it is not configured here".into(),
+                    );
+                } else if !crate::kafka::security::SECURITY_PROPERTIES.contains(&key.as_str()) {
+                    push(
+                        format!("sidecar.kafka.\"{key}\""),
+                        "only security.protocol and ssl.* apply to the sidecar's upstream connections".into(),
+                    );
+                }
+            }
+            let upstream: BTreeMap<String, String> = sc
+                .kafka
+                .iter()
+                .filter(|(k, _)| !k.starts_with("sasl."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            match crate::kafka::Security::from_properties(&upstream) {
+                Ok(sec) if sec.sasl.is_some() => push(
+                    "sidecar.kafka.\"security.protocol\"".into(),
+                    "use PLAINTEXT or SSL: SASL passes through from the application".into(),
+                ),
+                Ok(_) => {}
+                Err(problems) => {
+                    for (property, reason) in problems {
+                        if !property.starts_with("sasl.") {
+                            push(format!("sidecar.kafka.\"{property}\""), reason);
+                        }
+                    }
+                }
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, cl) in self.clusters.iter().enumerate() {
@@ -359,6 +472,37 @@ impl Config {
                     "an explicit groups list cannot be combined with group_allow/group_deny".into(),
                 );
             }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// The roles this configuration's sections ask for.
+    pub fn roles(&self) -> Vec<Role> {
+        let mut r = Vec::new();
+        if !self.clusters.is_empty() {
+            r.push(Role::Collector);
+        }
+        if self.sidecar.is_some() {
+            r.push(Role::Sidecar);
+        }
+        r
+    }
+
+    /// What a role requires beyond the general checks.
+    pub fn validate_role(&self, role: Role) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        match role {
+            Role::Collector if self.clusters.is_empty() => out.push(ConfigIssue {
+                key: "clusters".into(),
+                reason: "at least one [[clusters]] entry is required".into(),
+            }),
+            Role::Sidecar if self.sidecar.as_ref().is_none_or(|s| s.kafka_bootstrap.is_empty()) => out.push(ConfigIssue {
+                key: "sidecar.kafka_bootstrap".into(),
+                reason: "required: the cluster's bootstrap servers (--kafka-bootstrap, EVENTSCOPE_KAFKA_BOOTSTRAP)".into(),
+            }),
+            _ => {}
         }
         out
     }
@@ -560,7 +704,7 @@ kafka = { "bootstrap.servers" = "127.0.0.1:9092" }
 
     #[test]
     fn defaults_apply() {
-        let c = Config::load_str(GOOD, Vec::new()).unwrap();
+        let c = Config::load_str(GOOD, Vec::new(), &[Role::Collector]).unwrap();
         assert_eq!(c.collector.poll_interval, Duration::from_secs(2));
         assert_eq!(c.collector.request_timeout, Duration::from_secs(10));
         assert_eq!(c.admin.listen, "0.0.0.0:9464");
@@ -579,7 +723,7 @@ kafka = { "bootstrap.servers" = "127.0.0.1:9092" }
             ("EVENTSCOPE_ADMIN__LISTEN".to_string(), "127.0.0.1:1".to_string()),
             ("EVENTSCOPE_CONFIG".to_string(), "ignored.toml".to_string()),
         ];
-        let c = Config::load_str(GOOD, env).unwrap();
+        let c = Config::load_str(GOOD, env, &[Role::Collector]).unwrap();
         assert_eq!(c.collector.poll_interval, Duration::from_secs(7));
         assert_eq!(c.collector.allowed_lag, 5);
         assert_eq!(c.admin.listen, "127.0.0.1:1");
@@ -599,7 +743,7 @@ status_window = 1
 kafka = { "bootstrap.servers" = "", "sasl.username" = "u", "linger.ms" = 5 }
 group_allow = ["("]
 "#;
-        let errs = Config::load_str(bad, Vec::new()).unwrap_err().0;
+        let errs = Config::load_str(bad, Vec::new(), &[]).unwrap_err().0;
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
         for expected in [
             "admin.colour",
@@ -619,7 +763,28 @@ group_allow = ["("]
 
     #[test]
     fn no_clusters_is_an_error() {
-        let errs = Config::load_str("", Vec::new()).unwrap_err().0;
+        let errs = Config::load_str("", Vec::new(), &[Role::Collector]).unwrap_err().0;
         assert_eq!(errs[0].key, "clusters");
+        let errs = Config::load_str("", Vec::new(), &[]).unwrap_err().0;
+        assert!(errs[0].reason.contains("nothing to run"));
+    }
+
+    #[test]
+    fn sidecar_from_environment_alone() {
+        let env = vec![("EVENTSCOPE_SIDECAR__KAFKA_BOOTSTRAP".to_string(), "kafka:9092".to_string())];
+        let c = Config::load_str("", env, &[Role::Sidecar]).unwrap();
+        let sc = c.sidecar.unwrap();
+        assert_eq!(
+            (sc.kafka_bootstrap.as_str(), sc.kafka_listen.as_str()),
+            ("kafka:9092", "127.0.0.1:19092")
+        );
+        let errs = Config::load_str("[sidecar]\nkafka = { \"sasl.username\" = \"app\" }\n", Vec::new(), &[Role::Sidecar])
+            .unwrap_err()
+            .0;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"sidecar.kafka.\"sasl.username\"") && keys.contains(&"sidecar.kafka_bootstrap"),
+            "{errs:?}"
+        );
     }
 }

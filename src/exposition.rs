@@ -127,6 +127,10 @@ fn labels_of(s: &Snapshot) -> Labels {
 
 /// Renders snapshots, each family once with the series of every cluster.
 pub fn render(snaps: &[Arc<Snapshot>]) -> Bytes {
+    if snaps.is_empty() {
+        // No collector in this process (the sidecar role): no collection families at all.
+        return Bytes::new();
+    }
     let labels: Vec<Labels> = snaps.iter().map(|s| labels_of(s)).collect();
     let size_hint: usize = snaps
         .iter()

@@ -15,5 +15,6 @@ pub mod kafka;
 pub mod lag;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod run;
 pub mod status;

@@ -4,22 +4,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use eventscope::cli::{Cli, Command};
-use eventscope::config::{Config, EXIT_CONFIG};
+use eventscope::config::{Config, ConfigErrors, Role, EXIT_CONFIG};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match &cli.command {
-        Command::Collector { config } => Some(config.clone()),
-        Command::CheckConfig { file } => Some(file.clone()),
-        Command::Demo { .. } => None,
+        Command::Collector { config } => Config::load_file(config, &[Role::Collector]).map(Some),
+        Command::CheckConfig { file } => Config::load_file(file, &[]).map(Some),
+        Command::Sidecar {
+            config,
+            kafka_bootstrap,
+            kafka_listen,
+            admin_listen,
+        } => sidecar_config(config.as_deref(), kafka_bootstrap, kafka_listen, admin_listen).map(Some),
+        Command::Demo { .. } => Ok(None),
     };
-    let config = match config.map(|path| Config::load_file(&path)) {
-        Some(Err(errors)) => {
+    let config = match config {
+        Ok(c) => c,
+        Err(errors) => {
             eprint!("{errors}");
             return ExitCode::from(EXIT_CONFIG as u8);
         }
-        Some(Ok(c)) => Some(c),
-        None => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -36,6 +41,10 @@ fn main() -> ExitCode {
         (Command::Collector { .. }, Some(config)) => {
             eventscope::logging::init(&config.log.level, config.log.format);
             runtime.block_on(eventscope::run::collector(config))
+        }
+        (Command::Sidecar { .. }, Some(config)) => {
+            eventscope::logging::init(&config.log.level, config.log.format);
+            runtime.block_on(eventscope::run::sidecar(config))
         }
         (
             Command::Demo {
@@ -57,4 +66,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The sidecar's configuration: an optional file, then EVENTSCOPE_... variables, then the flags.
+fn sidecar_config(
+    file: Option<&std::path::Path>,
+    kafka_bootstrap: &Option<String>,
+    kafka_listen: &Option<String>,
+    admin_listen: &Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    for (key, flag) in [
+        ("EVENTSCOPE_SIDECAR__KAFKA_BOOTSTRAP", kafka_bootstrap),
+        ("EVENTSCOPE_SIDECAR__KAFKA_LISTEN", kafka_listen),
+        ("EVENTSCOPE_ADMIN__LISTEN", admin_listen),
+    ] {
+        if let Some(v) = flag {
+            env.insert(key.to_string(), v.clone());
+        }
+    }
+    let text = match file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![eventscope::config::ConfigIssue {
+                key: path.display().to_string(),
+                reason: format!("cannot read: {e}"),
+            }])
+        })?),
+        None => None,
+    };
+    Config::load_str(text.as_deref().unwrap_or(""), env, &[Role::Sidecar])
 }

@@ -127,19 +127,214 @@ pub const CLUSTER_UP: &str = "eventscope_collector_up";
 pub const BUILD_INFO: &str = "eventscope_build_info";
 pub const RENDER_DURATION: &str = "eventscope_metrics_render_duration_seconds";
 
-/// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
-pub const HISTOGRAMS: &[&str] = &[CONSISTENCY_WINDOW.name, POLL_DURATION, RENDER_DURATION];
+// The sidecar's Kafka proxy.
+pub const PROXY_REQUESTS: &str = "eventscope_kafka_requests_total";
+pub const PROXY_REQUEST_DURATION: &str = "eventscope_kafka_request_duration_seconds";
+pub const PROXY_BYTES: &str = "eventscope_kafka_bytes_total";
+pub const PROXY_CONNECTIONS: &str = "eventscope_kafka_connections";
+pub const PROXY_CONNECTIONS_TOTAL: &str = "eventscope_kafka_connections_total";
+pub const PROXY_ERRORS: &str = "eventscope_kafka_proxy_errors_total";
+pub const L_API: &str = "api";
+pub const L_DIRECTION: &str = "direction";
 
-/// Every metric name the program can export (histograms by family name), for the artifact tests.
-pub fn exported_names() -> Vec<&'static str> {
+/// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
+pub const HISTOGRAMS: &[&str] = &[CONSISTENCY_WINDOW.name, POLL_DURATION, RENDER_DURATION, PROXY_REQUEST_DURATION];
+
+/// Buckets of the proxied request latency (upstream round trip seen by the sidecar): loopback and
+/// in-zone requests take well under a millisecond, fetches wait up to `fetch.max.wait.ms` (500 ms by
+/// default), and anything past 10 s is a timeout in the making.
+pub const PROXY_LATENCY_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Why the proxy closed a connection or could not serve it: a closed set, the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyErrorKind {
+    /// A frame longer than the configured maximum (from the client or the broker).
+    OversizedFrame,
+    /// A frame too short to hold a header, or a response to no request.
+    MalformedFrame,
+    /// The upstream broker could not be reached (or its TLS handshake failed).
+    UpstreamUnreachable,
+    /// More connections than `max_connections`.
+    ConnectionLimit,
+    /// A response that must be rewritten could not be decoded: forwarded unchanged.
+    RewriteFailed,
+}
+
+impl ProxyErrorKind {
+    pub const ALL: [ProxyErrorKind; 5] = [
+        ProxyErrorKind::OversizedFrame,
+        ProxyErrorKind::MalformedFrame,
+        ProxyErrorKind::UpstreamUnreachable,
+        ProxyErrorKind::ConnectionLimit,
+        ProxyErrorKind::RewriteFailed,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ProxyErrorKind::OversizedFrame => "oversized_frame",
+            ProxyErrorKind::MalformedFrame => "malformed_frame",
+            ProxyErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ProxyErrorKind::ConnectionLimit => "connection_limit",
+            ProxyErrorKind::RewriteFailed => "rewrite_failed",
+        }
+    }
+}
+
+/// The `api` label of a Kafka API key: its name, from a closed enum (unknown keys share one value).
+pub fn api_label(key: i16) -> &'static str {
+    use kafka_protocol::messages::ApiKey;
+    match ApiKey::try_from(key) {
+        Ok(k) => api_name(k),
+        Err(_) => "Unknown",
+    }
+}
+
+fn api_name(k: kafka_protocol::messages::ApiKey) -> &'static str {
+    use kafka_protocol::messages::ApiKey as A;
+    match k {
+        A::Produce => "Produce",
+        A::Fetch => "Fetch",
+        A::ListOffsets => "ListOffsets",
+        A::Metadata => "Metadata",
+        A::OffsetCommit => "OffsetCommit",
+        A::OffsetFetch => "OffsetFetch",
+        A::FindCoordinator => "FindCoordinator",
+        A::JoinGroup => "JoinGroup",
+        A::Heartbeat => "Heartbeat",
+        A::LeaveGroup => "LeaveGroup",
+        A::SyncGroup => "SyncGroup",
+        A::DescribeGroups => "DescribeGroups",
+        A::ListGroups => "ListGroups",
+        A::SaslHandshake => "SaslHandshake",
+        A::ApiVersions => "ApiVersions",
+        A::CreateTopics => "CreateTopics",
+        A::DeleteTopics => "DeleteTopics",
+        A::InitProducerId => "InitProducerId",
+        A::AddPartitionsToTxn => "AddPartitionsToTxn",
+        A::AddOffsetsToTxn => "AddOffsetsToTxn",
+        A::EndTxn => "EndTxn",
+        A::TxnOffsetCommit => "TxnOffsetCommit",
+        A::SaslAuthenticate => "SaslAuthenticate",
+        A::DescribeCluster => "DescribeCluster",
+        A::DescribeConfigs => "DescribeConfigs",
+        A::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        A::DeleteGroups => "DeleteGroups",
+        A::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+        A::ConsumerGroupDescribe => "ConsumerGroupDescribe",
+        A::GetTelemetrySubscriptions => "GetTelemetrySubscriptions",
+        A::PushTelemetry => "PushTelemetry",
+        _ => "Other",
+    }
+}
+
+/// The sidecar proxy's metrics, registered in the process registry.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub bytes: IntCounterVec,
+    pub connections: prometheus::IntGauge,
+    pub connections_total: prometheus::IntCounter,
+    pub errors: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &Registry) -> ProxyMetrics {
+        let requests = IntCounterVec::new(Opts::new(PROXY_REQUESTS, "Kafka requests relayed, by API."), &[L_API]).expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                PROXY_REQUEST_DURATION,
+                "Time from relaying a request to the broker until its response arrived, by API.",
+            )
+            .buckets(PROXY_LATENCY_BUCKETS.to_vec()),
+            &[L_API],
+        )
+        .expect("valid metric");
+        let bytes = IntCounterVec::new(
+            Opts::new(PROXY_BYTES, "Bytes relayed, by API and direction (request, response)."),
+            &[L_API, L_DIRECTION],
+        )
+        .expect("valid metric");
+        let connections =
+            prometheus::IntGauge::new(PROXY_CONNECTIONS, "Open client connections through the Kafka proxy.").expect("valid metric");
+        let connections_total =
+            prometheus::IntCounter::new(PROXY_CONNECTIONS_TOTAL, "Client connections accepted by the Kafka proxy.").expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                PROXY_ERRORS,
+                "Connections closed or responses left unchanged by the proxy, by kind.",
+            ),
+            &[L_KIND],
+        )
+        .expect("valid metric");
+        for kind in ProxyErrorKind::ALL {
+            errors.with_label_values(&[kind.as_label()]);
+        }
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(bytes.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(errors.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        ProxyMetrics {
+            requests,
+            duration,
+            bytes,
+            connections,
+            connections_total,
+            errors,
+        }
+    }
+
+    /// The one place a proxy error is both logged and counted.
+    pub fn error(&self, kind: ProxyErrorKind, detail: &str) {
+        tracing::warn!(kind = kind.as_label(), detail, "kafka proxy");
+        self.errors.with_label_values(&[kind.as_label()]).inc();
+    }
+}
+
+/// Every metric name the collector role exports (histograms by family name).
+pub fn collector_names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
     v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO, RENDER_DURATION]);
-    v.extend([
-        "process_resident_memory_bytes",
-        "process_cpu_seconds_total",
-        "process_start_time_seconds",
-        "process_open_fds",
-    ]);
+    v.extend(PROCESS_NAMES);
+    v
+}
+
+/// Every metric name the sidecar role exports.
+pub fn sidecar_names() -> Vec<&'static str> {
+    let mut v = vec![
+        PROXY_REQUESTS,
+        PROXY_REQUEST_DURATION,
+        PROXY_BYTES,
+        PROXY_CONNECTIONS,
+        PROXY_CONNECTIONS_TOTAL,
+        PROXY_ERRORS,
+        BUILD_INFO,
+    ];
+    v.extend(PROCESS_NAMES);
+    v
+}
+
+const PROCESS_NAMES: [&str; 4] = [
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_start_time_seconds",
+    "process_open_fds",
+];
+
+/// Every metric name the program can export, in any role (for the artifact tests).
+pub fn exported_names() -> Vec<&'static str> {
+    let mut v = collector_names();
+    v.extend(sidecar_names());
+    v.sort_unstable();
+    v.dedup();
     v
 }
 

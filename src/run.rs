@@ -46,6 +46,50 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the sidecar role until a shutdown signal.
+pub async fn sidecar(config: Config) -> anyhow::Result<()> {
+    let sc = config
+        .sidecar
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no [sidecar] configuration"))?;
+    let admin: SocketAddr = config.admin.listen.parse()?;
+    let listen: SocketAddr = sc.kafka_listen.parse()?;
+    let admin_listener = crate::admin::bind(admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {admin}: {e}"))?;
+    let self_metrics = SelfMetrics::new();
+    let proxy_metrics = crate::metrics::ProxyMetrics::new(&self_metrics.registry);
+    let shared = Shared::new(Vec::new(), self_metrics);
+    let (tx, rx) = watch::channel(false);
+    let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
+    let settings = crate::proxy::ProxySettings {
+        listen,
+        advertised_host: if sc.kafka_advertised_host.is_empty() {
+            crate::proxy::default_advertised_host(&listen)
+        } else {
+            sc.kafka_advertised_host.clone()
+        },
+        upstream_bootstrap: sc
+            .kafka_bootstrap
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        security,
+        max_frame_bytes: sc.max_frame_bytes,
+        max_connections: sc.max_connections,
+        connect_timeout: sc.connect_timeout,
+    };
+    let _proxy = crate::proxy::Proxy::start(settings, proxy_metrics, rx.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let tasks = vec![tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone()))];
+    tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, %admin, "sidecar running");
+    shutdown_signal().await;
+    drain(tx, tasks, config.admin.shutdown_grace).await;
+    Ok(())
+}
+
 /// Tells every task to stop and waits for them, at most `grace`.
 pub async fn drain(tx: watch::Sender<bool>, tasks: Vec<tokio::task::JoinHandle<()>>, grace: Duration) {
     tracing::info!(grace = ?grace, "shutting down");

@@ -85,7 +85,7 @@ fn lag_offsets_and_lag_seconds_are_exact_at_rest() {
     assert_eq!(g("kafka_consumergroup_lag_seconds", "1"), Some(0.0));
 
     // Every metric of the contract that this scenario can produce is exported.
-    for name in eventscope::metrics::exported_names() {
+    for name in eventscope::metrics::collector_names() {
         let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
             format!("{name}_count")
         } else {

@@ -23,7 +23,7 @@ use super::KafkaError;
 /// A byte stream to a broker: TCP, or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-type BoxStream = Box<dyn Stream>;
+pub type BoxStream = Box<dyn Stream>;
 
 /// How long before the broker's SASL session ends a connection is replaced (KIP-368).
 const REAUTH_MARGIN: Duration = Duration::from_secs(5);
@@ -74,6 +74,37 @@ impl Drop for Connection {
     }
 }
 
+/// Opens a byte stream to a broker: TCP, with TLS when the settings say so.
+pub async fn dial(addr: &str, timeout: Duration, security: &Security) -> Result<BoxStream, KafkaError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| KafkaError::Timeout(timeout))?
+        .map_err(|source| KafkaError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match &security.tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = super::split_host_port(addr).map(|(h, _)| h).unwrap_or_default();
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| KafkaError::Connect {
+                addr: addr.into(),
+                source: std::io::Error::other(format!("{host:?} is not a TLS server name")),
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                .await
+                .map_err(|_| KafkaError::Timeout(timeout))?
+                .map_err(|e| KafkaError::Connect {
+                    addr: addr.into(),
+                    source: std::io::Error::other(format!("TLS handshake: {e}")),
+                })?;
+            Box::new(tls)
+        }
+    })
+}
+
 impl Connection {
     /// Dials `addr` (with TLS when configured), starts the reader, negotiates versions with ApiVersions
     /// and authenticates with SASL when configured.
@@ -84,33 +115,7 @@ impl Connection {
         max_frame: usize,
         security: &Security,
     ) -> Result<Connection, KafkaError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| KafkaError::Timeout(timeout))?
-            .map_err(|source| KafkaError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let stream: BoxStream = match &security.tls {
-            None => Box::new(tcp),
-            Some(config) => {
-                let host = super::split_host_port(addr).map(|(h, _)| h).unwrap_or_default();
-                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| KafkaError::Connect {
-                    addr: addr.into(),
-                    source: std::io::Error::other(format!("{host:?} is not a TLS server name")),
-                })?;
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| KafkaError::Timeout(timeout))?
-                    .map_err(|e| KafkaError::Connect {
-                        addr: addr.into(),
-                        source: std::io::Error::other(format!("TLS handshake: {e}")),
-                    })?;
-                Box::new(tls)
-            }
-        };
+        let stream = dial(addr, timeout, security).await?;
         let (read, write) = tokio::io::split(stream);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let alive = Arc::new(AtomicBool::new(true));

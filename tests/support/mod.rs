@@ -182,6 +182,44 @@ impl Eventscope {
     }
 }
 
+impl Eventscope {
+    /// Starts `eventscope sidecar` in front of `upstream`, with a fresh Kafka port and admin port.
+    pub fn sidecar(upstream: &str) -> (Eventscope, u16) {
+        let admin = format!("127.0.0.1:{}", free_port());
+        // Broker listeners take the ports after the Kafka port: leave room.
+        let kafka_port = loop {
+            let p = free_port();
+            if (1..=8).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+                break p;
+            }
+        };
+        let config = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+            .args([
+                "sidecar",
+                "--kafka-bootstrap",
+                upstream,
+                "--kafka-listen",
+                &format!("127.0.0.1:{kafka_port}"),
+                "--admin-listen",
+                &admin,
+            ])
+            .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let es = Eventscope { admin, child, config };
+        wait_for(Duration::from_secs(20), "sidecar /healthz", || {
+            http_get(&es.admin, "/healthz").filter(|(s, _)| *s == 200)
+        });
+        wait_for(Duration::from_secs(20), "sidecar kafka listener", || {
+            TcpStream::connect(("127.0.0.1", kafka_port)).ok()
+        });
+        (es, kafka_port)
+    }
+}
+
 /// SIGTERM through the `kill` command (no `unsafe` libc call needed in tests).
 fn unsafe_free_sigterm(pid: u32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();

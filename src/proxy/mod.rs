@@ -1,0 +1,335 @@
+//! The sidecar's Kafka protocol proxy.
+//!
+//! The application points `bootstrap.servers` at the sidecar's `kafka_listen` address. That listener
+//! relays to the upstream bootstrap servers; every broker named in a response gets a listener of its own
+//! (opened as brokers appear), and every response that names brokers is rewritten to those listeners, so
+//! the client never learns an upstream address and leadership moves keep working.
+//!
+//! Requests and responses are relayed as bytes. Only ApiVersions (clamped to what the sidecar decodes),
+//! Metadata, FindCoordinator and DescribeCluster responses are decoded and re-encoded. Correlation ids are
+//! never touched, and pipelining is preserved: Kafka answers a connection's requests in order, so the proxy
+//! keeps a FIFO of (correlation id, API, version) per connection. SASL frames pass unchanged, so brokers
+//! authenticate and authorize the application's own identity; TLS to the brokers is the sidecar's.
+//!
+//! Limits: a frame longer than `max_frame_bytes` (either direction) or too short to hold a header closes
+//! that connection with a logged reason and a counted error kind; connections beyond `max_connections`
+//! are refused the same way. Other connections carry on.
+
+pub mod rewrite;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::kafka::Security;
+use crate::metrics::{api_label, ProxyErrorKind, ProxyMetrics};
+use rewrite::AddressMap;
+
+/// Requests tracked per connection while their responses are outstanding. Requests that get no response
+/// (Produce with acks=0) are dropped from the front as later responses arrive; this bounds the rest.
+const MAX_TRACKED: usize = 4096;
+
+/// A request awaiting its response: correlation id, API key, version, when it was relayed.
+type Pending = (i32, i16, i16, Instant);
+/// A connection's requests in the order they were relayed (Kafka answers in that order).
+type Inflight = Arc<Mutex<VecDeque<Pending>>>;
+
+/// What the proxy needs to run.
+#[derive(Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    /// The host clients are told to connect to (default: the listen address, or 127.0.0.1 for 0.0.0.0).
+    pub advertised_host: String,
+    pub upstream_bootstrap: Vec<String>,
+    /// TLS towards the brokers (SASL is the application's own and passes through).
+    pub security: Security,
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Bootstrap,
+    Broker(i32),
+}
+
+struct BrokerRoute {
+    upstream: String,
+    local_port: u16,
+}
+
+/// The running proxy: its listeners and routes.
+pub struct Proxy {
+    settings: ProxySettings,
+    metrics: ProxyMetrics,
+    routes: Mutex<HashMap<i32, BrokerRoute>>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Proxy {
+    /// Binds the bootstrap listener and starts serving; returns once it is bound.
+    pub async fn start(settings: ProxySettings, metrics: ProxyMetrics, shutdown: watch::Receiver<bool>) -> std::io::Result<Arc<Proxy>> {
+        let listener = TcpListener::bind(settings.listen).await?;
+        let proxy = Arc::new(Proxy {
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            metrics,
+            routes: Mutex::new(HashMap::new()),
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(proxy.clone().accept_loop(listener, Target::Bootstrap));
+        Ok(proxy)
+    }
+
+    /// The local port serving a broker, if one is open.
+    pub fn broker_port(&self, node_id: i32) -> Option<u16> {
+        self.routes.lock().expect("routes lock").get(&node_id).map(|r| r.local_port)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, target: Target) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka proxy accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.metrics.error(
+                    ProxyErrorKind::ConnectionLimit,
+                    &format!("{peer}: over {} connections", self.settings.max_connections),
+                );
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(self.clone().serve(stream, target, permit));
+        }
+    }
+
+    /// Opens (or reuses) the listener for a broker and records where it lives upstream.
+    fn ensure_listener(self: &Arc<Self>, node_id: i32, upstream: String) -> Option<u16> {
+        let mut routes = self.routes.lock().expect("routes lock");
+        if let Some(r) = routes.get_mut(&node_id) {
+            // A broker that moved keeps its local port.
+            r.upstream = upstream;
+            return Some(r.local_port);
+        }
+        let ip = self.settings.listen.ip();
+        // Port per broker (as Kroxylicious does): listen port + 1 + node id when free, else any port.
+        let preferred = (node_id >= 0)
+            .then(|| self.settings.listen.port() as i64 + 1 + node_id as i64)
+            .filter(|p| *p < 65536 && self.settings.listen.port() != 0);
+        let std_listener = preferred
+            .and_then(|p| std::net::TcpListener::bind(SocketAddr::new(ip, p as u16)).ok())
+            .or_else(|| std::net::TcpListener::bind(SocketAddr::new(ip, 0)).ok())?;
+        std_listener.set_nonblocking(true).ok()?;
+        let local_port = std_listener.local_addr().ok()?.port();
+        let _guard = self.runtime.enter();
+        let listener = TcpListener::from_std(std_listener).ok()?;
+        tracing::info!(node_id, %upstream, local_port, "kafka proxy: listener for broker");
+        routes.insert(node_id, BrokerRoute { upstream, local_port });
+        self.runtime.spawn(self.clone().accept_loop(listener, Target::Broker(node_id)));
+        Some(local_port)
+    }
+
+    async fn dial(&self, target: Target) -> Result<Box<dyn crate::kafka::conn::Stream>, String> {
+        let candidates: Vec<String> = match target {
+            Target::Bootstrap => self.settings.upstream_bootstrap.clone(),
+            Target::Broker(n) => match self.routes.lock().expect("routes lock").get(&n) {
+                Some(r) => vec![r.upstream.clone()],
+                None => return Err(format!("no route to broker {n}")),
+            },
+        };
+        let mut last = String::from("no upstream address");
+        for addr in candidates {
+            match crate::kafka::conn::dial(&addr, self.settings.connect_timeout, &self.settings.security).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn serve(self: Arc<Self>, client: TcpStream, target: Target, _permit: OwnedSemaphorePermit) {
+        self.metrics.connections_total.inc();
+        self.metrics.connections.inc();
+        let upstream = match self.dial(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.error(ProxyErrorKind::UpstreamUnreachable, &e);
+                self.metrics.connections.dec();
+                return;
+            }
+        };
+        let (client_read, client_write) = client.into_split();
+        let (upstream_read, upstream_write) = tokio::io::split(upstream);
+        let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
+        let requests = self.clone().relay_requests(client_read, upstream_write, inflight.clone());
+        let responses = self.clone().relay_responses(upstream_read, client_write, inflight);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = requests => {}
+            _ = responses => {}
+            _ = shutdown.changed() => {}
+        }
+        self.metrics.connections.dec();
+    }
+
+    /// Client → broker: frames relayed as they are, each request's API and version remembered.
+    async fn relay_requests(
+        self: Arc<Self>,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        inflight: Inflight,
+    ) {
+        loop {
+            let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 8).await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return,
+                Err(FrameError::Bad(kind, why)) => {
+                    self.metrics.error(kind, &format!("request: {why}"));
+                    return;
+                }
+            };
+            let key = i16::from_be_bytes([frame[4], frame[5]]);
+            let version = i16::from_be_bytes([frame[6], frame[7]]);
+            let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            {
+                let mut q = inflight.lock().expect("inflight lock");
+                if q.len() >= MAX_TRACKED {
+                    q.pop_front();
+                }
+                q.push_back((correlation, key, version, Instant::now()));
+            }
+            let api = api_label(key);
+            self.metrics.requests.with_label_values(&[api]).inc();
+            self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Broker → client: frames relayed as they are, except responses that name brokers or versions.
+    async fn relay_responses(
+        self: Arc<Self>,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        inflight: Inflight,
+    ) {
+        loop {
+            let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 4).await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return,
+                Err(FrameError::Bad(kind, why)) => {
+                    self.metrics.error(kind, &format!("response: {why}"));
+                    return;
+                }
+            };
+            let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let request = {
+                let mut q = inflight.lock().expect("inflight lock");
+                // Requests without responses (acks=0) were sent before this one: drop them.
+                match q.iter().position(|(c, ..)| *c == correlation) {
+                    Some(i) => {
+                        q.drain(..i);
+                        q.pop_front()
+                    }
+                    None => None,
+                }
+            };
+            let out = match request {
+                Some((_, key, version, sent)) => {
+                    let api = api_label(key);
+                    self.metrics
+                        .duration
+                        .with_label_values(&[api])
+                        .observe(sent.elapsed().as_secs_f64());
+                    self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(frame.len() as u64);
+                    if rewrite::needs_rewrite(key) {
+                        match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
+                            Ok(body) => rewrite::frame(&body),
+                            Err(e) => {
+                                self.metrics.error(ProxyErrorKind::RewriteFailed, &format!("{api} v{version}: {e}"));
+                                frame
+                            }
+                        }
+                    } else {
+                        frame
+                    }
+                }
+                None => {
+                    self.metrics.error(
+                        ProxyErrorKind::MalformedFrame,
+                        &format!("response to unknown correlation id {correlation}"),
+                    );
+                    frame
+                }
+            };
+            if to.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl AddressMap for Arc<Proxy> {
+    fn local_for(&self, node_id: i32, host: &str, port: i32) -> Option<(String, i32)> {
+        let port = self.ensure_listener(node_id, format!("{host}:{port}"))?;
+        Some((self.settings.advertised_host.clone(), port as i32))
+    }
+}
+
+enum FrameError {
+    Closed,
+    Bad(ProxyErrorKind, String),
+}
+
+/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
+async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
+    let n = i32::from_be_bytes(len);
+    if n < 0 || (n as usize) < min {
+        return Err(FrameError::Bad(
+            ProxyErrorKind::MalformedFrame,
+            format!("frame of {n} bytes is too short"),
+        ));
+    }
+    if n as usize > max {
+        return Err(FrameError::Bad(
+            ProxyErrorKind::OversizedFrame,
+            format!("frame of {n} bytes exceeds {max}"),
+        ));
+    }
+    let mut buf = BytesMut::zeroed(4 + n as usize);
+    buf[..4].copy_from_slice(&len);
+    r.read_exact(&mut buf[4..]).await.map_err(|_| FrameError::Closed)?;
+    Ok(buf.freeze())
+}
+
+/// The host to advertise for a listen address: itself, or loopback for an unspecified address.
+pub fn default_advertised_host(listen: &SocketAddr) -> String {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
+        ip => ip.to_string(),
+    }
+}
