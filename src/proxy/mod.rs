@@ -35,6 +35,9 @@ use rewrite::AddressMap;
 /// (Produce with acks=0) are dropped from the front as later responses arrive; this bounds the rest.
 const MAX_TRACKED: usize = 4096;
 
+/// Read buffer per direction and connection.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// A request awaiting its response: correlation id, API key, version, when it was relayed.
 type Pending = (i32, i16, i16, Instant);
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
@@ -180,6 +183,9 @@ impl Proxy {
         };
         let (client_read, client_write) = client.into_split();
         let (upstream_read, upstream_write) = tokio::io::split(upstream);
+        // Buffered reads: a small frame's length and body usually arrive in one read.
+        let client_read = tokio::io::BufReader::with_capacity(READ_BUFFER, client_read);
+        let upstream_read = tokio::io::BufReader::with_capacity(READ_BUFFER, upstream_read);
         let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
         let requests = self.clone().relay_requests(client_read, upstream_write, inflight.clone());
         let responses = self.clone().relay_responses(upstream_read, client_write, inflight);
@@ -193,12 +199,7 @@ impl Proxy {
     }
 
     /// Client → broker: frames relayed as they are, each request's API and version remembered.
-    async fn relay_requests(
-        self: Arc<Self>,
-        mut from: impl AsyncRead + Unpin,
-        mut to: impl AsyncWrite + Unpin,
-        inflight: Inflight,
-    ) {
+    async fn relay_requests(self: Arc<Self>, mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
         loop {
             let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 8).await {
                 Ok(f) => f,
@@ -228,12 +229,7 @@ impl Proxy {
     }
 
     /// Broker → client: frames relayed as they are, except responses that name brokers or versions.
-    async fn relay_responses(
-        self: Arc<Self>,
-        mut from: impl AsyncRead + Unpin,
-        mut to: impl AsyncWrite + Unpin,
-        inflight: Inflight,
-    ) {
+    async fn relay_responses(self: Arc<Self>, mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
         loop {
             let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 4).await {
                 Ok(f) => f,
@@ -319,9 +315,15 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) ->
             format!("frame of {n} bytes exceeds {max}"),
         ));
     }
-    let mut buf = BytesMut::zeroed(4 + n as usize);
-    buf[..4].copy_from_slice(&len);
-    r.read_exact(&mut buf[4..]).await.map_err(|_| FrameError::Closed)?;
+    // Filled by reading, not zeroed first: the length is already checked against the maximum.
+    let mut buf = BytesMut::with_capacity(4 + n as usize);
+    buf.extend_from_slice(&len);
+    let mut body = r.take(n as u64);
+    while buf.len() < 4 + n as usize {
+        if body.read_buf(&mut buf).await.map_err(|_| FrameError::Closed)? == 0 {
+            return Err(FrameError::Closed);
+        }
+    }
     Ok(buf.freeze())
 }
 

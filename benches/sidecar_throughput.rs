@@ -1,0 +1,217 @@
+//! The sidecar's Kafka proxy against direct, in the same run: librdkafka producing and consuming 1 KiB
+//! records to librdkafka's mock broker (in-process, so the broker is not the bottleneck), direct and
+//! through `eventscope sidecar`, uncompressed and lz4; the added latency of acknowledged produces (p50,
+//! p99); the sidecar's CPU and RSS from its own /metrics.
+//!
+//! Run: `cargo bench --bench sidecar_throughput`. Results: docs/benchmarks.md.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use support::*;
+
+const PARTITIONS: i32 = 64;
+
+/// 1,000 different 1 KiB payloads: half random bytes, half repeated text, so lz4 has something to do
+/// without turning each record into a few bytes.
+fn payloads() -> Vec<Vec<u8>> {
+    let mut x = 0x1234_5678_9abc_def0u64;
+    (0..1000)
+        .map(|i| {
+            let mut v: Vec<u8> = (0..512)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            v.extend(
+                format!("{{\"order\":{i},\"event\":\"OrderCreated\",\"status\":\"NEW\"}}")
+                    .bytes()
+                    .cycle()
+                    .take(512),
+            );
+            v
+        })
+        .collect()
+}
+
+fn produce(bootstrap: &str, topic: &str, n: usize, codec: &str) -> f64 {
+    let p: BaseProducer = client_config(
+        bootstrap,
+        &[
+            ("linger.ms", "5"),
+            ("compression.codec", codec),
+            ("queue.buffering.max.messages", "1000000"),
+        ],
+    )
+    .create()
+    .unwrap();
+    let payloads = payloads();
+    let started = Instant::now();
+    for i in 0..n {
+        let key = (i % 1000).to_string();
+        let mut rec = Some(BaseRecord::to(topic).key(&key).payload(&payloads[i % 1000]));
+        while let Some(r) = rec.take() {
+            if let Err((_, r)) = p.send(r) {
+                p.poll(Duration::from_millis(1));
+                rec = Some(r);
+            }
+        }
+        if i % 1000 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
+    let c: BaseConsumer = client_config(
+        bootstrap,
+        &[("group.id", &format!("bench-{}", now_ms())), ("auto.offset.reset", "earliest")],
+    )
+    .create()
+    .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut got = 0;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    if got != n {
+        let mut total = 0;
+        for p in 0..PARTITIONS {
+            let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
+            eprintln!("{topic}[{p}] watermarks {lo}..{hi}");
+            total += hi - lo;
+        }
+        panic!("{topic}: consumed {got} of {n}; the log holds {total}");
+    }
+    n as f64 / started.unwrap().elapsed().as_secs_f64()
+}
+
+/// Acknowledged-produce latencies (one record at a time, acks=all, awaiting each delivery), in
+/// microseconds, sorted.
+fn latencies(bootstrap: &str, topic: &str, n: usize) -> Vec<u64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p: FutureProducer = client_config(bootstrap, &[("linger.ms", "0"), ("acks", "all")]).create().unwrap();
+    let payload = vec![0x5au8; 1024];
+    rt.block_on(async {
+        let send = || p.send(FutureRecord::<(), _>::to(topic).payload(&payload), Duration::from_secs(10));
+        send().await.unwrap();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            send().await.unwrap();
+            out.push(t.elapsed().as_micros() as u64);
+        }
+        out.sort_unstable();
+        out
+    })
+}
+
+fn pct(v: &[u64], q: f64) -> f64 {
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
+}
+
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let n = if smoke { 2_000 } else { 200_000 };
+    let lat_n = if smoke { 100 } else { 3_000 };
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let direct = mock.bootstrap_servers();
+    let (es, port) = Eventscope::sidecar(&direct);
+    let via = format!("127.0.0.1:{port}");
+    println!(
+        "sidecar_throughput: {n} records of 1 KiB per case{}",
+        if smoke { " (smoke run under cargo test)" } else { "" }
+    );
+    println!();
+    println!("| case | direct | through the sidecar | ratio |");
+    println!("|---|---|---|---|");
+    let cpu_before = es.cpu_seconds();
+    let wall = Instant::now();
+    // Three rounds per case, direct and through the sidecar alternating; the median of each is reported.
+    const ROUNDS: usize = 3;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for codec in ["none", "lz4"] {
+        let (mut pd, mut pv, mut cd, mut cv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            for name in ["direct", "via"] {
+                // The mock keeps at most 5 MB per partition: 64 partitions hold every record of a case.
+                mock.create_topic(&format!("bench-{codec}-{name}-{round}"), PARTITIONS, 1).unwrap();
+            }
+            pd.push(produce(&direct, &format!("bench-{codec}-direct-{round}"), n, codec));
+            pv.push(produce(&via, &format!("bench-{codec}-via-{round}"), n, codec));
+            cd.push(consume(&direct, &format!("bench-{codec}-direct-{round}"), n));
+            cv.push(consume(&via, &format!("bench-{codec}-via-{round}"), n));
+        }
+        let (pd, pv, cd, cv) = (median(pd), median(pv), median(cd), median(cv));
+        println!(
+            "| produce, {codec} (records/s, median of {ROUNDS}) | {pd:.0} | {pv:.0} | **{:.3}** |",
+            pv / pd
+        );
+        println!(
+            "| consume, {codec} (records/s, median of {ROUNDS}) | {cd:.0} | {cv:.0} | **{:.3}** |",
+            cv / cd
+        );
+    }
+    mock.create_topic("latency", 1, 1).unwrap();
+    let ld = latencies(&direct, "latency", lat_n);
+    let lv = latencies(&via, "latency", lat_n);
+    println!(
+        "| acked produce p50 (ms) | {:.3} | {:.3} | +{:.3} ms |",
+        pct(&ld, 0.5),
+        pct(&lv, 0.5),
+        pct(&lv, 0.5) - pct(&ld, 0.5)
+    );
+    println!(
+        "| acked produce p99 (ms) | {:.3} | {:.3} | **+{:.3} ms** |",
+        pct(&ld, 0.99),
+        pct(&lv, 0.99),
+        pct(&lv, 0.99) - pct(&ld, 0.99)
+    );
+    let m = es.scrape();
+    // The traffic of the "via" cases really went through the proxy.
+    let produced = m
+        .get("eventscope_kafka_bytes_total", &[("api", "Produce"), ("direction", "request")])
+        .unwrap();
+    let fetched = m
+        .get("eventscope_kafka_bytes_total", &[("api", "Fetch"), ("direction", "response")])
+        .unwrap();
+    assert!(
+        produced > n as f64 * 1024.0 * 2.0 && fetched > n as f64 * 1024.0 * 2.0,
+        "proxy relayed {produced} / {fetched} bytes"
+    );
+    let cpu = es.cpu_seconds() - cpu_before;
+    println!(
+        "| sidecar CPU over the run | | {:.3} s in {:.1} s ({:.1}% of one core) | |",
+        cpu,
+        wall.elapsed().as_secs_f64(),
+        100.0 * cpu / wall.elapsed().as_secs_f64()
+    );
+    println!(
+        "| sidecar RSS at the end | | {:.1} MB | |",
+        m.get("process_resident_memory_bytes", &[]).unwrap() / 1e6
+    );
+    println!(
+        "| bytes relayed by the sidecar (Produce requests / Fetch responses) | | {:.0} MB / {:.0} MB | |",
+        produced / 1e6,
+        fetched / 1e6
+    );
+}
