@@ -271,3 +271,40 @@ fn hostile_frames_close_only_their_connection() {
     );
     assert_eq!(es.get("/healthz").map(|r| r.0), Some(200));
 }
+
+/// confluent-kafka (Python, librdkafka bundled in the PyPI wheel) through the sidecar to tansu: an
+/// idempotent lz4 producer and a committing consumer group.
+#[test]
+fn python_confluent_kafka_through_the_sidecar() {
+    let tansu = Tansu::start();
+    tansu.create_topic("py-orders", 1);
+    let (es, port) = Eventscope::sidecar(&tansu.bootstrap());
+    let out = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_roundtrip.py"),
+            &format!("127.0.0.1:{port}"),
+            "py-orders",
+            "40",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "confluent-kafka (pip install confluent-kafka; .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
+    assert_eq!(seen["delivered_ok"], 40);
+    let received = seen["received"].as_array().unwrap();
+    assert_eq!(received.len(), 40);
+    for (i, r) in received.iter().enumerate() {
+        assert_eq!(r["key"], format!("order-{i}"));
+        assert_eq!(r["value"]["order"], i);
+        assert_eq!(r["headers"], serde_json::json!([["source", "python"]]));
+    }
+    let m = es.scrape();
+    assert!(
+        m.get("eventscope_kafka_requests_total", &[("api", "OffsetCommit")]).unwrap() >= 1.0,
+        "commits went through the sidecar"
+    );
+}
