@@ -93,7 +93,7 @@ pub fn observe_commit(h: &mut Histogram, from: i64, to: i64, commit_ms: i64, app
     let mut offset = from;
     while offset < to {
         let weight = stride.min(to - offset);
-        let window_ms = (commit_ms - append_ms(offset)).max(0);
+        let window_ms = commit_ms.saturating_sub(append_ms(offset)).max(0);
         h.observe_n(window_ms as f64 / 1000.0, weight as u64);
         offset += weight;
     }

@@ -88,10 +88,7 @@ impl Timeline {
         let idx = self.points.partition_point(|&(o, _)| o < offset);
         match (idx.checked_sub(1).and_then(|i| self.points.get(i)), self.points.get(idx)) {
             (_, Some(&(o, t))) if o == offset => Some(t),
-            (Some(&(o1, t1)), Some(&(o2, t2))) => {
-                let frac = (offset - o1) as f64 / (o2 - o1) as f64;
-                Some(t1 + ((t2 - t1) as f64 * frac).round() as i64)
-            }
+            (Some(&a), Some(&b)) => Some(interpolate(a, b, offset)),
             // Older than every point: the oldest point's time is an upper bound on its append time.
             (None, Some(&(_, t))) => Some(t),
             // Newer than every point: appended after the last sample; the caller's `now` is the bound.
@@ -233,7 +230,7 @@ fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i6
     }
     let last = base.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64);
     let ts = if last > base && max_ts >= base_ts {
-        base_ts + ((max_ts - base_ts) as f64 * (offset - base) as f64 / (last - base) as f64).round() as i64
+        interpolate((base, base_ts), (last, max_ts), offset)
     } else {
         base_ts
     };
@@ -245,9 +242,21 @@ fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i6
     }
 }
 
-/// Seconds between `ts_ms` and `now_ms`, never negative.
+/// The time of `offset` on the line between two `(offset, time)` points. Offsets and times may come from
+/// untrusted bytes anywhere in the i64 range: computed in f64, saturated back into i64, never overflowing.
+fn interpolate((o1, t1): (i64, i64), (o2, t2): (i64, i64), offset: i64) -> i64 {
+    let span = o2 as f64 - o1 as f64;
+    if span <= 0.0 {
+        return t1;
+    }
+    let frac = ((offset as f64 - o1 as f64) / span).clamp(0.0, 1.0);
+    // `as` from f64 to i64 saturates.
+    (t1 as f64 + (t2 as f64 - t1 as f64) * frac).round() as i64
+}
+
+/// Seconds between `ts_ms` and `now_ms`, never negative (and never overflowing on hostile timestamps).
 pub fn age_seconds(now_ms: i64, ts_ms: i64) -> f64 {
-    ((now_ms - ts_ms).max(0)) as f64 / 1000.0
+    now_ms.saturating_sub(ts_ms).max(0) as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -347,6 +356,17 @@ mod tests {
                 .collect();
             let _ = find_record_time(&junk, 0, &mut Vec::new());
         }
+    }
+
+    /// Found by `cargo fuzz` (fuzz/fuzz_targets/untrusted_bytes.rs): timestamps at the ends of the i64
+    /// range overflowed the interpolation.
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        assert_eq!(interpolate((0, i64::MIN), (10, i64::MAX), 5), 0);
+        assert_eq!(interpolate((i64::MIN, 0), (i64::MAX, 10), 0), 5);
+        assert_eq!(age_seconds(i64::MAX, i64::MIN), i64::MAX as f64 / 1000.0);
+        let crash = include_bytes!("../fuzz/regressions/lag-interpolate-overflow.bin");
+        let _ = find_record_time(&crash[2..], i64::from(crash[0]) * 7, &mut Vec::new());
     }
 
     #[test]

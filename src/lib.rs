@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod consistency;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exposition;
 pub mod kafka;

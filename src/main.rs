@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             eventscope::logging::init(&config.log.level, config.log.format);
             runtime.block_on(eventscope::run::sidecar(config))
         }
+        #[cfg(feature = "demo")]
         (
             Command::Demo {
                 admin_listen,
@@ -57,6 +58,8 @@ fn main() -> ExitCode {
             eventscope::logging::init("warn", eventscope::config::LogFormat::Text);
             runtime.block_on(eventscope::demo::run(&admin_listen, duration, every))
         }
+        #[cfg(not(feature = "demo"))]
+        (Command::Demo { .. }, _) => Err(anyhow::anyhow!("this build has no demo (built without the `demo` feature)")),
         _ => unreachable!("every command that needs a configuration has one"),
     };
     match result {
