@@ -134,11 +134,26 @@ pub const PROXY_BYTES: &str = "eventscope_kafka_bytes_total";
 pub const PROXY_CONNECTIONS: &str = "eventscope_kafka_connections";
 pub const PROXY_CONNECTIONS_TOTAL: &str = "eventscope_kafka_connections_total";
 pub const PROXY_ERRORS: &str = "eventscope_kafka_proxy_errors_total";
+pub const PRODUCED_RECORDS: &str = "eventscope_kafka_produced_records_total";
+pub const PRODUCED_BYTES: &str = "eventscope_kafka_produced_bytes_total";
+pub const PRODUCE_DURATION: &str = "eventscope_kafka_produce_duration_seconds";
+pub const PRODUCE_ERRORS: &str = "eventscope_kafka_produce_errors_total";
+pub const L_ERROR: &str = "error";
+/// Distinct `topic` values the sidecar reports before it folds the rest into [`OTHER_TOPICS`]: an
+/// application writes to a handful of topics, and a hostile client cannot grow the series without bound.
+pub const MAX_TOPIC_LABELS: usize = 256;
+pub const OTHER_TOPICS: &str = "_other";
 pub const L_API: &str = "api";
 pub const L_DIRECTION: &str = "direction";
 
 /// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
-pub const HISTOGRAMS: &[&str] = &[CONSISTENCY_WINDOW.name, POLL_DURATION, RENDER_DURATION, PROXY_REQUEST_DURATION];
+pub const HISTOGRAMS: &[&str] = &[
+    CONSISTENCY_WINDOW.name,
+    POLL_DURATION,
+    RENDER_DURATION,
+    PROXY_REQUEST_DURATION,
+    PRODUCE_DURATION,
+];
 
 /// Buckets of the proxied request latency (upstream round trip seen by the sidecar): loopback and
 /// in-zone requests take well under a millisecond, fetches wait up to `fetch.max.wait.ms` (500 ms by
@@ -238,6 +253,11 @@ pub struct ProxyMetrics {
     pub connections: prometheus::IntGauge,
     pub connections_total: prometheus::IntCounter,
     pub errors: IntCounterVec,
+    pub produced_records: IntCounterVec,
+    pub produced_bytes: IntCounterVec,
+    pub produce_duration: HistogramVec,
+    pub produce_errors: IntCounterVec,
+    topics: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ProxyMetrics {
@@ -272,6 +292,36 @@ impl ProxyMetrics {
         for kind in ProxyErrorKind::ALL {
             errors.with_label_values(&[kind.as_label()]);
         }
+        let produced_records = IntCounterVec::new(
+            Opts::new(
+                PRODUCED_RECORDS,
+                "Records the application produced that the broker acknowledged, by topic.",
+            ),
+            &[L_TOPIC],
+        )
+        .expect("valid metric");
+        let produced_bytes = IntCounterVec::new(
+            Opts::new(
+                PRODUCED_BYTES,
+                "Record-batch bytes the broker acknowledged, by topic (compressed size).",
+            ),
+            &[L_TOPIC],
+        )
+        .expect("valid metric");
+        let produce_duration = HistogramVec::new(
+            HistogramOpts::new(PRODUCE_DURATION, "Time from relaying a Produce request to its response, by topic.")
+                .buckets(PROXY_LATENCY_BUCKETS.to_vec()),
+            &[L_TOPIC],
+        )
+        .expect("valid metric");
+        let produce_errors = IntCounterVec::new(
+            Opts::new(
+                PRODUCE_ERRORS,
+                "Partitions of Produce responses with an error, by topic and Kafka error name.",
+            ),
+            &[L_TOPIC, L_ERROR],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -279,6 +329,10 @@ impl ProxyMetrics {
             Box::new(connections.clone()),
             Box::new(connections_total.clone()),
             Box::new(errors.clone()),
+            Box::new(produced_records.clone()),
+            Box::new(produced_bytes.clone()),
+            Box::new(produce_duration.clone()),
+            Box::new(produce_errors.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -289,6 +343,21 @@ impl ProxyMetrics {
             connections,
             connections_total,
             errors,
+            produced_records,
+            produced_bytes,
+            produce_duration,
+            produce_errors,
+            topics: Default::default(),
+        }
+    }
+
+    /// The `topic` label for a topic: itself for the first [`MAX_TOPIC_LABELS`] topics seen, then `_other`.
+    pub fn topic_label(&self, topic: &str) -> String {
+        let mut seen = self.topics.lock().expect("topics lock");
+        if seen.contains(topic) || (seen.len() < MAX_TOPIC_LABELS && seen.insert(topic.to_string())) {
+            topic.to_string()
+        } else {
+            OTHER_TOPICS.to_string()
         }
     }
 

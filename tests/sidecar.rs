@@ -308,3 +308,40 @@ fn python_confluent_kafka_through_the_sidecar() {
         "commits went through the sidecar"
     );
 }
+
+/// Produce errors are counted by topic and Kafka error name, and a batch the client retries after an
+/// error is counted once when it is finally written. The errors are injected by librdkafka's mock broker
+/// into its Produce responses (tansu accepts writes even to partitions that do not exist).
+#[test]
+fn produce_errors_are_counted_and_retries_once() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    mock.create_topic("ledger", 1, 1).unwrap();
+    let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
+    let sidecar = format!("127.0.0.1:{port}");
+    // Warm up metadata and connections, so the injected errors hit the records below.
+    produce_records(&sidecar, "ledger", 0, &records(1, 0), &[]);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    let sent = records(5, 1);
+    produce_records(&sidecar, "ledger", 0, &sent, &[("linger.ms", "50"), ("retry.backoff.ms", "10")]);
+    let m = es.scrape();
+    assert_eq!(
+        m.get(
+            "eventscope_kafka_produce_errors_total",
+            &[("topic", "ledger"), ("error", "NotEnoughReplicas")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get("eventscope_kafka_produced_records_total", &[("topic", "ledger")]),
+        Some(6.0),
+        "1 + 5 records, retries counted once"
+    );
+    assert!(consume_records(&sidecar, "ledger", 0, 6).len() == 6);
+}

@@ -15,6 +15,7 @@
 //! that connection with a logged reason and a counted error kind; connections beyond `max_connections`
 //! are refused the same way. Other connections carry on.
 
+pub mod observe;
 pub mod rewrite;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,8 +39,9 @@ const MAX_TRACKED: usize = 4096;
 /// Read buffer per direction and connection.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// A request awaiting its response: correlation id, API key, version, when it was relayed.
-type Pending = (i32, i16, i16, Instant);
+/// A request awaiting its response: correlation id, API key, version, when it was relayed, and for
+/// Produce its partitions (counted once the response says they were written).
+type Pending = (i32, i16, i16, Instant, Option<Vec<observe::PartitionBatch>>);
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
 type Inflight = Arc<Mutex<VecDeque<Pending>>>;
 
@@ -217,7 +219,10 @@ impl Proxy {
                 if q.len() >= MAX_TRACKED {
                     q.pop_front();
                 }
-                q.push_back((correlation, key, version, Instant::now()));
+                let produce = (key == kafka_protocol::messages::ApiKey::Produce as i16)
+                    .then(|| observe::produce_request(&frame, version))
+                    .flatten();
+                q.push_back((correlation, key, version, Instant::now(), produce));
             }
             let api = api_label(key);
             self.metrics.requests.with_label_values(&[api]).inc();
@@ -252,13 +257,16 @@ impl Proxy {
                 }
             };
             let out = match request {
-                Some((_, key, version, sent)) => {
+                Some((_, key, version, sent, produce)) => {
                     let api = api_label(key);
                     self.metrics
                         .duration
                         .with_label_values(&[api])
                         .observe(sent.elapsed().as_secs_f64());
                     self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(frame.len() as u64);
+                    if let Some(batches) = produce {
+                        self.observe_produce(&frame, version, sent, batches);
+                    }
                     if rewrite::needs_rewrite(key) {
                         match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
                             Ok(body) => rewrite::frame(&body),
@@ -281,6 +289,34 @@ impl Proxy {
             };
             if to.write_all(&out).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+impl Proxy {
+    /// Producer-side metrics from a Produce response and the request's partitions.
+    fn observe_produce(&self, frame: &Bytes, version: i16, sent: Instant, batches: Vec<observe::PartitionBatch>) {
+        let Some(outcomes) = observe::produce_response(frame, version) else {
+            return;
+        };
+        let latency = sent.elapsed().as_secs_f64();
+        let mut topics_seen = std::collections::HashSet::new();
+        for (topic, partition, error) in outcomes {
+            let label = self.metrics.topic_label(&topic);
+            if topics_seen.insert(topic.clone()) {
+                self.metrics.produce_duration.with_label_values(&[&label]).observe(latency);
+            }
+            if error != 0 {
+                self.metrics
+                    .produce_errors
+                    .with_label_values(&[&label, &observe::error_label(error)])
+                    .inc();
+                continue;
+            }
+            if let Some(b) = batches.iter().find(|b| b.topic == topic && b.partition == partition) {
+                self.metrics.produced_records.with_label_values(&[&label]).inc_by(b.records);
+                self.metrics.produced_bytes.with_label_values(&[&label]).inc_by(b.bytes);
             }
         }
     }
