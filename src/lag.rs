@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 
 use kafka_protocol::records::RecordBatchDecoder;
 
+use crate::kafka::batch::{batches, Batch};
+
 /// Largest number of anchor points kept per partition.
 const TIMELINE_POINTS: usize = 512;
 
@@ -116,76 +118,26 @@ pub struct RecordTime {
     pub exact: bool,
 }
 
-// Offsets of fields in a v2 record batch header.
-const BATCH_HEADER_LEN: usize = 61;
-const OFF_LENGTH: usize = 8;
-const OFF_MAGIC: usize = 16;
-const OFF_ATTRIBUTES: usize = 21;
-const OFF_LAST_OFFSET_DELTA: usize = 23;
-const OFF_BASE_TIMESTAMP: usize = 27;
-const OFF_MAX_TIMESTAMP: usize = 35;
-const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
-const ATTR_CONTROL: i16 = 1 << 5;
-const ATTR_COMPRESSION: i16 = 0b111;
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    i64::from_be_bytes(a)
-}
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    i32::from_be_bytes(a)
-}
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Finds the first data record at or after `target` in a Fetch response's record bytes, and every
 /// batch boundary seen on the way (as `(offset, timestamp)` anchors for the timeline).
 ///
 /// The bytes are untrusted: every length is checked before use, a truncated or corrupt batch ends the
 /// walk, and nothing here can panic or allocate more than the input's size.
 pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64)>) -> Option<RecordTime> {
-    let mut at = 0usize;
     let mut found = None;
-    while records.len() - at >= BATCH_HEADER_LEN {
-        let b = &records[at..];
-        let base = be_i64(b, 0);
-        let length = be_i32(b, OFF_LENGTH);
-        if length < (BATCH_HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
-            break;
+    for batch in batches(records).filter(|b| !b.control) {
+        let first_ts = if batch.log_append_time {
+            batch.max_timestamp
+        } else {
+            batch.base_timestamp
+        };
+        anchors.push((batch.base_offset, first_ts));
+        if batch.complete {
+            anchors.push((batch.last_offset, batch.max_timestamp));
         }
-        let total = 12 + length as usize;
-        let attributes = be_i16(b, OFF_ATTRIBUTES);
-        let last = base.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64);
-        let base_ts = be_i64(b, OFF_BASE_TIMESTAMP);
-        let max_ts = be_i64(b, OFF_MAX_TIMESTAMP);
-        let log_append = attributes & ATTR_LOG_APPEND_TIME != 0;
-        let complete = total <= b.len();
-        let control = attributes & ATTR_CONTROL != 0;
-        if !control {
-            anchors.push((base, if log_append { max_ts } else { base_ts }));
-            if complete {
-                anchors.push((last, max_ts));
-            }
-            if found.is_none() && last >= target {
-                found = Some(record_in_batch(
-                    &b[..total.min(b.len())],
-                    complete,
-                    target,
-                    base,
-                    base_ts,
-                    max_ts,
-                    log_append,
-                ));
-            }
+        if found.is_none() && batch.last_offset >= target {
+            found = Some(record_in_batch(&batch, target));
         }
-        if !complete {
-            break;
-        }
-        at += total;
     }
     found
 }
@@ -196,9 +148,10 @@ pub fn find_record_time(records: &[u8], target: i64, anchors: &mut Vec<(i64, i64
 /// is spent on it): Kafka producers set a batch's base timestamp to its first record's, so the base offset
 /// is exact from the header alone, and an offset inside the batch is interpolated between the first and
 /// the max timestamp (records of one batch were created within the producer's linger time).
-fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i64, max_ts: i64, log_append: bool) -> RecordTime {
+fn record_in_batch(batch: &Batch<'_>, target: i64) -> RecordTime {
+    let (base, base_ts, max_ts) = (batch.base_offset, batch.base_timestamp, batch.max_timestamp);
     let offset = target.max(base);
-    if log_append {
+    if batch.log_append_time {
         return RecordTime {
             offset,
             timestamp_ms: max_ts,
@@ -214,9 +167,8 @@ fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i6
             exact: true,
         };
     }
-    let compressed = be_i16(b, OFF_ATTRIBUTES) & ATTR_COMPRESSION != 0;
-    if complete && !compressed {
-        let mut slice = bytes::Bytes::copy_from_slice(b);
+    if batch.complete && !batch.compressed {
+        let mut slice = bytes::Bytes::copy_from_slice(batch.bytes);
         if let Ok(set) = RecordBatchDecoder::decode(&mut slice) {
             if let Some(r) = set.records.iter().find(|r| r.offset >= target) {
                 return RecordTime {
@@ -228,7 +180,7 @@ fn record_in_batch(b: &[u8], complete: bool, target: i64, base: i64, base_ts: i6
             }
         }
     }
-    let last = base.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64);
+    let last = batch.last_offset;
     let ts = if last > base && max_ts >= base_ts {
         interpolate((base, base_ts), (last, max_ts), offset)
     } else {
@@ -341,7 +293,7 @@ mod tests {
         }
         // A record count of i32::MAX in an otherwise valid batch: refused by the CRC, answered from the header.
         let mut corrupt = bytes.clone();
-        corrupt[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        corrupt[57..61].copy_from_slice(&i32::MAX.to_be_bytes()); // the record count
         let r = find_record_time(&corrupt, 1, &mut Vec::new()).unwrap();
         assert!(!r.exact);
         let mut x = 0x1234_5678u32;

@@ -5,6 +5,7 @@
 //! partition leader (the approach KMinion takes). [`conn`] is one pipelined broker connection; [`client`]
 //! knows the cluster's brokers and negotiates versions.
 
+pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod security;

@@ -18,32 +18,9 @@ pub struct PartitionBatch {
     pub bytes: u64,
 }
 
-/// Offsets in a v2 record batch header.
-const BATCH_HEADER_LEN: usize = 61;
-const OFF_LENGTH: usize = 8;
-const OFF_MAGIC: usize = 16;
-const OFF_RECORD_COUNT: usize = 57;
-
-/// Records in the batches of a `records` field, from their headers (untrusted: bounds-checked).
+/// Records in the batches of a `records` field, from their headers.
 fn record_count(records: &[u8]) -> u64 {
-    let mut at = 0usize;
-    let mut n = 0u64;
-    while records.len() - at >= BATCH_HEADER_LEN {
-        let b = &records[at..];
-        let length = i32::from_be_bytes([b[OFF_LENGTH], b[OFF_LENGTH + 1], b[OFF_LENGTH + 2], b[OFF_LENGTH + 3]]);
-        if length < (BATCH_HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
-            break;
-        }
-        let count = i32::from_be_bytes([
-            b[OFF_RECORD_COUNT],
-            b[OFF_RECORD_COUNT + 1],
-            b[OFF_RECORD_COUNT + 2],
-            b[OFF_RECORD_COUNT + 3],
-        ]);
-        n += count.max(0) as u64;
-        at = at.saturating_add(12 + length as usize).min(records.len());
-    }
-    n
+    crate::kafka::batch::batches(records).map(|b| b.record_count.max(0) as u64).sum()
 }
 
 /// The partitions of a Produce request frame (length prefix included). `None` if it does not decode.

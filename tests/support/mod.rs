@@ -140,8 +140,14 @@ impl Eventscope {
         let admin = format!("127.0.0.1:{}", free_port());
         let mut config = tempfile::NamedTempFile::new().unwrap();
         write!(config, "[admin]\nlisten = \"{admin}\"\nshutdown_grace = \"2s\"\n{toml}").unwrap();
+        let path = config.path().to_str().unwrap().to_string();
+        Self::spawn(&["collector", "--config", &path], admin, config)
+    }
+
+    /// Runs the binary with `args` and waits until its admin server answers /healthz.
+    fn spawn(args: &[&str], admin: String, config: tempfile::NamedTempFile) -> Eventscope {
         let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
-            .args(["collector", "--config", config.path().to_str().unwrap()])
+            .args(args)
             .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -206,26 +212,17 @@ impl Eventscope {
                 break p;
             }
         };
-        let config = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
-            .args([
-                "sidecar",
-                "--kafka-bootstrap",
-                upstream,
-                "--kafka-listen",
-                &format!("127.0.0.1:{kafka_port}"),
-                "--admin-listen",
-                &admin,
-            ])
-            .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let es = Eventscope { admin, child, config };
-        wait_for(Duration::from_secs(20), "sidecar /healthz", || {
-            http_get(&es.admin, "/healthz").filter(|(s, _)| *s == 200)
-        });
+        let listen = format!("127.0.0.1:{kafka_port}");
+        let args = [
+            "sidecar",
+            "--kafka-bootstrap",
+            upstream,
+            "--kafka-listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ];
+        let es = Self::spawn(&args, admin.clone(), tempfile::NamedTempFile::new().unwrap());
         wait_for(Duration::from_secs(20), "sidecar kafka listener", || {
             TcpStream::connect(("127.0.0.1", kafka_port)).ok()
         });

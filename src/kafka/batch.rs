@@ -1,0 +1,84 @@
+//! Record batch headers (format v2), read straight from untrusted bytes without decoding or decompressing
+//! the records: the collector's lag seconds and the sidecar's producer metrics need only offsets,
+//! timestamps, counts and attributes. Every length is checked before use; a malformed header ends the walk.
+
+// Offsets of fields in a v2 record batch header.
+const HEADER_LEN: usize = 61;
+const OFF_LENGTH: usize = 8;
+const OFF_MAGIC: usize = 16;
+const OFF_ATTRIBUTES: usize = 21;
+const OFF_LAST_OFFSET_DELTA: usize = 23;
+const OFF_BASE_TIMESTAMP: usize = 27;
+const OFF_MAX_TIMESTAMP: usize = 35;
+const OFF_RECORD_COUNT: usize = 57;
+const ATTR_COMPRESSION: i16 = 0b111;
+const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
+const ATTR_CONTROL: i16 = 1 << 5;
+
+/// One batch's header, and the batch's bytes as far as they were received.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub base_offset: i64,
+    /// Base offset + last offset delta (saturating; a negative delta counts as 0).
+    pub last_offset: i64,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub record_count: i32,
+    pub compressed: bool,
+    pub log_append_time: bool,
+    pub control: bool,
+    /// False when the batch was cut short (a fetch size limit): only its header is usable.
+    pub complete: bool,
+    /// The batch (length prefix included), whole or as far as it goes.
+    pub bytes: &'a [u8],
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    i32::from_be_bytes(a)
+}
+
+/// The batches of a `records` field, in order. Stops after a cut-off batch or at a malformed header.
+pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
+    let mut at = 0usize;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done || records.len() - at < HEADER_LEN {
+            return None;
+        }
+        let b = &records[at..];
+        let length = be_i32(b, OFF_LENGTH);
+        if length < (HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
+            done = true;
+            return None;
+        }
+        let total = 12 + length as usize;
+        let complete = total <= b.len();
+        let attributes = i16::from_be_bytes([b[OFF_ATTRIBUTES], b[OFF_ATTRIBUTES + 1]]);
+        let base_offset = be_i64(b, 0);
+        let batch = Batch {
+            base_offset,
+            last_offset: base_offset.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64),
+            base_timestamp: be_i64(b, OFF_BASE_TIMESTAMP),
+            max_timestamp: be_i64(b, OFF_MAX_TIMESTAMP),
+            record_count: be_i32(b, OFF_RECORD_COUNT),
+            compressed: attributes & ATTR_COMPRESSION != 0,
+            log_append_time: attributes & ATTR_LOG_APPEND_TIME != 0,
+            control: attributes & ATTR_CONTROL != 0,
+            complete,
+            bytes: &b[..total.min(b.len())],
+        };
+        if complete {
+            at += total;
+        } else {
+            done = true;
+        }
+        Some(batch)
+    })
+}
