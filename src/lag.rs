@@ -214,33 +214,8 @@ pub fn age_seconds(now_ms: i64, ts_ms: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-
-    fn batch(base: i64, timestamps: &[i64], compression: Compression) -> Vec<u8> {
-        let records: Vec<Record> = timestamps
-            .iter()
-            .enumerate()
-            .map(|(i, ts)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i as i64,
-                sequence: i as i32,
-                timestamp: *ts,
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"hello")),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
-        buf.to_vec()
-    }
+    use crate::kafka::batch::test_batch as batch;
+    use kafka_protocol::records::Compression;
 
     #[test]
     fn finds_the_record_at_the_target_inside_a_batch() {

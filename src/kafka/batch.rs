@@ -82,3 +82,51 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
         Some(batch)
     })
 }
+
+/// A record batch of records at `base..` with the given timestamps, for tests.
+#[cfg(test)]
+pub(crate) fn test_batch(base: i64, timestamps: &[i64], compression: kafka_protocol::records::Compression) -> Vec<u8> {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = timestamps
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: base + i as i64,
+            // In step with the offset: the encoder starts a new batch whenever offset − sequence changes.
+            sequence: i as i32,
+            timestamp: *ts,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"hello")),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encodable");
+    buf.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::Compression;
+
+    #[test]
+    fn reads_headers_of_every_batch_and_stops_at_a_cut() {
+        let mut bytes = test_batch(10, &[1000, 2000, 3000], Compression::Zstd);
+        bytes.extend(test_batch(13, &[4000, 5000], Compression::None));
+        let all: Vec<_> = batches(&bytes)
+            .map(|b| (b.base_offset, b.last_offset, b.record_count, b.compressed, b.complete))
+            .collect();
+        assert_eq!(all, vec![(10, 12, 3, true, true), (13, 14, 2, false, true)]);
+        let cut: Vec<_> = batches(&bytes[..bytes.len() - 3]).map(|b| (b.base_offset, b.complete)).collect();
+        assert_eq!(cut, vec![(10, true), (13, false)]);
+        assert_eq!(batches(&[0xff; 100]).count(), 0);
+    }
+}
