@@ -385,6 +385,10 @@ pub fn sidecar_names() -> Vec<&'static str> {
         PROXY_CONNECTIONS,
         PROXY_CONNECTIONS_TOTAL,
         PROXY_ERRORS,
+        PRODUCED_RECORDS,
+        PRODUCED_BYTES,
+        PRODUCE_DURATION,
+        PRODUCE_ERRORS,
         BUILD_INFO,
     ];
     v.extend(PROCESS_NAMES);

@@ -345,3 +345,29 @@ fn produce_errors_are_counted_and_retries_once() {
     );
     assert!(consume_records(&sidecar, "ledger", 0, 6).len() == 6);
 }
+
+/// Every metric the sidecar role declares is exported once traffic has passed (and nothing of the
+/// collector's lag families, which belong to the other role).
+#[test]
+fn sidecar_exports_its_whole_contract() {
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    mock.create_topic("contract", 1, 1).unwrap();
+    let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
+    let sidecar = format!("127.0.0.1:{port}");
+    produce_records(&sidecar, "contract", 0, &records(3, 0), &[]);
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS],
+    );
+    produce_records(&sidecar, "contract", 0, &records(1, 1), &[("retry.backoff.ms", "10")]);
+    let m = es.scrape();
+    for name in eventscope::metrics::sidecar_names() {
+        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
+            format!("{name}_count")
+        } else {
+            name.to_string()
+        };
+        assert!(m.has(&name), "{name} is not exported by the sidecar");
+    }
+    assert!(!m.has("kafka_consumergroup_lag"));
+}
