@@ -244,15 +244,17 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     pub fn bootstrap_servers(&self) -> Vec<String> {
-        self.kafka
-            .get("bootstrap.servers")
-            .map(|s| s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
+        self.kafka.get("bootstrap.servers").map(|s| split_servers(s)).unwrap_or_default()
     }
 
     pub fn client_id(&self) -> String {
         self.kafka.get("client.id").cloned().unwrap_or_else(|| "eventscope".to_string())
     }
+}
+
+/// `host:port[,host:port...]` as a list, blanks dropped.
+pub fn split_servers(list: &str) -> Vec<String> {
+    list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 /// Kafka client properties the collector understands besides the security ones.

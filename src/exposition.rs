@@ -74,9 +74,8 @@ impl Writer {
             Value::Int(i) => self.out.extend_from_slice(self.ints.format(i).as_bytes()),
             Value::Float(f) => {
                 let mut s = String::new();
-                m::write_sample(&mut s, "", "", &[], f);
-                // write_sample wrote " value\n"; keep the value only.
-                self.out.extend_from_slice(s.trim().as_bytes());
+                m::write_value(&mut s, f);
+                self.out.extend_from_slice(s.as_bytes());
             }
         }
         self.out.push(b'\n');
@@ -232,6 +231,12 @@ mod tests {
     use super::*;
     use crate::collector::{GroupRow, GroupTopicRow, PartitionRow, TopicRow};
     use crate::consistency::Histogram;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_set(&[("a", "x\"y\\z\nw")]), b"a=\"x\\\"y\\\\z\\nw\"");
+        assert_eq!(label_set(&[("le", "+Inf"), ("b", "plain")]), b"le=\"+Inf\",b=\"plain\"");
+    }
 
     #[test]
     fn renders_every_family_once_with_escaped_labels() {

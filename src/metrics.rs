@@ -584,31 +584,9 @@ pub fn write_header(out: &mut String, f: &Family) {
     let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
 }
 
-/// Writes one sample line. Label values are escaped as the text format requires.
-pub fn write_sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    out.push_str(suffix);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            for ch in v.chars() {
-                match ch {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        out.push('}');
-    }
-    out.push(' ');
+/// Writes a sample value as the text format spells it: integers without a decimal point, `NaN`, `+Inf`,
+/// `-Inf`.
+pub fn write_value(out: &mut String, value: f64) {
     if value.is_finite() {
         if value == value.trunc() && value.abs() < 1e15 {
             let _ = write!(out, "{}", value as i64);
@@ -622,7 +600,6 @@ pub fn write_sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str,
     } else {
         out.push_str("-Inf");
     }
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -630,13 +607,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_values_are_escaped() {
-        let mut s = String::new();
-        write_sample(&mut s, "m", "", &[("a", "x\"y\\z\nw")], 1.5);
-        assert_eq!(s, "m{a=\"x\\\"y\\\\z\\nw\"} 1.5\n");
-        s.clear();
-        write_sample(&mut s, "m", "_bucket", &[("le", "+Inf")], 42.0);
-        assert_eq!(s, "m_bucket{le=\"+Inf\"} 42\n");
+    fn values_are_spelled_as_the_text_format_wants() {
+        for (v, want) in [
+            (1.5, "1.5"),
+            (42.0, "42"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (f64::NAN, "NaN"),
+        ] {
+            let mut s = String::new();
+            write_value(&mut s, v);
+            assert_eq!(s, want);
+        }
     }
 
     #[test]

@@ -69,12 +69,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         } else {
             sc.kafka_advertised_host.clone()
         },
-        upstream_bootstrap: sc
-            .kafka_bootstrap
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        upstream_bootstrap: crate::config::split_servers(&sc.kafka_bootstrap),
         security,
         max_frame_bytes: sc.max_frame_bytes,
         max_connections: sc.max_connections,

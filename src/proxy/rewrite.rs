@@ -44,6 +44,14 @@ pub trait AddressMap {
     fn local_for(&self, node_id: i32, host: &str, port: i32) -> Option<(String, i32)>;
 }
 
+/// Points one broker address at the local listener that serves that broker.
+fn relocate(map: &dyn AddressMap, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), String> {
+    let (local_host, local_port) = map.local_for(node_id, host.as_str(), *port).ok_or("no local listener")?;
+    *host = StrBytes::from_string(local_host);
+    *port = local_port;
+    Ok(())
+}
+
 /// Rewrites one response frame body (correlation id onwards, no length prefix). `Err` leaves it unchanged.
 pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Result<Bytes, String> {
     let key = ApiKey::try_from(key).map_err(|_| "unknown api key".to_string())?;
@@ -72,9 +80,7 @@ pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Re
         ApiKey::Metadata => {
             let mut r = MetadataResponse::decode(&mut buf, version).map_err(|e| e.to_string())?;
             for b in r.brokers.iter_mut() {
-                let (host, port) = map.local_for(b.node_id.0, b.host.as_str(), b.port).ok_or("no local listener")?;
-                b.host = StrBytes::from_string(host);
-                b.port = port;
+                relocate(map, b.node_id.0, &mut b.host, &mut b.port)?;
             }
             r.encode(&mut out, version).map_err(|e| e.to_string())?;
         }
@@ -82,15 +88,11 @@ pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Re
             let mut r = FindCoordinatorResponse::decode(&mut buf, version).map_err(|e| e.to_string())?;
             if version < 4 {
                 if r.error_code == 0 && r.node_id.0 >= 0 {
-                    let (host, port) = map.local_for(r.node_id.0, r.host.as_str(), r.port).ok_or("no local listener")?;
-                    r.host = StrBytes::from_string(host);
-                    r.port = port;
+                    relocate(map, r.node_id.0, &mut r.host, &mut r.port)?;
                 }
             } else {
                 for c in r.coordinators.iter_mut().filter(|c| c.error_code == 0 && c.node_id.0 >= 0) {
-                    let (host, port) = map.local_for(c.node_id.0, c.host.as_str(), c.port).ok_or("no local listener")?;
-                    c.host = StrBytes::from_string(host);
-                    c.port = port;
+                    relocate(map, c.node_id.0, &mut c.host, &mut c.port)?;
                 }
             }
             r.encode(&mut out, version).map_err(|e| e.to_string())?;
@@ -98,9 +100,7 @@ pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Re
         ApiKey::DescribeCluster => {
             let mut r = DescribeClusterResponse::decode(&mut buf, version).map_err(|e| e.to_string())?;
             for b in r.brokers.iter_mut() {
-                let (host, port) = map.local_for(b.broker_id.0, b.host.as_str(), b.port).ok_or("no local listener")?;
-                b.host = StrBytes::from_string(host);
-                b.port = port;
+                relocate(map, b.broker_id.0, &mut b.host, &mut b.port)?;
             }
             r.encode(&mut out, version).map_err(|e| e.to_string())?;
         }
