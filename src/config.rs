@@ -75,6 +75,18 @@ pub struct SidecarConfig {
     /// SASL is the application's own and passes through the proxy unchanged.
     #[serde(default, deserialize_with = "scalar_map")]
     pub kafka: BTreeMap<String, String>,
+    /// Trace context in records: `inject` (set `traceparent` to the sidecar's `send` span), `observe`
+    /// (spans only for records that carry one; records never change) or `off`.
+    #[serde(default)]
+    pub trace_mode: crate::traces::TraceMode,
+    /// The `cluster` label of the lag and consistency series the sidecar measures: the collector's
+    /// `[[clusters]] name` for the same cluster, so one dashboard shows both.
+    #[serde(default = "default_sidecar_cluster")]
+    pub cluster: String,
+}
+
+fn default_sidecar_cluster() -> String {
+    "default".to_string()
 }
 
 fn default_kafka_listen() -> String {
@@ -315,7 +327,8 @@ impl Config {
                 }]));
             }
         };
-        apply_env(&mut tree, env, &mut issues);
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        apply_env(&mut tree, env.iter().cloned(), &mut issues);
         let config = deserialize_collecting(tree, &mut issues);
         if let Some(config) = &config {
             issues.extend(config.validate());
@@ -325,6 +338,13 @@ impl Config {
                     key: "(file)".into(),
                     reason: "nothing to run: add [[clusters]] (collector) or [sidecar]".into(),
                 });
+            }
+            if roles.contains(&Role::Sidecar) {
+                // The OTLP export settings: standard OTEL_* variables, checked with the rest.
+                let otel: std::collections::HashMap<String, String> = env.iter().filter(|(k, _)| k.starts_with("OTEL_")).cloned().collect();
+                if let Err(problems) = crate::traces::ExportSettings::from_env(&otel) {
+                    issues.extend(problems.into_iter().map(|(key, reason)| ConfigIssue { key, reason }));
+                }
             }
             for role in roles {
                 issues.extend(config.validate_role(role));

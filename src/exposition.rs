@@ -98,13 +98,16 @@ struct Labels {
     topic: Vec<Vec<u8>>,
 }
 
+/// The `source` label of the collector's group series (the sidecar's are `sidecar`).
+const SOURCE: &str = "collector";
+
 fn labels_of(s: &Snapshot) -> Labels {
     let c = s.cluster.as_str();
     Labels {
         group: s
             .groups
             .iter()
-            .map(|g| label_set(&[(m::L_CLUSTER, c), (m::L_GROUP, &g.group)]))
+            .map(|g| label_set(&[(m::L_CLUSTER, c), (m::L_GROUP, &g.group), (m::L_SOURCE, SOURCE)]))
             .collect(),
         group_topic: s
             .groups
@@ -112,7 +115,14 @@ fn labels_of(s: &Snapshot) -> Labels {
             .map(|g| {
                 g.topics
                     .iter()
-                    .map(|t| label_set(&[(m::L_CLUSTER, c), (m::L_GROUP, &g.group), (m::L_TOPIC, &t.topic)]))
+                    .map(|t| {
+                        label_set(&[
+                            (m::L_CLUSTER, c),
+                            (m::L_GROUP, &g.group),
+                            (m::L_TOPIC, &t.topic),
+                            (m::L_SOURCE, SOURCE),
+                        ])
+                    })
                     .collect()
             })
             .collect(),
@@ -270,21 +280,21 @@ mod tests {
         let text = String::from_utf8(render(&[snap("a"), snap("b")]).to_vec()).unwrap();
         assert_eq!(text.matches("# TYPE kafka_consumergroup_lag gauge").count(), 1);
         assert!(
-            text.contains("kafka_consumergroup_lag{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",partition=\"0\"} 6\n"),
+            text.contains("kafka_consumergroup_lag{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",partition=\"0\"} 6\n"),
             "{text}"
         );
         assert!(text.contains(
-            "kafka_consumergroup_lag_seconds{cluster=\"b\",consumergroup=\"read\\\"model\",topic=\"orders\",partition=\"0\"} 1.5\n"
+            "kafka_consumergroup_lag_seconds{cluster=\"b\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",partition=\"0\"} 1.5\n"
         ));
         assert!(
-            text.contains("kafka_consumergroup_status{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",status=\"WARN\"} 1\n")
+            text.contains("kafka_consumergroup_status{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",status=\"WARN\"} 1\n")
         );
         assert!(text.contains(
-            "eventscope_consistency_window_seconds_bucket{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",le=\"0.1\"} 3\n"
+            "eventscope_consistency_window_seconds_bucket{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",le=\"0.1\"} 3\n"
         ));
         assert!(text
-            .contains("eventscope_consistency_window_seconds_count{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\"} 3\n"));
+            .contains("eventscope_consistency_window_seconds_count{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\"} 3\n"));
         assert!(text.contains("kafka_topic_partition_current_offset{cluster=\"b\",topic=\"orders\",partition=\"0\"} 10\n"));
-        assert!(text.contains("kafka_consumergroup_members{cluster=\"a\",consumergroup=\"read\\\"model\"} 2\n"));
+        assert!(text.contains("kafka_consumergroup_members{cluster=\"a\",consumergroup=\"read\\\"model\",source=\"collector\"} 2\n"));
     }
 }

@@ -25,6 +25,8 @@ pub const L_TOPIC: &str = "topic";
 pub const L_PARTITION: &str = "partition";
 pub const L_STATUS: &str = "status";
 pub const L_KIND: &str = "kind";
+/// Which role measured a lag or consistency series: `collector` (polling) or `sidecar` (in the data path).
+pub const L_SOURCE: &str = "source";
 
 /// A metric family: name, type and help.
 pub struct Family {
@@ -139,6 +141,14 @@ pub const PRODUCED_BYTES: &str = "eventscope_kafka_produced_bytes_total";
 pub const PRODUCE_DURATION: &str = "eventscope_kafka_produce_duration_seconds";
 pub const PRODUCE_ERRORS: &str = "eventscope_kafka_produce_errors_total";
 pub const L_ERROR: &str = "error";
+pub const DELIVERY_LATENCY: &str = "eventscope_kafka_delivery_latency_seconds";
+pub const DELIVERED_RECORDS: &str = "eventscope_kafka_delivered_records_total";
+pub const TRACE_CONTEXT_RECORDS: &str = "eventscope_kafka_trace_context_records_total";
+pub const UNTRACKED_RECORDS: &str = "eventscope_kafka_untracked_records_total";
+pub const TRACE_SPANS: &str = "eventscope_trace_spans_total";
+pub const L_TIMESTAMP_TYPE: &str = "timestamp_type";
+pub const L_CONTEXT: &str = "context";
+pub const L_OUTCOME: &str = "outcome";
 /// Distinct `topic` values the sidecar reports before it folds the rest into [`OTHER_TOPICS`]: an
 /// application writes to a handful of topics, and a hostile client cannot grow the series without bound.
 pub const MAX_TOPIC_LABELS: usize = 256;
@@ -153,6 +163,7 @@ pub const HISTOGRAMS: &[&str] = &[
     RENDER_DURATION,
     PROXY_REQUEST_DURATION,
     PRODUCE_DURATION,
+    DELIVERY_LATENCY,
 ];
 
 /// Buckets of the proxied request latency (upstream round trip seen by the sidecar): loopback and
@@ -175,15 +186,18 @@ pub enum ProxyErrorKind {
     ConnectionLimit,
     /// A response that must be rewritten could not be decoded: forwarded unchanged.
     RewriteFailed,
+    /// A record batch that could not be read (bad CRC, codec, compression, records): relayed unchanged.
+    RecordsUnreadable,
 }
 
 impl ProxyErrorKind {
-    pub const ALL: [ProxyErrorKind; 5] = [
+    pub const ALL: [ProxyErrorKind; 6] = [
         ProxyErrorKind::OversizedFrame,
         ProxyErrorKind::MalformedFrame,
         ProxyErrorKind::UpstreamUnreachable,
         ProxyErrorKind::ConnectionLimit,
         ProxyErrorKind::RewriteFailed,
+        ProxyErrorKind::RecordsUnreadable,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -193,6 +207,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ProxyErrorKind::ConnectionLimit => "connection_limit",
             ProxyErrorKind::RewriteFailed => "rewrite_failed",
+            ProxyErrorKind::RecordsUnreadable => "records_unreadable",
         }
     }
 }
@@ -257,6 +272,7 @@ pub struct ProxyMetrics {
     pub produced_bytes: IntCounterVec,
     pub produce_duration: HistogramVec,
     pub produce_errors: IntCounterVec,
+    pub consume: ConsumeMetrics,
     topics: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
@@ -347,6 +363,7 @@ impl ProxyMetrics {
             produced_bytes,
             produce_duration,
             produce_errors,
+            consume: ConsumeMetrics::new(registry),
             topics: Default::default(),
         }
     }
@@ -369,6 +386,116 @@ impl ProxyMetrics {
 }
 
 /// Every metric name the collector role exports (histograms by family name).
+/// What the sidecar measures on the consuming side (see `proxy::consume`), with the collector's names and
+/// labels plus `source="sidecar"` where the meaning is the same.
+#[derive(Clone)]
+pub struct ConsumeMetrics {
+    pub lag: IntGaugeVec,
+    pub lag_seconds: GaugeVec,
+    pub current_offset: IntGaugeVec,
+    pub consistency: HistogramVec,
+    pub delivery_latency: HistogramVec,
+    pub delivered: IntCounterVec,
+    pub trace_context: IntCounterVec,
+    pub untracked: prometheus::IntCounter,
+}
+
+impl ConsumeMetrics {
+    fn new(registry: &Registry) -> ConsumeMetrics {
+        let partition_labels = [L_CLUSTER, L_GROUP, L_TOPIC, L_PARTITION, L_SOURCE];
+        let lag = IntGaugeVec::new(Opts::new(GROUP_LAG.name, GROUP_LAG.help), &partition_labels).expect("valid metric");
+        let lag_seconds =
+            GaugeVec::new(Opts::new(GROUP_LAG_SECONDS.name, GROUP_LAG_SECONDS.help), &partition_labels).expect("valid metric");
+        let current_offset =
+            IntGaugeVec::new(Opts::new(GROUP_CURRENT_OFFSET.name, GROUP_CURRENT_OFFSET.help), &partition_labels).expect("valid metric");
+        let consistency = HistogramVec::new(
+            HistogramOpts::new(CONSISTENCY_WINDOW.name, CONSISTENCY_WINDOW.help).buckets(CONSISTENCY_BUCKETS.to_vec()),
+            &[L_CLUSTER, L_GROUP, L_TOPIC, L_SOURCE],
+        )
+        .expect("valid metric");
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                DELIVERY_LATENCY,
+                "Time from a record's append until the sidecar delivered it to the application, by topic.",
+            )
+            .buckets(CONSISTENCY_BUCKETS.to_vec()),
+            &[L_TOPIC],
+        )
+        .expect("valid metric");
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                DELIVERED_RECORDS,
+                "Records delivered to the application, by topic and the timestamp type its windows are measured from.",
+            ),
+            &[L_TOPIC, L_TIMESTAMP_TYPE],
+        )
+        .expect("valid metric");
+        let trace_context = IntCounterVec::new(
+            Opts::new(
+                TRACE_CONTEXT_RECORDS,
+                "Records by trace context: continued (valid traceparent), started (new trace), invalid (header ignored), absent.",
+            ),
+            &[L_TOPIC, L_DIRECTION, L_CONTEXT],
+        )
+        .expect("valid metric");
+        let untracked = prometheus::IntCounter::new(
+            UNTRACKED_RECORDS,
+            "Records delivered while the sidecar already tracked its maximum of uncommitted records (no window measured).",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lag_seconds.clone()),
+            Box::new(current_offset.clone()),
+            Box::new(consistency.clone()),
+            Box::new(delivery_latency.clone()),
+            Box::new(delivered.clone()),
+            Box::new(trace_context.clone()),
+            Box::new(untracked.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        ConsumeMetrics {
+            lag,
+            lag_seconds,
+            current_offset,
+            consistency,
+            delivery_latency,
+            delivered,
+            trace_context,
+            untracked,
+        }
+    }
+}
+
+/// Spans handed to the OTLP exporter, by outcome.
+#[derive(Clone)]
+pub struct TraceMetrics {
+    pub exported: prometheus::IntCounter,
+    pub dropped: prometheus::IntCounter,
+    pub failed: prometheus::IntCounter,
+}
+
+impl TraceMetrics {
+    pub fn new(registry: &Registry) -> TraceMetrics {
+        let spans = IntCounterVec::new(
+            Opts::new(
+                TRACE_SPANS,
+                "Spans by outcome: exported, dropped (export queue full), failed (the OTLP endpoint refused or timed out).",
+            ),
+            &[L_OUTCOME],
+        )
+        .expect("valid metric");
+        // A second registration (several sidecars in one test process) keeps the first.
+        let _ = registry.register(Box::new(spans.clone()));
+        TraceMetrics {
+            exported: spans.with_label_values(&["exported"]),
+            dropped: spans.with_label_values(&["dropped"]),
+            failed: spans.with_label_values(&["failed"]),
+        }
+    }
+}
+
 pub fn collector_names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
     v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO, RENDER_DURATION]);
@@ -389,6 +516,15 @@ pub fn sidecar_names() -> Vec<&'static str> {
         PRODUCED_BYTES,
         PRODUCE_DURATION,
         PRODUCE_ERRORS,
+        GROUP_LAG.name,
+        GROUP_LAG_SECONDS.name,
+        GROUP_CURRENT_OFFSET.name,
+        CONSISTENCY_WINDOW.name,
+        DELIVERY_LATENCY,
+        DELIVERED_RECORDS,
+        TRACE_CONTEXT_RECORDS,
+        UNTRACKED_RECORDS,
+        TRACE_SPANS,
         BUILD_INFO,
     ];
     v.extend(PROCESS_NAMES);

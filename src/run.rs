@@ -74,11 +74,22 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         max_frame_bytes: sc.max_frame_bytes,
         max_connections: sc.max_connections,
         connect_timeout: sc.connect_timeout,
+        trace_mode: sc.trace_mode,
+        cluster: sc.cluster.clone(),
     };
-    let _proxy = crate::proxy::Proxy::start(settings, proxy_metrics, rx.clone())
+    let trace_metrics = crate::metrics::TraceMetrics::new(&shared.self_metrics.registry);
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let export = crate::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let (tracer, export_task) = if sc.trace_mode == crate::traces::TraceMode::Off {
+        (crate::traces::Tracer::disabled(trace_metrics), None)
+    } else {
+        crate::traces::Tracer::start(&export, trace_metrics, rx.clone())?
+    };
+    let _proxy = crate::proxy::Proxy::start(settings, proxy_metrics, tracer, rx.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let tasks = vec![tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone()))];
+    let mut tasks = vec![tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone()))];
+    tasks.extend(export_task);
     tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, %admin, "sidecar running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;

@@ -15,13 +15,14 @@
 //! that connection with a logged reason and a counted error kind; connections beyond `max_connections`
 //! are refused the same way. Other connections carry on.
 
+pub mod consume;
 pub mod observe;
 pub mod rewrite;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,6 +31,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::kafka::Security;
 use crate::metrics::{api_label, ProxyErrorKind, ProxyMetrics};
+use crate::traces::{TraceMode, Tracer};
+use kafka_protocol::messages::ApiKey;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use rewrite::AddressMap;
 
 /// Requests tracked per connection while their responses are outstanding. Requests that get no response
@@ -39,9 +44,24 @@ const MAX_TRACKED: usize = 4096;
 /// Read buffer per direction and connection.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// A request awaiting its response: correlation id, API key, version, when it was relayed, and for
-/// Produce its partitions (counted once the response says they were written).
-type Pending = (i32, i16, i16, Instant, Option<Vec<observe::PartitionBatch>>);
+/// A request awaiting its response: correlation id, API key, version, when it was relayed (monotonic and
+/// wall clock), and what its response is to be matched with.
+struct Pending {
+    correlation: i32,
+    key: i16,
+    version: i16,
+    sent: Instant,
+    sent_at: SystemTime,
+    ask: Ask,
+}
+
+/// What the proxy reads from a request to make sense of its response.
+enum Ask {
+    None,
+    Produce(observe::ProduceAsk),
+    Fetch(consume::FetchAsk),
+    Commit(consume::CommitAsk),
+}
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
 type Inflight = Arc<Mutex<VecDeque<Pending>>>;
 
@@ -57,6 +77,10 @@ pub struct ProxySettings {
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// What to do with trace context in records.
+    pub trace_mode: TraceMode,
+    /// The `cluster` label of the lag and consistency series the sidecar measures.
+    pub cluster: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +98,8 @@ struct BrokerRoute {
 pub struct Proxy {
     settings: ProxySettings,
     metrics: ProxyMetrics,
+    tracer: Tracer,
+    consumption: consume::Consumption,
     routes: Mutex<HashMap<i32, BrokerRoute>>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -82,10 +108,17 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the bootstrap listener and starts serving; returns once it is bound.
-    pub async fn start(settings: ProxySettings, metrics: ProxyMetrics, shutdown: watch::Receiver<bool>) -> std::io::Result<Arc<Proxy>> {
+    pub async fn start(
+        settings: ProxySettings,
+        metrics: ProxyMetrics,
+        tracer: Tracer,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Arc<Proxy>> {
         let listener = TcpListener::bind(settings.listen).await?;
         let proxy = Arc::new(Proxy {
             permits: Arc::new(Semaphore::new(settings.max_connections)),
+            consumption: consume::Consumption::new(metrics.clone(), tracer.clone(), settings.cluster.clone(), settings.max_frame_bytes),
+            tracer,
             settings,
             metrics,
             routes: Mutex::new(HashMap::new()),
@@ -93,12 +126,25 @@ impl Proxy {
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(proxy.clone().accept_loop(listener, Target::Bootstrap));
+        tokio::spawn(proxy.clone().refresh_loop());
         Ok(proxy)
     }
 
     /// The local port serving a broker, if one is open.
     pub fn broker_port(&self, node_id: i32) -> Option<u16> {
         self.routes.lock().expect("routes lock").get(&node_id).map(|r| r.local_port)
+    }
+
+    /// Keeps the lag gauges current between commits.
+    async fn refresh_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.consumption.refresh(),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, target: Target) {
@@ -214,19 +260,24 @@ impl Proxy {
             let key = i16::from_be_bytes([frame[4], frame[5]]);
             let version = i16::from_be_bytes([frame[6], frame[7]]);
             let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            let api = api_label(key);
+            self.metrics.requests.with_label_values(&[api]).inc();
+            self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
+            let (ask, frame) = self.read_request(frame, key, version);
             {
                 let mut q = inflight.lock().expect("inflight lock");
                 if q.len() >= MAX_TRACKED {
                     q.pop_front();
                 }
-                let produce = (key == kafka_protocol::messages::ApiKey::Produce as i16)
-                    .then(|| observe::produce_request(&frame, version))
-                    .flatten();
-                q.push_back((correlation, key, version, Instant::now(), produce));
+                q.push_back(Pending {
+                    correlation,
+                    key,
+                    version,
+                    sent: Instant::now(),
+                    sent_at: SystemTime::now(),
+                    ask,
+                });
             }
-            let api = api_label(key);
-            self.metrics.requests.with_label_values(&[api]).inc();
-            self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
             if to.write_all(&frame).await.is_err() {
                 return;
             }
@@ -248,7 +299,7 @@ impl Proxy {
             let request = {
                 let mut q = inflight.lock().expect("inflight lock");
                 // Requests without responses (acks=0) were sent before this one: drop them.
-                match q.iter().position(|(c, ..)| *c == correlation) {
+                match q.iter().position(|p| p.correlation == correlation) {
                     Some(i) => {
                         q.drain(..i);
                         q.pop_front()
@@ -257,15 +308,25 @@ impl Proxy {
                 }
             };
             let out = match request {
-                Some((_, key, version, sent, produce)) => {
+                Some(Pending {
+                    key,
+                    version,
+                    sent,
+                    sent_at,
+                    ask,
+                    ..
+                }) => {
                     let api = api_label(key);
                     self.metrics
                         .duration
                         .with_label_values(&[api])
                         .observe(sent.elapsed().as_secs_f64());
                     self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(frame.len() as u64);
-                    if let Some(batches) = produce {
-                        self.observe_produce(&frame, version, sent, batches);
+                    match ask {
+                        Ask::None => {}
+                        Ask::Produce(ask) => self.observe_produce(&frame, version, sent, sent_at, ask),
+                        Ask::Fetch(ask) => self.consumption.fetch_response(&frame, version, ask),
+                        Ask::Commit(ask) => self.consumption.commit_response(&frame, version, ask),
                     }
                     if rewrite::needs_rewrite(key) {
                         match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
@@ -295,14 +356,67 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Producer-side metrics from a Produce response and the request's partitions.
-    fn observe_produce(&self, frame: &Bytes, version: i16, sent: Instant, batches: Vec<observe::PartitionBatch>) {
+    /// What a request's response will be matched with; for Produce with trace injection, the rewritten frame.
+    fn read_request(&self, frame: Bytes, key: i16, version: i16) -> (Ask, Bytes) {
+        match ApiKey::try_from(key) {
+            Ok(ApiKey::Produce) => {
+                let work = (self.settings.trace_mode != TraceMode::Off).then_some(observe::TraceWork {
+                    tracer: &self.tracer,
+                    mode: self.settings.trace_mode,
+                    metrics: &self.metrics,
+                    decompress_limit: self.settings.max_frame_bytes,
+                });
+                match observe::produce_request(&frame, version, work) {
+                    Some((ask, Some(rewritten))) if rewritten.len() <= self.settings.max_frame_bytes => (Ask::Produce(ask), rewritten),
+                    Some((ask, _)) => (Ask::Produce(ask), frame),
+                    None => (Ask::None, frame),
+                }
+            }
+            Ok(ApiKey::Fetch) => (consume::fetch_request(&frame, version).map_or(Ask::None, Ask::Fetch), frame),
+            Ok(ApiKey::OffsetCommit) => (consume::commit_request(&frame, version).map_or(Ask::None, Ask::Commit), frame),
+            _ => (Ask::None, frame),
+        }
+    }
+
+    /// Producer-side metrics and `send` spans from a Produce response and what its request held.
+    fn observe_produce(&self, frame: &Bytes, version: i16, sent: Instant, sent_at: SystemTime, ask: observe::ProduceAsk) {
         let Some(outcomes) = observe::produce_response(frame, version) else {
             return;
         };
+        let acked_at = SystemTime::now();
+        let batches = ask.batches;
+        let mut spans = ask.spans;
+        for (topic, partition, error, base_offset) in &outcomes {
+            let mine;
+            (mine, spans) = spans.into_iter().partition(|s| &s.topic == topic && s.partition == *partition);
+            for s in mine {
+                let mut attributes = vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.name", "send"),
+                    KeyValue::new("messaging.operation.type", "send"),
+                    KeyValue::new("messaging.destination.name", topic.clone()),
+                    KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                    KeyValue::new("messaging.client.id", ask.client.clone()),
+                ];
+                let failure = (*error != 0).then(|| observe::error_label(*error));
+                match &failure {
+                    None => attributes.push(KeyValue::new("messaging.kafka.offset", base_offset.saturating_add(s.index))),
+                    Some(e) => attributes.push(KeyValue::new("error.type", e.clone())),
+                }
+                self.tracer.finish(
+                    s.start,
+                    SpanKind::Producer,
+                    format!("send {topic}"),
+                    sent_at,
+                    acked_at,
+                    attributes,
+                    failure,
+                );
+            }
+        }
         let latency = sent.elapsed().as_secs_f64();
         let mut topics_seen = std::collections::HashSet::new();
-        for (topic, partition, error) in outcomes {
+        for (topic, partition, error, _) in outcomes {
             let label = self.metrics.topic_label(&topic);
             if topics_seen.insert(topic.clone()) {
                 self.metrics.produce_duration.with_label_values(&[&label]).observe(latency);

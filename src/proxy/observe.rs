@@ -1,13 +1,44 @@
-//! What the proxy measures in the traffic it relays, beyond counting frames: the producer side (records
-//! and bytes acknowledged per topic, produce latency per topic, errors by Kafka error code).
+//! The producing application as the sidecar sees it: records and bytes acknowledged per topic, produce
+//! latency, errors by Kafka error code, and trace context.
 //!
-//! Produce requests are decoded (record batches stay undecoded bytes: only their headers are read, never
-//! decompressed); the per-partition record and byte counts wait with the request until its response says
-//! which partitions succeeded, so retried batches are counted once.
+//! Without tracing, record batches stay undecoded bytes: only their headers are read. With tracing, each
+//! batch's records are read (decompressed up to a limit) for their `traceparent`; every record gets a
+//! `send {topic}` span, and in `inject` mode its `traceparent` is set to that span and the batch is
+//! re-encoded (see [`crate::kafka::records`]). The per-partition counts and spans wait with the request until
+//! its response says which partitions were written and at which offsets, so retried batches count once.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::protocol::{Decodable, Encodable};
+use opentelemetry::trace::SpanKind;
+
+use crate::kafka::{batch, records};
+use crate::metrics::{ProxyErrorKind, ProxyMetrics};
+use crate::traces::{SpanStart, TraceMode, Tracer};
+
+/// A `send` span decided when the request was relayed: its record is the `index`-th of the partition's
+/// records in the request, so its offset is the response's base offset + `index`.
+pub struct SendSpan {
+    pub start: SpanStart,
+    pub topic: String,
+    pub partition: i32,
+    pub index: i64,
+}
+
+/// What a Produce request leaves to be matched with its response.
+pub struct ProduceAsk {
+    pub client: String,
+    pub batches: Vec<PartitionBatch>,
+    pub spans: Vec<SendSpan>,
+}
+
+/// How to treat trace context in produced records.
+pub struct TraceWork<'a> {
+    pub tracer: &'a Tracer,
+    pub mode: TraceMode,
+    pub metrics: &'a ProxyMetrics,
+    pub decompress_limit: usize,
+}
 
 /// Records and bytes of one partition in a Produce request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,28 +54,138 @@ fn record_count(records: &[u8]) -> u64 {
     crate::kafka::batch::batches(records).map(|b| b.record_count.max(0) as u64).sum()
 }
 
-/// The partitions of a Produce request frame (length prefix included). `None` if it does not decode.
-pub fn produce_request(frame: &Bytes, version: i16) -> Option<Vec<PartitionBatch>> {
+/// Reads a Produce request frame (length prefix included): its partitions, and with `trace` the spans of
+/// its records and, in inject mode, the frame with their `traceparent` set. `None` if it does not decode.
+pub fn produce_request(frame: &Bytes, version: i16, trace: Option<TraceWork<'_>>) -> Option<(ProduceAsk, Option<Bytes>)> {
     let mut buf = frame.slice(4..);
-    RequestHeader::decode(&mut buf, ApiKey::Produce.request_header_version(version)).ok()?;
-    let request = ProduceRequest::decode(&mut buf, version).ok()?;
-    let mut out = Vec::new();
-    for t in &request.topic_data {
-        for p in &t.partition_data {
-            let records = p.records.as_deref().unwrap_or_default();
-            out.push(PartitionBatch {
-                topic: t.name.0.to_string(),
+    let header_version = ApiKey::Produce.request_header_version(version);
+    let header = RequestHeader::decode(&mut buf, header_version).ok()?;
+    let mut request = ProduceRequest::decode(&mut buf, version).ok()?;
+    let mut ask = ProduceAsk {
+        client: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        batches: Vec::new(),
+        spans: Vec::new(),
+    };
+    let mut changed = false;
+    for t in &mut request.topic_data {
+        let topic = t.name.0.to_string();
+        for p in &mut t.partition_data {
+            let records = p.records.clone().unwrap_or_default();
+            ask.batches.push(PartitionBatch {
+                topic: topic.clone(),
                 partition: p.index,
-                records: record_count(records),
+                records: record_count(&records),
                 bytes: records.len() as u64,
             });
+            if let Some(work) = &trace {
+                if let Some(new) = trace_partition(work, &topic, p.index, &records, &mut ask.spans) {
+                    p.records = Some(new);
+                    changed = true;
+                }
+            }
         }
     }
-    Some(out)
+    if !changed {
+        return Some((ask, None));
+    }
+    let mut out = BytesMut::with_capacity(frame.len() + 128 * ask.spans.len());
+    out.put_i32(0);
+    if header.encode(&mut out, header_version).is_err() || request.encode(&mut out, version).is_err() {
+        return Some((ask, None));
+    }
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Some((ask, Some(out.freeze())))
 }
 
-/// `(topic, partition, error code)` of a Produce response frame (length prefix included).
-pub fn produce_response(frame: &Bytes, version: i16) -> Option<Vec<(String, i32, i16)>> {
+/// Spans for a partition's records; in inject mode, its records with `traceparent` set (if any changed).
+fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Bytes, spans: &mut Vec<SendSpan>) -> Option<Bytes> {
+    let label = work.metrics.topic_label(topic);
+    let mut out: Vec<u8> = Vec::new();
+    let mut changed = false;
+    let mut index = 0i64;
+    for b in batch::batches(data) {
+        let before = index;
+        index += b.record_count.max(0) as i64;
+        let unreadable = |why: String| {
+            work.metrics
+                .error(ProxyErrorKind::RecordsUnreadable, &format!("produce {topic}/{partition}: {why}"));
+        };
+        if b.control || !b.complete {
+            out.extend_from_slice(b.bytes);
+            continue;
+        }
+        if !records::crc_ok(&b) {
+            unreadable("batch CRC does not match".into());
+            out.extend_from_slice(b.bytes);
+            continue;
+        }
+        let section = match records::records_section(&b, work.decompress_limit) {
+            Ok(s) => s,
+            Err(e) => {
+                unreadable(e.to_string());
+                out.extend_from_slice(b.bytes);
+                continue;
+            }
+        };
+        let list = match records::records(&section, b.record_count) {
+            Ok(l) => l,
+            Err(e) => {
+                unreadable(e.to_string());
+                out.extend_from_slice(b.bytes);
+                continue;
+            }
+        };
+        let mut section_out = Vec::with_capacity(section.len() + 80 * list.len());
+        for r in &list {
+            let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
+            let context = match (r.traceparent, &parent) {
+                (Some(_), Some(_)) => "continued",
+                (Some(_), None) => "invalid",
+                (None, _) if work.mode == TraceMode::Inject => "started",
+                (None, _) => "absent",
+            };
+            work.metrics
+                .consume
+                .trace_context
+                .with_label_values(&[&label, "produce", context])
+                .inc();
+            if parent.is_none() && work.mode == TraceMode::Observe {
+                continue;
+            }
+            let start = work.tracer.start_span(parent, "send", SpanKind::Producer);
+            if work.mode == TraceMode::Inject {
+                records::put_with_traceparent(&mut section_out, r, crate::traces::traceparent(&start.context).as_bytes());
+            }
+            spans.push(SendSpan {
+                start,
+                topic: topic.to_string(),
+                partition,
+                index: before + r.offset_delta as i64,
+            });
+        }
+        if work.mode != TraceMode::Inject {
+            continue;
+        }
+        match records::rebuild(&b, &section_out) {
+            Ok(rebuilt) => {
+                out.extend_from_slice(&rebuilt);
+                changed = true;
+            }
+            Err(e) => {
+                unreadable(e.to_string());
+                out.extend_from_slice(b.bytes);
+            }
+        }
+    }
+    // Bytes after the last whole batch (none from a well-behaved client) stay as they were.
+    let consumed: usize = batch::batches(data).map(|b| b.bytes.len()).sum();
+    out.extend_from_slice(&data[consumed.min(data.len())..]);
+    changed.then(|| Bytes::from(out))
+}
+
+/// `(topic, partition, error code, base offset)` of a Produce response frame (length prefix included).
+pub fn produce_response(frame: &Bytes, version: i16) -> Option<Vec<(String, i32, i16, i64)>> {
     let mut buf = frame.slice(4..);
     ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(version)).ok()?;
     let response = ProduceResponse::decode(&mut buf, version).ok()?;
@@ -55,7 +196,7 @@ pub fn produce_response(frame: &Bytes, version: i16) -> Option<Vec<(String, i32,
             .flat_map(|t| {
                 t.partition_responses
                     .iter()
-                    .map(move |p| (t.name.0.to_string(), p.index, p.error_code))
+                    .map(move |p| (t.name.0.to_string(), p.index, p.error_code, p.base_offset))
             })
             .collect(),
     )
@@ -96,9 +237,10 @@ mod tests {
             .encode(&mut frame, ApiKey::Produce.request_header_version(9))
             .unwrap();
         request.encode(&mut frame, 9).unwrap();
-        let got = produce_request(&frame.freeze(), 9).unwrap();
+        let (got, rewritten) = produce_request(&frame.freeze(), 9, None).unwrap();
+        assert!(rewritten.is_none());
         assert_eq!(
-            got,
+            got.batches,
             vec![PartitionBatch {
                 topic: "orders".into(),
                 partition: 2,

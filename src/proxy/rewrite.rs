@@ -16,6 +16,8 @@ pub fn version_cap(key: ApiKey) -> Option<i16> {
     match key {
         ApiKey::Produce => Some(9),
         ApiKey::Fetch => Some(12),
+        // v10 addresses topics by id only.
+        ApiKey::OffsetCommit => Some(9),
         // Decoded and rewritten: the codec's range.
         ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster | ApiKey::ApiVersions => Some(key.valid_versions().max),
         _ => None,

@@ -1,0 +1,391 @@
+//! The consuming application as the sidecar sees it: which records each Fetch response delivered, and
+//! which offsets each OffsetCommit committed. From those two, measured rather than estimated:
+//!
+//! - **consistency window**: for every record the application commits, commit time − the record's append
+//!   timestamp (LogAppendTime when the topic uses it, else CreateTime; `eventscope_kafka_delivered_records_total`
+//!   says which), into `eventscope_consistency_window_seconds{source="sidecar"}`;
+//! - **delivery latency**: delivery time − append timestamp, per topic;
+//! - **lag** from the high watermarks in Fetch responses and the group's commits, and **lag seconds** from the
+//!   append time of the first record not yet committed (a record the sidecar delivered);
+//! - a `process {topic}` span per record that carries `traceparent`, from delivery to the commit covering it.
+//!
+//! Fetch requests carry no group: records are kept per client id (`client.id`, which Kafka clients send in
+//! every request header) and matched with the commits of the same client id. Memory is bounded: at most
+//! [`MAX_TRACKED_RECORDS`] delivered-but-uncommitted records in all (more are counted, not tracked), and
+//! partitions unseen for [`IDLE_EXPIRY`] are forgotten along with their series.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::Decodable;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+
+use crate::kafka::{batch, records};
+use crate::metrics::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
+use crate::traces::{SpanStart, Tracer};
+
+/// Delivered records awaiting their commit, in all partitions together. At ~48 bytes each: ≤ 10 MB.
+pub const MAX_TRACKED_RECORDS: usize = 200_000;
+/// A partition not fetched or committed for this long is forgotten (its consumer moved or stopped).
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
+
+type Key = (String, String, i32);
+
+struct Delivered {
+    offset: i64,
+    /// Append timestamp (ms since the epoch).
+    appended_ms: i64,
+    delivered: SystemTime,
+    trace: Option<Box<SpanStart>>,
+}
+
+#[derive(Default)]
+struct Partition {
+    records: VecDeque<Delivered>,
+    last_offset: Option<i64>,
+    seen: Option<Instant>,
+}
+
+struct Committed {
+    offset: i64,
+    client: String,
+    seen: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// (client id, topic, partition) → records delivered and not yet committed.
+    delivered: HashMap<Key, Partition>,
+    /// (group, topic, partition) → the group's last successful commit.
+    committed: HashMap<Key, Committed>,
+    /// (topic, partition) → high watermark from the latest Fetch response, and when.
+    high_watermarks: HashMap<(String, i32), (i64, Instant)>,
+    tracked: usize,
+}
+
+/// A Fetch request's partitions and the offsets asked for, kept until its response.
+pub struct FetchAsk {
+    client: String,
+    offsets: HashMap<(String, i32), i64>,
+}
+
+/// An OffsetCommit request's group and offsets, kept until its response.
+pub struct CommitAsk {
+    client: String,
+    group: String,
+    offsets: HashMap<(String, i32), i64>,
+}
+
+fn client_id(header: &RequestHeader) -> String {
+    header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// Reads a Fetch request frame (length prefix included).
+pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
+    let mut buf = frame.slice(4..);
+    let header = RequestHeader::decode(&mut buf, ApiKey::Fetch.request_header_version(version)).ok()?;
+    let request = FetchRequest::decode(&mut buf, version).ok()?;
+    let offsets = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.topic.0.to_string(), p.partition), p.fetch_offset))
+        })
+        .collect();
+    Some(FetchAsk {
+        client: client_id(&header),
+        offsets,
+    })
+}
+
+/// Reads an OffsetCommit request frame (length prefix included).
+pub fn commit_request(frame: &Bytes, version: i16) -> Option<CommitAsk> {
+    let mut buf = frame.slice(4..);
+    let header = RequestHeader::decode(&mut buf, ApiKey::OffsetCommit.request_header_version(version)).ok()?;
+    let request = OffsetCommitRequest::decode(&mut buf, version).ok()?;
+    let offsets = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.name.0.to_string(), p.partition_index), p.committed_offset))
+        })
+        .collect();
+    Some(CommitAsk {
+        client: client_id(&header),
+        group: request.group_id.0.to_string(),
+        offsets,
+    })
+}
+
+/// Consumption state of one sidecar.
+pub struct Consumption {
+    state: Mutex<State>,
+    metrics: ProxyMetrics,
+    tracer: Tracer,
+    cluster: String,
+    decompress_limit: usize,
+}
+
+fn now_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Consumption {
+    pub fn new(metrics: ProxyMetrics, tracer: Tracer, cluster: String, decompress_limit: usize) -> Consumption {
+        Consumption {
+            state: Mutex::new(State::default()),
+            metrics,
+            tracer,
+            cluster,
+            decompress_limit,
+        }
+    }
+
+    fn m(&self) -> &ConsumeMetrics {
+        &self.metrics.consume
+    }
+
+    /// A Fetch response (length prefix included) for `ask`: high watermarks and the records delivered.
+    pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: FetchAsk) {
+        let mut buf = frame.slice(4..);
+        let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version)) else {
+            return;
+        };
+        let Ok(response) = FetchResponse::decode(&mut buf, version) else {
+            return;
+        };
+        let delivered_at = SystemTime::now();
+        let now = Instant::now();
+        let now_ms = now_ms(delivered_at);
+        let mut state = self.state.lock().expect("consumption lock");
+        for t in &response.responses {
+            let topic = t.topic.0.to_string();
+            let label = self.metrics.topic_label(&topic);
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    continue;
+                }
+                state
+                    .high_watermarks
+                    .insert((topic.clone(), p.partition_index), (p.high_watermark, now));
+                let Some(records) = p.records.as_deref().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let key = (ask.client.clone(), topic.clone(), p.partition_index);
+                let tracked = state.tracked;
+                let part = state.delivered.entry(key).or_default();
+                part.seen = Some(now);
+                // Records before the fetch position (a batch starts earlier) are not delivered to the
+                // application; neither are ones delivered before (a re-fetch).
+                let from = ask
+                    .offsets
+                    .get(&(topic.clone(), p.partition_index))
+                    .copied()
+                    .or(part.last_offset.map(|o| o + 1))
+                    .unwrap_or(i64::MIN);
+                if part.last_offset.is_some_and(|last| from <= last) {
+                    // The consumer seeked back: what it had is no longer pending.
+                    part.records.retain(|r| r.offset < from);
+                    part.last_offset = part.records.back().map(|r| r.offset);
+                }
+                let mut added = 0usize;
+                for b in batch::batches(records) {
+                    if !b.complete || b.control || b.last_offset < from {
+                        continue;
+                    }
+                    let section = match records::records_section(&b, self.decompress_limit) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.metrics.error(
+                                ProxyErrorKind::RecordsUnreadable,
+                                &format!("fetch {topic}/{}: {e}", p.partition_index),
+                            );
+                            continue;
+                        }
+                    };
+                    let Ok(list) = records::records(&section, b.record_count) else {
+                        self.metrics.error(
+                            ProxyErrorKind::RecordsUnreadable,
+                            &format!("fetch {topic}/{}: malformed records", p.partition_index),
+                        );
+                        continue;
+                    };
+                    let timestamp_type = if b.log_append_time { "LogAppendTime" } else { "CreateTime" };
+                    for r in list {
+                        let offset = b.base_offset.saturating_add(r.offset_delta as i64);
+                        if offset < from || part.last_offset.is_some_and(|l| offset <= l) {
+                            continue;
+                        }
+                        let appended_ms = if b.log_append_time {
+                            b.max_timestamp
+                        } else {
+                            b.base_timestamp.saturating_add(r.timestamp_delta)
+                        };
+                        self.m().delivered.with_label_values(&[&label, timestamp_type]).inc();
+                        self.m()
+                            .delivery_latency
+                            .with_label_values(&[&label])
+                            .observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
+                        let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
+                        let context = match (r.traceparent, &parent) {
+                            (Some(_), Some(_)) => "continued",
+                            (Some(_), None) => "invalid",
+                            (None, _) => "absent",
+                        };
+                        self.m().trace_context.with_label_values(&[&label, "consume", context]).inc();
+                        part.last_offset = Some(offset);
+                        if tracked + added >= MAX_TRACKED_RECORDS {
+                            self.m().untracked.inc();
+                            continue;
+                        }
+                        let trace = parent.map(|p| Box::new(self.tracer.start_span(Some(p), "process", SpanKind::Consumer)));
+                        part.records.push_back(Delivered {
+                            offset,
+                            appended_ms,
+                            delivered: delivered_at,
+                            trace,
+                        });
+                        added += 1;
+                    }
+                }
+                state.tracked += added;
+            }
+        }
+    }
+
+    /// An OffsetCommit response for `ask`: every committed partition's records are done.
+    pub fn commit_response(&self, frame: &Bytes, version: i16, ask: CommitAsk) {
+        let mut buf = frame.slice(4..);
+        let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::OffsetCommit.response_header_version(version)) else {
+            return;
+        };
+        let Ok(response) = OffsetCommitResponse::decode(&mut buf, version) else {
+            return;
+        };
+        let committed_at = SystemTime::now();
+        let commit_ms = now_ms(committed_at);
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("consumption lock");
+        for t in &response.topics {
+            let topic = t.name.0.to_string();
+            let label = self.metrics.topic_label(&topic);
+            let window = self
+                .m()
+                .consistency
+                .with_label_values(&[&self.cluster, &ask.group, &label, "sidecar"]);
+            for p in &t.partitions {
+                let Some(&offset) = ask.offsets.get(&(topic.clone(), p.partition_index)) else {
+                    continue;
+                };
+                if p.error_code != 0 || offset < 0 {
+                    continue;
+                }
+                state.committed.insert(
+                    (ask.group.clone(), topic.clone(), p.partition_index),
+                    Committed {
+                        offset,
+                        client: ask.client.clone(),
+                        seen: now,
+                    },
+                );
+                let Some(part) = state.delivered.get_mut(&(ask.client.clone(), topic.clone(), p.partition_index)) else {
+                    continue;
+                };
+                part.seen = Some(now);
+                let mut done = 0usize;
+                while part.records.front().is_some_and(|r| r.offset < offset) {
+                    let r = part.records.pop_front().expect("front exists");
+                    done += 1;
+                    window.observe((commit_ms.saturating_sub(r.appended_ms)).max(0) as f64 / 1000.0);
+                    if let Some(start) = r.trace {
+                        self.tracer.finish(
+                            *start,
+                            SpanKind::Consumer,
+                            format!("process {topic}"),
+                            r.delivered,
+                            committed_at,
+                            vec![
+                                KeyValue::new("messaging.system", "kafka"),
+                                KeyValue::new("messaging.operation.name", "process"),
+                                KeyValue::new("messaging.operation.type", "process"),
+                                KeyValue::new("messaging.destination.name", topic.clone()),
+                                KeyValue::new("messaging.destination.partition.id", p.partition_index.to_string()),
+                                KeyValue::new("messaging.consumer.group.name", ask.group.clone()),
+                                KeyValue::new("messaging.client.id", ask.client.clone()),
+                                KeyValue::new("messaging.kafka.offset", r.offset),
+                            ],
+                            None,
+                        );
+                    }
+                }
+                state.tracked -= done;
+            }
+        }
+        drop(state);
+        self.refresh();
+    }
+
+    /// Recomputes lag gauges, forgets idle partitions. Called after commits and once a second.
+    pub fn refresh(&self) {
+        let now = Instant::now();
+        let now_ms = now_ms(SystemTime::now());
+        let mut state = self.state.lock().expect("consumption lock");
+        let State {
+            delivered,
+            committed,
+            high_watermarks,
+            tracked,
+        } = &mut *state;
+        delivered.retain(|_, p| {
+            let keep = p.seen.is_some_and(|s| now.duration_since(s) < IDLE_EXPIRY);
+            if !keep {
+                *tracked -= p.records.len();
+            }
+            keep
+        });
+        high_watermarks.retain(|_, (_, seen)| now.duration_since(*seen) < IDLE_EXPIRY);
+        let m = self.m();
+        committed.retain(|(group, topic, partition), c| {
+            let label = self.metrics.topic_label(topic);
+            let part = partition.to_string();
+            let labels = [self.cluster.as_str(), group.as_str(), label.as_str(), part.as_str(), "sidecar"];
+            if now.duration_since(c.seen) >= IDLE_EXPIRY {
+                let _ = m.lag.remove_label_values(&labels);
+                let _ = m.lag_seconds.remove_label_values(&labels);
+                let _ = m.current_offset.remove_label_values(&labels);
+                return false;
+            }
+            m.current_offset.with_label_values(&labels).set(c.offset);
+            let Some((hw, _)) = high_watermarks.get(&(topic.clone(), *partition)) else {
+                return true;
+            };
+            let lag = (hw - c.offset).max(0);
+            m.lag.with_label_values(&labels).set(lag);
+            let seconds = if lag == 0 {
+                Some(0.0)
+            } else {
+                delivered
+                    .get(&(c.client.clone(), topic.clone(), *partition))
+                    .and_then(|p| p.records.iter().find(|r| r.offset >= c.offset))
+                    .map(|r| (now_ms.saturating_sub(r.appended_ms)).max(0) as f64 / 1000.0)
+            };
+            match seconds {
+                Some(s) => m.lag_seconds.with_label_values(&labels).set(s),
+                None => {
+                    let _ = m.lag_seconds.remove_label_values(&labels);
+                }
+            }
+            true
+        });
+    }
+}

@@ -1,0 +1,404 @@
+//! Trace context through Kafka messages, and the spans the sidecar exports over OTLP.
+//!
+//! The sidecar sees each record twice: when the application produces it and when a consuming application
+//! fetches (and later commits) it. It reads and writes the W3C `traceparent`/`tracestate` record headers
+//! with OpenTelemetry's `TraceContextPropagator` (an invalid header is a missing one: it never fails a
+//! request) and makes spans after the fact, as `SpanData` with the times it measured: `send {topic}`
+//! (PRODUCER, from relaying the Produce request to its acknowledgement) and `process {topic}` (CONSUMER,
+//! from delivering the record to the commit that covers it).
+//!
+//! Export is OpenTelemetry's OTLP exporter (`opentelemetry-otlp`, gRPC or HTTP/protobuf), configured by the
+//! standard `OTEL_*` variables. Spans go through a bounded queue to one export task: the data path never
+//! waits, and a full queue drops the span and counts it (`eventscope_trace_spans_total{outcome="dropped"}`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks};
+use tokio::sync::mpsc;
+
+use crate::metrics::TraceMetrics;
+
+/// What the sidecar does with trace context in records it relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceMode {
+    /// Rewrite (or add) `traceparent` on produced records to the sidecar's `send` span, and emit spans.
+    #[default]
+    Inject,
+    /// Emit spans for records that already carry `traceparent`; never change a record.
+    Observe,
+    /// No trace work at all: records are relayed as they are.
+    Off,
+}
+
+/// Export settings from the standard `OTEL_*` environment variables (OpenTelemetry SDK configuration).
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// `OTEL_TRACES_EXPORTER`: `otlp` (default) or `none`.
+    pub enabled: bool,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf` (the default).
+    pub grpc: bool,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (2048), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), `OTEL_BSP_SCHEDULE_DELAY` ms (5000).
+    pub queue: usize,
+    pub batch: usize,
+    pub delay: Duration,
+}
+
+impl ExportSettings {
+    /// Reads the variables from `env`; problems come back as (variable, reason).
+    pub fn from_env(env: &HashMap<String, String>) -> Result<ExportSettings, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let mut number = |key: &str, default: u64, max: u64| -> u64 {
+            match env.get(key).map(|v| v.trim().parse::<u64>()) {
+                None => default,
+                Some(Ok(v)) if v >= 1 && v <= max => v,
+                Some(_) => {
+                    problems.push((key.to_string(), format!("must be a whole number from 1 to {max}")));
+                    default
+                }
+            }
+        };
+        let queue = number("OTEL_BSP_MAX_QUEUE_SIZE", 2048, 1 << 20) as usize;
+        let batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1 << 16) as usize;
+        let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000, 3_600_000));
+        let enabled = match env.get("OTEL_TRACES_EXPORTER").map(|s| s.trim()) {
+            None | Some("otlp") => true,
+            Some("none") => false,
+            Some(other) => {
+                problems.push(("OTEL_TRACES_EXPORTER".into(), format!("`{other}` is not supported (otlp or none)")));
+                true
+            }
+        };
+        let protocol = env
+            .get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env.get("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .map(|s| s.trim().to_string());
+        let grpc = match protocol.as_deref() {
+            None | Some("http/protobuf") => false,
+            Some("grpc") => true,
+            Some(other) => {
+                problems.push((
+                    "OTEL_EXPORTER_OTLP_PROTOCOL".into(),
+                    format!("`{other}` is not supported (grpc or http/protobuf)"),
+                ));
+                false
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(ExportSettings {
+            enabled,
+            grpc,
+            queue,
+            batch: batch.min(queue),
+            delay,
+        })
+    }
+}
+
+/// A span's identity, decided when the sidecar first sees the record; the span itself is made later.
+#[derive(Debug, Clone)]
+pub struct SpanStart {
+    pub context: SpanContext,
+    /// The parent from the record's header, if it had a valid one.
+    pub parent: Option<SpanContext>,
+}
+
+struct Inner {
+    sampler: Box<dyn ShouldSample>,
+    ids: RandomIdGenerator,
+    queue: Option<mpsc::Sender<SpanData>>,
+    scope: InstrumentationScope,
+    metrics: TraceMetrics,
+}
+
+/// Makes span contexts and spans; cheap to clone.
+#[derive(Clone)]
+pub struct Tracer {
+    inner: Arc<Inner>,
+}
+
+struct Headers<'a>(&'a str, Option<&'a str>);
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.0),
+            "tracestate" => self.1,
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+struct Header(Option<String>);
+impl Injector for Header {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// The span context in a record's `traceparent` (and `tracestate`) header values; `None` if absent or invalid.
+pub fn extract(traceparent: &[u8], tracestate: Option<&[u8]>) -> Option<SpanContext> {
+    let tp = std::str::from_utf8(traceparent).ok()?;
+    let ts = tracestate.and_then(|t| std::str::from_utf8(t).ok());
+    let cx = TraceContextPropagator::new().extract(&Headers(tp, ts));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// The `traceparent` header value for a span context.
+pub fn traceparent(context: &SpanContext) -> String {
+    let mut h = Header(None);
+    TraceContextPropagator::new().inject_context(&Context::new().with_remote_span_context(context.clone()), &mut h);
+    h.0.unwrap_or_default()
+}
+
+impl Tracer {
+    /// A tracer whose spans go nowhere (tracing off, or no exporter).
+    pub fn disabled(metrics: TraceMetrics) -> Tracer {
+        Tracer {
+            inner: Arc::new(Inner {
+                sampler: opentelemetry_sdk::trace::Config::default().sampler,
+                ids: RandomIdGenerator::default(),
+                queue: None,
+                scope: scope(),
+                metrics,
+            }),
+        }
+    }
+
+    /// A tracer exporting over OTLP as the `OTEL_*` variables say; the export task runs until `shutdown`
+    /// fires, then sends what is queued (bounded by the grace period the caller gives it).
+    pub fn start(
+        settings: &ExportSettings,
+        metrics: TraceMetrics,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<(Tracer, Option<tokio::task::JoinHandle<()>>)> {
+        if !settings.enabled {
+            return Ok((Tracer::disabled(metrics), None));
+        }
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let mut exporter = if settings.grpc {
+            builder.with_tonic().build()?
+        } else {
+            builder.with_http().build()?
+        };
+        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, through the SDK's resource detectors.
+        exporter.set_resource(&opentelemetry_sdk::Resource::builder().build());
+        let (tx, rx) = mpsc::channel(settings.queue);
+        let tracer = Tracer {
+            inner: Arc::new(Inner {
+                // OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, as the SDK reads them.
+                sampler: opentelemetry_sdk::trace::Config::default().sampler,
+                ids: RandomIdGenerator::default(),
+                queue: Some(tx),
+                scope: scope(),
+                metrics: metrics.clone(),
+            }),
+        };
+        let task = tokio::spawn(export_loop(exporter, rx, settings.batch, settings.delay, metrics, shutdown));
+        Ok((tracer, Some(task)))
+    }
+
+    /// The context of a new span: the parent's child, or the root of a new trace, sampled as configured.
+    pub fn start_span(&self, parent: Option<SpanContext>, name: &str, kind: SpanKind) -> SpanStart {
+        let inner = &self.inner;
+        let trace_id = parent.as_ref().map(|p| p.trace_id()).unwrap_or_else(|| inner.ids.new_trace_id());
+        let parent_cx = parent.as_ref().map(|p| Context::new().with_remote_span_context(p.clone()));
+        let decision = inner
+            .sampler
+            .should_sample(parent_cx.as_ref(), trace_id, name, &kind, &[], &[])
+            .decision;
+        let flags = if decision == SamplingDecision::RecordAndSample {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let state = parent.as_ref().map(|p| p.trace_state().clone()).unwrap_or_default();
+        SpanStart {
+            context: SpanContext::new(trace_id, inner.ids.new_span_id(), flags, false, state),
+            parent,
+        }
+    }
+
+    /// Queues a finished span for export if it is sampled; never waits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &self,
+        start: SpanStart,
+        kind: SpanKind,
+        name: String,
+        started: SystemTime,
+        ended: SystemTime,
+        attributes: Vec<KeyValue>,
+        error: Option<String>,
+    ) {
+        if !start.context.is_sampled() {
+            return;
+        }
+        let Some(queue) = &self.inner.queue else {
+            return;
+        };
+        let links = match (&kind, &start.parent) {
+            // A consumer span links to the producer's context as well (messaging semantic conventions).
+            (SpanKind::Consumer, Some(p)) => vec![opentelemetry::trace::Link::new(p.clone(), Vec::new(), 0)],
+            _ => Vec::new(),
+        };
+        let mut span_links = SpanLinks::default();
+        span_links.links = links;
+        let span = SpanData {
+            parent_span_id: start.parent.as_ref().map(|p| p.span_id()).unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: start.parent.is_some(),
+            span_context: start.context,
+            span_kind: kind,
+            name: Cow::Owned(name),
+            start_time: started,
+            end_time: ended.max(started),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: span_links,
+            status: match error {
+                Some(e) => Status::error(e),
+                None => Status::Unset,
+            },
+            instrumentation_scope: self.inner.scope.clone(),
+        };
+        if queue.try_send(span).is_err() {
+            self.inner.metrics.dropped.inc();
+        }
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("eventscope")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<SpanData>,
+    batch: usize,
+    delay: Duration,
+    metrics: TraceMetrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pending: Vec<SpanData> = Vec::with_capacity(batch);
+    let mut stopping = false;
+    loop {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        while pending.len() < batch && !stopping {
+            tokio::select! {
+                span = rx.recv() => match span {
+                    Some(s) => pending.push(s),
+                    None => { stopping = true; }
+                },
+                _ = &mut deadline => break,
+                _ = shutdown.changed() => {
+                    stopping = true;
+                    while pending.len() < batch {
+                        match rx.try_recv() { Ok(s) => pending.push(s), Err(_) => break }
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let n = pending.len() as u64;
+            let spans = std::mem::replace(&mut pending, Vec::with_capacity(batch));
+            match tokio::time::timeout(Duration::from_secs(10), exporter.export(spans)).await {
+                Ok(Ok(())) => metrics.exported.inc_by(n),
+                Ok(Err(e)) => {
+                    metrics.failed.inc_by(n);
+                    tracing::warn!(error = %e, spans = n, "OTLP export failed");
+                }
+                Err(_) => {
+                    metrics.failed.inc_by(n);
+                    tracing::warn!(spans = n, "OTLP export timed out");
+                }
+            }
+        }
+        if stopping && rx.is_empty() {
+            return;
+        }
+        if stopping {
+            while pending.len() < batch {
+                match rx.try_recv() {
+                    Ok(s) => pending.push(s),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The record's trace id as 32 hex digits (for tests and logs).
+pub fn trace_id_hex(id: TraceId) -> String {
+    format!("{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extract_is_lenient_and_inject_round_trips() {
+        let tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let sc = extract(tp, Some(b"congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(trace_id_hex(sc.trace_id()), "0af7651916cd43dd8448eb211c80319c");
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert_eq!(sc.trace_state().header(), "congo=t61rcWkgMzE");
+        assert_eq!(traceparent(&sc).as_bytes(), tp);
+        for bad in [
+            &b"00-00000000000000000000000000000000-b7ad6b7169203331-01"[..],
+            b"garbage",
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(extract(bad, None).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn children_keep_the_trace_and_state() {
+        let tracer = Tracer::disabled(TraceMetrics::new(&prometheus::Registry::new()));
+        let parent = extract(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Some(b"a=1")).unwrap();
+        let child = tracer.start_span(Some(parent.clone()), "send t", SpanKind::Producer);
+        assert_eq!(child.context.trace_id(), parent.trace_id());
+        assert_ne!(child.context.span_id(), parent.span_id());
+        assert_eq!(child.context.trace_state().header(), "a=1");
+        let root = tracer.start_span(None, "send t", SpanKind::Producer);
+        assert_ne!(root.context.trace_id(), parent.trace_id());
+        assert!(root.context.is_valid());
+    }
+
+    #[test]
+    fn export_settings_report_every_problem() {
+        let env: HashMap<String, String> = [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let problems = ExportSettings::from_env(&env).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let ok = ExportSettings::from_env(&HashMap::from([("OTEL_EXPORTER_OTLP_PROTOCOL".to_string(), "grpc".to_string())])).unwrap();
+        assert!(ok.grpc && ok.enabled && ok.queue == 2048 && ok.batch == 512);
+    }
+}
