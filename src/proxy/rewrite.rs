@@ -15,7 +15,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 pub fn version_cap(key: ApiKey) -> Option<i16> {
     match key {
         ApiKey::Produce => Some(9),
-        ApiKey::Fetch => Some(12),
+        // v11: the last version before flexible encoding. tansu 0.6.0 puts a tagged field in v12–v15 Fetch
+        // responses that only v16 defines, which the decoder (rightly) rejects; v11 loses nothing else.
+        ApiKey::Fetch => Some(11),
         // v10 addresses topics by id only.
         ApiKey::OffsetCommit => Some(9),
         // Decoded and rewritten: the codec's range.
@@ -194,7 +196,7 @@ mod tests {
         ResponseHeader::decode(&mut b, 0).unwrap();
         let r = ApiVersionsResponse::decode(&mut b, 3).unwrap();
         let got: Vec<(i16, i16)> = r.api_keys.iter().map(|k| (k.api_key, k.max_version)).collect();
-        assert_eq!(got, vec![(0, 9), (1, 12), (11, 9)]);
+        assert_eq!(got, vec![(0, 9), (1, 11), (11, 9)]);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! committing with librdkafka (rdkafka).
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -146,9 +148,14 @@ impl Eventscope {
 
     /// Runs the binary with `args` and waits until its admin server answers /healthz.
     fn spawn(args: &[&str], admin: String, config: tempfile::NamedTempFile) -> Eventscope {
+        Self::spawn_env(args, admin, config, &[])
+    }
+
+    fn spawn_env(args: &[&str], admin: String, config: tempfile::NamedTempFile, env: &[(&str, &str)]) -> Eventscope {
         let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
             .args(args)
             .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -202,8 +209,14 @@ impl Eventscope {
 }
 
 impl Eventscope {
-    /// Starts `eventscope sidecar` in front of `upstream`, with a fresh Kafka port and admin port.
+    /// Starts `eventscope sidecar` in front of `upstream`, with a fresh Kafka port and admin port, and no
+    /// span export.
     pub fn sidecar(upstream: &str) -> (Eventscope, u16) {
+        Self::sidecar_env(upstream, &[("OTEL_TRACES_EXPORTER", "none")])
+    }
+
+    /// The same, with environment variables (`OTEL_*`, `EVENTSCOPE_*`).
+    pub fn sidecar_env(upstream: &str, env: &[(&str, &str)]) -> (Eventscope, u16) {
         let admin = format!("127.0.0.1:{}", free_port());
         // Broker listeners take the ports after the Kafka port: leave room.
         let kafka_port = loop {
@@ -222,7 +235,7 @@ impl Eventscope {
             "--admin-listen",
             &admin,
         ];
-        let es = Self::spawn(&args, admin.clone(), tempfile::NamedTempFile::new().unwrap());
+        let es = Self::spawn_env(&args, admin.clone(), tempfile::NamedTempFile::new().unwrap(), env);
         wait_for(Duration::from_secs(20), "sidecar kafka listener", || {
             TcpStream::connect(("127.0.0.1", kafka_port)).ok()
         });
