@@ -404,8 +404,7 @@ fn sidecar_exports_its_whole_contract() {
             n += 1;
         }
     }
-    let m = es.wait_metrics("lag measured", |m| m.has("kafka_consumergroup_lag").then_some(()));
-    let _ = m;
+    es.wait_metrics("lag measured", |m| m.has("kafka_consumergroup_lag").then_some(()));
     let m = es.scrape();
     for name in eventscope::metrics::sidecar_names() {
         let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {

@@ -267,7 +267,7 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
     }
 
     // The consistency window: one observation per committed record, summing to the ground truth.
-    let m = es.wait_metrics("all commits observed", |m| {
+    es.wait_metrics("all commits observed", |m| {
         let labels = [
             ("consumergroup", "read-model"),
             ("topic", "orders"),
@@ -276,7 +276,6 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
         ];
         (m.get("eventscope_consistency_window_seconds_count", &labels) == Some(N as f64)).then_some(())
     });
-    let _ = m;
     let m = es.scrape();
     let labels = [("consumergroup", "read-model"), ("topic", "orders"), ("source", "sidecar")];
     let sum = m.get("eventscope_consistency_window_seconds_sum", &labels).unwrap();
