@@ -132,86 +132,113 @@ fn main() {
     let lat_n = if smoke { 100 } else { 3_000 };
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let direct = mock.bootstrap_servers();
-    let (es, port) = Eventscope::sidecar(&direct);
+    // Two sidecars: trace work off, and inject with every span sampled and exported over OTLP/gRPC to a
+    // receiver in this process (the worst case; production would sample).
+    let (es_off, port_off) = Eventscope::sidecar_env(
+        &direct,
+        &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__TRACE_MODE", "off")],
+    );
+    let receiver = support::otlp::OtlpReceiver::grpc();
+    let (es, port) = Eventscope::sidecar_env(
+        &direct,
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let via_off = format!("127.0.0.1:{port_off}");
     let via = format!("127.0.0.1:{port}");
     println!(
         "sidecar_throughput: {n} records of 1 KiB per case{}",
         if smoke { " (smoke run under cargo test)" } else { "" }
     );
     println!();
-    println!("| case | direct | through the sidecar | ratio |");
-    println!("|---|---|---|---|");
-    let cpu_before = es.cpu_seconds();
+    println!("| case | direct | sidecar, tracing off | ratio | sidecar, inject + export | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let (cpu_before, cpu_off_before) = (es.cpu_seconds(), es_off.cpu_seconds());
     let wall = Instant::now();
-    // Three rounds per case, direct and through the sidecar alternating; the median of each is reported.
+    // Three rounds per case, the three paths alternating; the median of each is reported.
     const ROUNDS: usize = 3;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let paths = [("direct", direct.as_str()), ("off", via_off.as_str()), ("inject", via.as_str())];
     for codec in ["none", "lz4"] {
-        let (mut pd, mut pv, mut cd, mut cv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut produced = vec![Vec::new(); 3];
+        let mut consumed = vec![Vec::new(); 3];
         for round in 0..ROUNDS {
-            for name in ["direct", "via"] {
+            for (i, (name, addr)) in paths.iter().enumerate() {
                 // The mock keeps at most 5 MB per partition: 64 partitions hold every record of a case.
-                mock.create_topic(&format!("bench-{codec}-{name}-{round}"), PARTITIONS, 1).unwrap();
+                let topic = format!("bench-{codec}-{name}-{round}");
+                mock.create_topic(&topic, PARTITIONS, 1).unwrap();
+                produced[i].push(produce(addr, &topic, n, codec));
             }
-            pd.push(produce(&direct, &format!("bench-{codec}-direct-{round}"), n, codec));
-            pv.push(produce(&via, &format!("bench-{codec}-via-{round}"), n, codec));
-            cd.push(consume(&direct, &format!("bench-{codec}-direct-{round}"), n));
-            cv.push(consume(&via, &format!("bench-{codec}-via-{round}"), n));
+            for (i, (name, addr)) in paths.iter().enumerate() {
+                consumed[i].push(consume(addr, &format!("bench-{codec}-{name}-{round}"), n));
+            }
         }
-        let (pd, pv, cd, cv) = (median(pd), median(pv), median(cd), median(cv));
-        println!(
-            "| produce, {codec} (records/s, median of {ROUNDS}) | {pd:.0} | {pv:.0} | **{:.3}** |",
-            pv / pd
-        );
-        println!(
-            "| consume, {codec} (records/s, median of {ROUNDS}) | {cd:.0} | {cv:.0} | **{:.3}** |",
-            cv / cd
-        );
+        for (what, v) in [("produce", produced), ("consume", consumed)] {
+            let m: Vec<f64> = v.into_iter().map(median).collect();
+            println!(
+                "| {what}, {codec} (records/s, median of {ROUNDS}) | {:.0} | {:.0} | **{:.3}** | {:.0} | **{:.3}** |",
+                m[0],
+                m[1],
+                m[1] / m[0],
+                m[2],
+                m[2] / m[0]
+            );
+        }
     }
     mock.create_topic("latency", 1, 1).unwrap();
     let ld = latencies(&direct, "latency", lat_n);
+    let lo = latencies(&via_off, "latency", lat_n);
     let lv = latencies(&via, "latency", lat_n);
-    println!(
-        "| acked produce p50 (ms) | {:.3} | {:.3} | +{:.3} ms |",
-        pct(&ld, 0.5),
-        pct(&lv, 0.5),
-        pct(&lv, 0.5) - pct(&ld, 0.5)
-    );
-    println!(
-        "| acked produce p99 (ms) | {:.3} | {:.3} | **+{:.3} ms** |",
-        pct(&ld, 0.99),
-        pct(&lv, 0.99),
-        pct(&lv, 0.99) - pct(&ld, 0.99)
-    );
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        println!(
+            "| acked produce {name} (ms) | {:.3} | {:.3} | **+{:.3} ms** | {:.3} | **+{:.3} ms** |",
+            pct(&ld, q),
+            pct(&lo, q),
+            pct(&lo, q) - pct(&ld, q),
+            pct(&lv, q),
+            pct(&lv, q) - pct(&ld, q)
+        );
+    }
     let m = es.scrape();
-    // The traffic of the "via" cases really went through the proxy.
-    let produced = m
-        .get("eventscope_kafka_bytes_total", &[("api", "Produce"), ("direction", "request")])
-        .unwrap();
-    let fetched = m
-        .get("eventscope_kafka_bytes_total", &[("api", "Fetch"), ("direction", "response")])
-        .unwrap();
-    assert!(
-        produced > n as f64 * 1024.0 * 2.0 && fetched > n as f64 * 1024.0 * 2.0,
-        "proxy relayed {produced} / {fetched} bytes"
-    );
-    let cpu = es.cpu_seconds() - cpu_before;
+    let m_off = es_off.scrape();
+    // The traffic of the sidecar cases really went through the proxies, and spans were exported.
+    for m in [&m, &m_off] {
+        let produced = m
+            .get("eventscope_kafka_bytes_total", &[("api", "Produce"), ("direction", "request")])
+            .unwrap();
+        let fetched = m
+            .get("eventscope_kafka_bytes_total", &[("api", "Fetch"), ("direction", "response")])
+            .unwrap();
+        assert!(
+            produced > n as f64 * 1024.0 * 2.0 && fetched > n as f64 * 1024.0 * 2.0,
+            "proxy relayed {produced} / {fetched} bytes"
+        );
+    }
+    let spans = |o: &str| m.get("eventscope_trace_spans_total", &[("outcome", o)]).unwrap_or(0.0);
+    assert!(spans("exported") > 0.0, "spans exported");
+    let secs = wall.elapsed().as_secs_f64();
+    let (cpu, cpu_off) = (es.cpu_seconds() - cpu_before, es_off.cpu_seconds() - cpu_off_before);
     println!(
-        "| sidecar CPU over the run | | {:.3} s in {:.1} s ({:.1}% of one core) | |",
-        cpu,
-        wall.elapsed().as_secs_f64(),
-        100.0 * cpu / wall.elapsed().as_secs_f64()
+        "| sidecar CPU over the run ({secs:.0} s) | | {cpu_off:.2} s ({:.1}% of a core) | | {cpu:.2} s ({:.1}% of a core) | |",
+        100.0 * cpu_off / secs,
+        100.0 * cpu / secs
     );
     println!(
-        "| sidecar RSS at the end | | {:.1} MB | |",
+        "| sidecar RSS at the end | | {:.1} MB | | {:.1} MB | |",
+        m_off.get("process_resident_memory_bytes", &[]).unwrap() / 1e6,
         m.get("process_resident_memory_bytes", &[]).unwrap() / 1e6
     );
     println!(
-        "| bytes relayed by the sidecar (Produce requests / Fetch responses) | | {:.0} MB / {:.0} MB | |",
-        produced / 1e6,
-        fetched / 1e6
+        "| spans exported / dropped / failed | | | | {:.0} / {:.0} / {:.0} | |",
+        spans("exported"),
+        spans("dropped"),
+        spans("failed")
     );
 }

@@ -284,6 +284,11 @@ fn hostile_frames_close_only_their_connection() {
         let mut s = std::net::TcpStream::connect(&sidecar).unwrap();
         s.write_all(&[0, 0, 1, 0, 0, 18, 0]).unwrap();
     }
+    // The application disconnects mid-request: a whole ApiVersions request, gone before its response.
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(&sidecar).unwrap();
+        s.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff]).unwrap();
+    }
     let sent = records(10, 7);
     produce_records(&sidecar, "orders", 0, &sent, &[]);
     assert!(without_trace(&consume_records(&sidecar, "orders", 0, 10)) == sent);
@@ -414,4 +419,79 @@ fn sidecar_exports_its_whole_contract() {
         };
         assert!(m.has(&name), "{name} is not exported by the sidecar");
     }
+}
+
+/// A broker goes down under load and comes back: the clients recover through the sidecar and every
+/// record the producer saw acknowledged is there, once. librdkafka's mock keeps its log across
+/// `broker_down`/`broker_up` (tansu's storage here is memory, so restarting it would lose the log).
+#[test]
+fn broker_restarted_under_load_loses_no_acknowledged_record() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(3).unwrap();
+    mock.create_topic("ledger", 3, 1).unwrap();
+    for p in 0..3 {
+        mock.partition_leader("ledger", p, Some(p + 1)).unwrap();
+    }
+    let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
+    let sidecar = format!("127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let producer: FutureProducer = client_config(
+        &sidecar,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "2"),
+            ("reconnect.backoff.max.ms", "200"),
+        ],
+    )
+    .create()
+    .unwrap();
+    const TOTAL: usize = 3000;
+    let outcome = std::thread::scope(|scope| {
+        let sending = scope.spawn(|| {
+            rt.block_on(async {
+                let mut pending = Vec::new();
+                for i in 0..TOTAL {
+                    let payload = format!("entry-{i}");
+                    pending.push(
+                        producer
+                            .send_result(FutureRecord::<(), _>::to("ledger").partition((i % 3) as i32).payload(&payload))
+                            .unwrap(),
+                    );
+                    if i % 30 == 29 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let mut acked = Vec::new();
+                for (i, f) in pending.into_iter().enumerate() {
+                    if let Ok(Ok(_)) = f.await {
+                        acked.push(i);
+                    }
+                }
+                acked
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        mock.broker_down(2).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        mock.broker_up(2).unwrap();
+        sending.join().unwrap()
+    });
+    assert_eq!(outcome.len(), TOTAL, "the producer recovers: every record acknowledged");
+    let mut seen = std::collections::HashMap::new();
+    for p in 0..3 {
+        for (_, v, _) in consume_records(&sidecar, "ledger", p, TOTAL / 3) {
+            *seen.entry(String::from_utf8(v.unwrap()).unwrap()).or_insert(0) += 1;
+        }
+    }
+    for i in outcome {
+        assert_eq!(seen.get(&format!("entry-{i}")), Some(&1), "entry-{i} stored exactly once");
+    }
+    let m = es.scrape();
+    assert!(
+        m.get("eventscope_kafka_proxy_errors_total", &[("kind", "upstream_unreachable")])
+            .unwrap()
+            >= 1.0,
+        "the outage was seen by the sidecar"
+    );
+    assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
 }
