@@ -83,6 +83,14 @@ pub struct SidecarConfig {
     /// `[[clusters]] name` for the same cluster, so one dashboard shows both.
     #[serde(default = "default_sidecar_cluster")]
     pub cluster: String,
+    /// A produced batch that would grow past this many bytes with trace headers is relayed unchanged:
+    /// the brokers' `message.max.bytes` (default 1048588) would refuse it.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+}
+
+fn default_max_batch_bytes() -> usize {
+    1_048_588
 }
 
 fn default_sidecar_cluster() -> String {
@@ -404,6 +412,9 @@ impl Config {
             }
             if sc.max_frame_bytes < 1024 * 1024 || sc.max_frame_bytes > 1024 * 1024 * 1024 {
                 push("sidecar.max_frame_bytes".into(), "must be between 1 MiB and 1 GiB".into());
+            }
+            if sc.max_batch_bytes < 1024 || sc.max_batch_bytes > sc.max_frame_bytes {
+                push("sidecar.max_batch_bytes".into(), "must be between 1 KiB and max_frame_bytes".into());
             }
             if sc.max_connections == 0 {
                 push("sidecar.max_connections".into(), "must be at least 1".into());

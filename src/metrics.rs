@@ -145,6 +145,7 @@ pub const DELIVERY_LATENCY: &str = "eventscope_kafka_delivery_latency_seconds";
 pub const DELIVERED_RECORDS: &str = "eventscope_kafka_delivered_records_total";
 pub const TRACE_CONTEXT_RECORDS: &str = "eventscope_kafka_trace_context_records_total";
 pub const UNTRACKED_RECORDS: &str = "eventscope_kafka_untracked_records_total";
+pub const UNOBSERVED_RESPONSES: &str = "eventscope_kafka_unobserved_responses_total";
 pub const TRACE_SPANS: &str = "eventscope_trace_spans_total";
 pub const L_TIMESTAMP_TYPE: &str = "timestamp_type";
 pub const L_CONTEXT: &str = "context";
@@ -273,6 +274,7 @@ pub struct ProxyMetrics {
     pub produce_duration: HistogramVec,
     pub produce_errors: IntCounterVec,
     pub consume: ConsumeMetrics,
+    pub unobserved: prometheus::IntCounter,
     topics: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
@@ -338,8 +340,14 @@ impl ProxyMetrics {
             &[L_TOPIC, L_ERROR],
         )
         .expect("valid metric");
+        let unobserved = prometheus::IntCounter::new(
+            UNOBSERVED_RESPONSES,
+            "Responses relayed but not measured: the observer's backlog was full (16 MiB).",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(unobserved.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(bytes.clone()),
             Box::new(connections.clone()),
@@ -364,6 +372,7 @@ impl ProxyMetrics {
             produce_duration,
             produce_errors,
             consume: ConsumeMetrics::new(registry),
+            unobserved,
             topics: Default::default(),
         }
     }
@@ -524,6 +533,7 @@ pub fn sidecar_names() -> Vec<&'static str> {
         DELIVERED_RECORDS,
         TRACE_CONTEXT_RECORDS,
         UNTRACKED_RECORDS,
+        UNOBSERVED_RESPONSES,
         TRACE_SPANS,
         BUILD_INFO,
     ];

@@ -75,6 +75,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         max_connections: sc.max_connections,
         connect_timeout: sc.connect_timeout,
         trace_mode: sc.trace_mode,
+        max_batch_bytes: sc.max_batch_bytes,
         cluster: sc.cluster.clone(),
     };
     let trace_metrics = crate::metrics::TraceMetrics::new(&shared.self_metrics.registry);

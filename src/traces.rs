@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -140,15 +140,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-struct Header(Option<String>);
-impl Injector for Header {
-    fn set(&mut self, key: &str, value: String) {
-        if key == "traceparent" {
-            self.0 = Some(value);
-        }
-    }
-}
-
 /// The span context in a record's `traceparent` (and `tracestate`) header values; `None` if absent or invalid.
 pub fn extract(traceparent: &[u8], tracestate: Option<&[u8]>) -> Option<SpanContext> {
     let tp = std::str::from_utf8(traceparent).ok()?;
@@ -158,11 +149,15 @@ pub fn extract(traceparent: &[u8], tracestate: Option<&[u8]>) -> Option<SpanCont
     sc.is_valid().then_some(sc)
 }
 
-/// The `traceparent` header value for a span context.
+/// The `traceparent` header value for a span context (W3C Trace Context version 00), written directly:
+/// this runs once per produced record. The test below checks it against `TraceContextPropagator`.
 pub fn traceparent(context: &SpanContext) -> String {
-    let mut h = Header(None);
-    TraceContextPropagator::new().inject_context(&Context::new().with_remote_span_context(context.clone()), &mut h);
-    h.0.unwrap_or_default()
+    format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()
+    )
 }
 
 impl Tracer {
@@ -216,6 +211,7 @@ impl Tracer {
     pub fn start_span(&self, parent: Option<SpanContext>, name: &str, kind: SpanKind) -> SpanStart {
         let inner = &self.inner;
         let trace_id = parent.as_ref().map(|p| p.trace_id()).unwrap_or_else(|| inner.ids.new_trace_id());
+        // A root needs no Context (an allocation per record saved).
         let parent_cx = parent.as_ref().map(|p| Context::new().with_remote_span_context(p.clone()));
         let decision = inner
             .sampler
@@ -353,6 +349,16 @@ pub fn trace_id_hex(id: TraceId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::propagation::Injector;
+
+    struct Header(Option<String>);
+    impl Injector for Header {
+        fn set(&mut self, key: &str, value: String) {
+            if key == "traceparent" {
+                self.0 = Some(value);
+            }
+        }
+    }
 
     #[test]
     fn extract_is_lenient_and_inject_round_trips() {
@@ -362,6 +368,15 @@ mod tests {
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_state().header(), "congo=t61rcWkgMzE");
         assert_eq!(traceparent(&sc).as_bytes(), tp);
+        let mut h = Header(None);
+        TraceContextPropagator::new().inject_context(&Context::new().with_remote_span_context(sc.clone()), &mut h);
+        assert_eq!(
+            h.0.as_deref(),
+            Some(traceparent(&sc).as_str()),
+            "the same as OpenTelemetry's propagator"
+        );
+        let unsampled = SpanContext::new(sc.trace_id(), sc.span_id(), TraceFlags::default(), false, Default::default());
+        assert!(traceparent(&unsampled).ends_with("-00"));
         for bad in [
             &b"00-00000000000000000000000000000000-b7ad6b7169203331-01"[..],
             b"garbage",

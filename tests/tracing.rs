@@ -75,10 +75,10 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Consumes `N` records in group `group`, committing each one after "processing" it (offsets stored only
+/// Consumes `n` records in group `group`, committing each one after "processing" it (offsets stored only
 /// after processing, as rust-rdkafka's at-least-once example does), but only the first `commit_first`
 /// until `then` has run.
-fn consume(bootstrap: &str, topic: &str, group: &str, commit_first: usize, then: impl FnOnce()) -> Vec<Consumed> {
+fn consume(bootstrap: &str, topic: &str, group: &str, n: usize, commit_first: usize, then: impl FnOnce()) -> Vec<Consumed> {
     let c: BaseConsumer = client_config(
         bootstrap,
         &[
@@ -93,7 +93,7 @@ fn consume(bootstrap: &str, topic: &str, group: &str, commit_first: usize, then:
     let mut out = Vec::new();
     let mut held = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while out.len() + held.len() < N && std::time::Instant::now() < deadline {
+    while out.len() + held.len() < n && std::time::Instant::now() < deadline {
         let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -120,7 +120,7 @@ fn consume(bootstrap: &str, topic: &str, group: &str, commit_first: usize, then:
             held.push((rec, m.offset()));
         }
     }
-    assert_eq!(out.len() + held.len(), N, "every record consumed");
+    assert_eq!(out.len() + held.len(), n, "every record consumed");
     then();
     for (mut rec, offset) in held {
         let mut tpl = rdkafka::TopicPartitionList::new();
@@ -165,7 +165,7 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
 
     // The read model commits 20 records, falls behind by 10 for a moment, then catches up.
     let mut lag_seen = None;
-    let got = consume(&sidecar, "orders", "read-model", 20, || {
+    let got = consume(&sidecar, "orders", "read-model", N, 20, || {
         lag_seen = Some(es.wait_metrics("lag of 10 measured by the sidecar", |m| {
             let labels = [
                 ("consumergroup", "read-model"),
@@ -340,7 +340,7 @@ fn observe_mode_changes_nothing_and_exports_over_http() {
     );
     let sidecar = format!("127.0.0.1:{port}");
     produce(&sidecar, "audit", "zstd");
-    let got = consume(&sidecar, "audit", "auditor", N, || {});
+    let got = consume(&sidecar, "audit", "auditor", N, N, || {});
     for r in &got {
         assert_eq!(
             header(r, "traceparent").map(String::from),
@@ -369,5 +369,43 @@ fn observe_mode_changes_nothing_and_exports_over_http() {
             &[("topic", "audit"), ("direction", "produce"), ("context", "absent")]
         ),
         Some(10.0)
+    );
+}
+
+/// A batch that would grow past `max_batch_bytes` with trace headers goes to the broker unchanged (the
+/// broker's `message.max.bytes` would refuse it), counted as `skipped`; smaller batches get their headers.
+#[test]
+fn batches_too_large_for_the_headers_pass_unchanged() {
+    let tansu = Tansu::start();
+    tansu.create_topic("bulk", 1);
+    let (es, port) = Eventscope::sidecar_env(
+        &tansu.bootstrap(),
+        &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__MAX_BATCH_BYTES", "4096")],
+    );
+    let sidecar = format!("127.0.0.1:{port}");
+    let p: BaseProducer = client_config(&sidecar, &[("linger.ms", "50")]).create().unwrap();
+    // 40 records of 100 bytes in one batch (over 4096 with headers), then one alone (well under).
+    for i in 0..40 {
+        p.send(
+            BaseRecord::<(), _>::to("bulk")
+                .partition(0)
+                .payload(&vec![b'a' + (i % 26) as u8; 100]),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    p.send(BaseRecord::<(), _>::to("bulk").partition(0).payload("alone")).unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    let got = consume(&sidecar, "bulk", "bulk-reader", 41, 41, || {});
+    let traced = got.iter().filter(|r| header(r, "traceparent").is_some()).count();
+    assert_eq!(traced, 1, "only the small batch got a traceparent");
+    assert!(got.iter().any(|r| r.value == "alone" && header(r, "traceparent").is_some()));
+    let m = es.scrape();
+    assert_eq!(
+        m.get(
+            "eventscope_kafka_trace_context_records_total",
+            &[("topic", "bulk"), ("direction", "produce"), ("context", "skipped")]
+        ),
+        Some(40.0)
     );
 }

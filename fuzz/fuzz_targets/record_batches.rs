@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
             mode,
             metrics: &metrics,
             decompress_limit: 1 << 20,
+            max_batch_bytes: 1 << 20,
         };
         let _ = observe::produce_request(&produce, 9, Some(work));
     }

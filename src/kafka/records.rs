@@ -263,31 +263,45 @@ pub fn records(section: &[u8], count: i32) -> Result<Vec<RecordRef<'_>>, RecordE
 }
 
 /// Appends `record` to `out` (length prefix included) with its `traceparent` header set to `value`:
-/// replaced where it was, or added as the last header. Every other byte is the record's own.
+/// replaced where it was, or added as the last header. Every other byte is the record's own. Written in
+/// place (no intermediate buffer): this runs once per produced record.
 pub fn put_with_traceparent(out: &mut Vec<u8>, record: &RecordRef<'_>, value: &[u8]) {
-    let mut body = Vec::with_capacity(record.body.len() + value.len() + 16);
+    let value_field = varint_len(value.len() as i64) + value.len();
     match record.traceparent_at {
         Some((start, end)) => {
-            body.extend_from_slice(&record.body[..start]);
-            put_varint(&mut body, value.len() as i64);
-            body.extend_from_slice(value);
-            body.extend_from_slice(&record.body[end..]);
+            let len = record.body.len() - (end - start) + value_field;
+            put_varint(out, len as i64);
+            out.extend_from_slice(&record.body[..start]);
+            put_varint(out, value.len() as i64);
+            out.extend_from_slice(value);
+            out.extend_from_slice(&record.body[end..]);
         }
         None => {
             let mut at = record.headers_at;
             // Parsed before: the count is valid.
             let count = varint(record.body, &mut at).unwrap_or(0);
-            body.extend_from_slice(&record.body[..record.headers_at]);
-            put_varint(&mut body, count + 1);
-            body.extend_from_slice(&record.body[at..]);
-            put_varint(&mut body, b"traceparent".len() as i64);
-            body.extend_from_slice(b"traceparent");
-            put_varint(&mut body, value.len() as i64);
-            body.extend_from_slice(value);
+            const KEY: &[u8] = b"traceparent";
+            let len = record.body.len() - (at - record.headers_at)
+                + varint_len(count + 1)
+                + varint_len(KEY.len() as i64)
+                + KEY.len()
+                + value_field;
+            put_varint(out, len as i64);
+            out.extend_from_slice(&record.body[..record.headers_at]);
+            put_varint(out, count + 1);
+            out.extend_from_slice(&record.body[at..]);
+            put_varint(out, KEY.len() as i64);
+            out.extend_from_slice(KEY);
+            put_varint(out, value.len() as i64);
+            out.extend_from_slice(value);
         }
     }
-    put_varint(out, body.len() as i64);
-    out.extend_from_slice(&body);
+}
+
+/// Bytes of a zigzag varint.
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - z.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A batch with a new (uncompressed) records section: the header copied, compressed with the batch's
@@ -433,6 +447,7 @@ mod tests {
             let mut at = 0;
             assert_eq!(varint(&out, &mut at).unwrap(), v);
             assert_eq!(at, out.len());
+            assert_eq!(varint_len(v), out.len(), "{v}");
         }
         assert!(varint(&[0xff; 11], &mut 0).is_err());
     }

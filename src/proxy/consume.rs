@@ -30,8 +30,9 @@ use crate::kafka::{batch, records};
 use crate::metrics::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
 use crate::traces::{SpanStart, Tracer};
 
-/// Delivered records awaiting their commit, in all partitions together. At ~48 bytes each: ≤ 10 MB.
-pub const MAX_TRACKED_RECORDS: usize = 200_000;
+/// Delivered records awaiting their commit, in all partitions together. At ~40 bytes each (more with a
+/// trace context): about 4 MB.
+pub const MAX_TRACKED_RECORDS: usize = 100_000;
 /// A partition not fetched or committed for this long is forgotten (its consumer moved or stopped).
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
 
@@ -199,6 +200,10 @@ impl Consumption {
                     part.last_offset = part.records.back().map(|r| r.offset);
                 }
                 let mut added = 0usize;
+                // Metric handles once per partition, counts added once (not per record).
+                let latency = self.m().delivery_latency.with_label_values(&[&label]);
+                let mut by_timestamp = [0u64; 2];
+                let mut by_context = [0u64; 3];
                 for b in batch::batches(records) {
                     if !b.complete || b.control || b.last_offset < from {
                         continue;
@@ -220,7 +225,6 @@ impl Consumption {
                         );
                         continue;
                     };
-                    let timestamp_type = if b.log_append_time { "LogAppendTime" } else { "CreateTime" };
                     for r in list {
                         let offset = b.base_offset.saturating_add(r.offset_delta as i64);
                         if offset < from || part.last_offset.is_some_and(|l| offset <= l) {
@@ -231,18 +235,14 @@ impl Consumption {
                         } else {
                             b.base_timestamp.saturating_add(r.timestamp_delta)
                         };
-                        self.m().delivered.with_label_values(&[&label, timestamp_type]).inc();
-                        self.m()
-                            .delivery_latency
-                            .with_label_values(&[&label])
-                            .observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
+                        by_timestamp[b.log_append_time as usize] += 1;
+                        latency.observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
                         let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
-                        let context = match (r.traceparent, &parent) {
-                            (Some(_), Some(_)) => "continued",
-                            (Some(_), None) => "invalid",
-                            (None, _) => "absent",
-                        };
-                        self.m().trace_context.with_label_values(&[&label, "consume", context]).inc();
+                        by_context[match (r.traceparent, &parent) {
+                            (Some(_), Some(_)) => 0,
+                            (Some(_), None) => 1,
+                            (None, _) => 2,
+                        }] += 1;
                         part.last_offset = Some(offset);
                         if tracked + added >= MAX_TRACKED_RECORDS {
                             self.m().untracked.inc();
@@ -259,6 +259,22 @@ impl Consumption {
                     }
                 }
                 state.tracked += added;
+                for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
+                    if by_timestamp[i] > 0 {
+                        self.m()
+                            .delivered
+                            .with_label_values(&[label.as_str(), timestamp_type])
+                            .inc_by(by_timestamp[i]);
+                    }
+                }
+                for (i, context) in ["continued", "invalid", "absent"].iter().enumerate() {
+                    if by_context[i] > 0 {
+                        self.m()
+                            .trace_context
+                            .with_label_values(&[label.as_str(), "consume", context])
+                            .inc_by(by_context[i]);
+                    }
+                }
             }
         }
     }

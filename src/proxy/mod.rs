@@ -55,6 +55,20 @@ struct Pending {
     ask: Ask,
 }
 
+/// Bytes of relayed responses waiting to be observed, at most (each counts its length + 256, a larger
+/// one the whole budget): beyond it, responses are relayed but not observed, and counted.
+const OBSERVE_BUDGET: u32 = 16 * 1024 * 1024;
+
+/// A relayed response to read for what it tells (offsets acknowledged, records delivered, commits).
+struct Observation {
+    frame: Bytes,
+    version: i16,
+    latency: Duration,
+    sent_at: SystemTime,
+    ask: Ask,
+    _budget: OwnedSemaphorePermit,
+}
+
 /// What the proxy reads from a request to make sense of its response.
 enum Ask {
     None,
@@ -79,6 +93,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// What to do with trace context in records.
     pub trace_mode: TraceMode,
+    /// Largest record batch the sidecar makes by adding trace headers.
+    pub max_batch_bytes: usize,
     /// The `cluster` label of the lag and consistency series the sidecar measures.
     pub cluster: String,
 }
@@ -100,6 +116,8 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     tracer: Tracer,
     consumption: consume::Consumption,
+    observations: tokio::sync::mpsc::UnboundedSender<Observation>,
+    observe_budget: Arc<Semaphore>,
     routes: Mutex<HashMap<i32, BrokerRoute>>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -115,7 +133,10 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<Proxy>> {
         let listener = TcpListener::bind(settings.listen).await?;
+        let (observations, observe_rx) = tokio::sync::mpsc::unbounded_channel();
         let proxy = Arc::new(Proxy {
+            observations,
+            observe_budget: Arc::new(Semaphore::new(OBSERVE_BUDGET as usize)),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             consumption: consume::Consumption::new(metrics.clone(), tracer.clone(), settings.cluster.clone(), settings.max_frame_bytes),
             tracer,
@@ -127,6 +148,7 @@ impl Proxy {
         });
         tokio::spawn(proxy.clone().accept_loop(listener, Target::Bootstrap));
         tokio::spawn(proxy.clone().refresh_loop());
+        tokio::spawn(proxy.clone().observe_loop(observe_rx));
         Ok(proxy)
     }
 
@@ -143,6 +165,24 @@ impl Proxy {
             tokio::select! {
                 _ = tick.tick() => self.consumption.refresh(),
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Reads relayed responses off the data path: measuring never delays the application, and a
+    /// backlog beyond [`OBSERVE_BUDGET`] is skipped and counted rather than held.
+    async fn observe_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Observation>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let o = tokio::select! {
+                o = rx.recv() => match o { Some(o) => o, None => return },
+                _ = shutdown.changed() => return,
+            };
+            match o.ask {
+                Ask::None => {}
+                Ask::Produce(ask) => self.observe_produce(&o.frame, o.version, o.latency, o.sent_at, ask),
+                Ask::Fetch(ask) => self.consumption.fetch_response(&o.frame, o.version, ask),
+                Ask::Commit(ask) => self.consumption.commit_response(&o.frame, o.version, ask),
             }
         }
     }
@@ -295,6 +335,7 @@ impl Proxy {
                     return;
                 }
             };
+            let received = Instant::now();
             let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
             let request = {
                 let mut q = inflight.lock().expect("inflight lock");
@@ -307,7 +348,7 @@ impl Proxy {
                     None => None,
                 }
             };
-            let out = match request {
+            let (out, observe) = match request {
                 Some(Pending {
                     key,
                     version,
@@ -320,36 +361,52 @@ impl Proxy {
                     self.metrics
                         .duration
                         .with_label_values(&[api])
-                        .observe(sent.elapsed().as_secs_f64());
+                        .observe(received.duration_since(sent).as_secs_f64());
                     self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(frame.len() as u64);
-                    match ask {
-                        Ask::None => {}
-                        Ask::Produce(ask) => self.observe_produce(&frame, version, sent, sent_at, ask),
-                        Ask::Fetch(ask) => self.consumption.fetch_response(&frame, version, ask),
-                        Ask::Commit(ask) => self.consumption.commit_response(&frame, version, ask),
-                    }
-                    if rewrite::needs_rewrite(key) {
+                    let out = if rewrite::needs_rewrite(key) {
                         match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
                             Ok(body) => rewrite::frame(&body),
                             Err(e) => {
                                 self.metrics.error(ProxyErrorKind::RewriteFailed, &format!("{api} v{version}: {e}"));
-                                frame
+                                frame.clone()
                             }
                         }
                     } else {
-                        frame
-                    }
+                        frame.clone()
+                    };
+                    (out, Some((ask, version, sent, sent_at)))
                 }
                 None => {
                     self.metrics.error(
                         ProxyErrorKind::MalformedFrame,
                         &format!("response to unknown correlation id {correlation}"),
                     );
-                    frame
+                    (frame.clone(), None)
                 }
             };
             if to.write_all(&out).await.is_err() {
                 return;
+            }
+            // What the response tells (acknowledged offsets, delivered records, commits) is read by the
+            // observer task, after the client has it.
+            if let Some((ask, version, sent, sent_at)) = observe.filter(|(a, ..)| !matches!(a, Ask::None)) {
+                let cost = u32::try_from(frame.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(256)
+                    .min(OBSERVE_BUDGET);
+                match self.observe_budget.clone().try_acquire_many_owned(cost) {
+                    Ok(permit) => {
+                        let _ = self.observations.send(Observation {
+                            frame,
+                            version,
+                            latency: received.duration_since(sent),
+                            sent_at,
+                            ask,
+                            _budget: permit,
+                        });
+                    }
+                    Err(_) => self.metrics.unobserved.inc(),
+                }
             }
         }
     }
@@ -365,6 +422,7 @@ impl Proxy {
                     mode: self.settings.trace_mode,
                     metrics: &self.metrics,
                     decompress_limit: self.settings.max_frame_bytes,
+                    max_batch_bytes: self.settings.max_batch_bytes,
                 });
                 match observe::produce_request(&frame, version, work) {
                     Some((ask, Some(rewritten))) if rewritten.len() <= self.settings.max_frame_bytes => (Ask::Produce(ask), rewritten),
@@ -379,16 +437,16 @@ impl Proxy {
     }
 
     /// Producer-side metrics and `send` spans from a Produce response and what its request held.
-    fn observe_produce(&self, frame: &Bytes, version: i16, sent: Instant, sent_at: SystemTime, ask: observe::ProduceAsk) {
+    fn observe_produce(&self, frame: &Bytes, version: i16, latency: Duration, sent_at: SystemTime, ask: observe::ProduceAsk) {
         let Some(outcomes) = observe::produce_response(frame, version) else {
             return;
         };
-        let acked_at = SystemTime::now();
+        let acked_at = sent_at + latency;
         let batches = ask.batches;
         let mut spans = ask.spans;
         for (topic, partition, error, base_offset) in &outcomes {
             let mine;
-            (mine, spans) = spans.into_iter().partition(|s| &s.topic == topic && s.partition == *partition);
+            (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
             for s in mine {
                 let mut attributes = vec![
                     KeyValue::new("messaging.system", "kafka"),
@@ -414,7 +472,7 @@ impl Proxy {
                 );
             }
         }
-        let latency = sent.elapsed().as_secs_f64();
+        let latency = latency.as_secs_f64();
         let mut topics_seen = std::collections::HashSet::new();
         for (topic, partition, error, _) in outcomes {
             let label = self.metrics.topic_label(&topic);

@@ -20,7 +20,7 @@ use crate::traces::{SpanStart, TraceMode, Tracer};
 /// records in the request, so its offset is the response's base offset + `index`.
 pub struct SendSpan {
     pub start: SpanStart,
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub index: i64,
 }
@@ -38,6 +38,9 @@ pub struct TraceWork<'a> {
     pub mode: TraceMode,
     pub metrics: &'a ProxyMetrics,
     pub decompress_limit: usize,
+    /// A batch that would grow past this with trace headers is relayed unchanged (the broker's
+    /// `message.max.bytes` would refuse it).
+    pub max_batch_bytes: usize,
 }
 
 /// Records and bytes of one partition in a Produce request.
@@ -101,9 +104,12 @@ pub fn produce_request(frame: &Bytes, version: i16, trace: Option<TraceWork<'_>>
 /// Spans for a partition's records; in inject mode, its records with `traceparent` set (if any changed).
 fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Bytes, spans: &mut Vec<SendSpan>) -> Option<Bytes> {
     let label = work.metrics.topic_label(topic);
+    let shared_topic: std::sync::Arc<str> = topic.into();
     let mut out: Vec<u8> = Vec::new();
     let mut changed = false;
     let mut index = 0i64;
+    // Records by trace context: continued, invalid, started, absent, skipped (counted once per partition).
+    let mut contexts = [0u64; 5];
     for b in batch::batches(data) {
         let before = index;
         index += b.record_count.max(0) as i64;
@@ -137,19 +143,16 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             }
         };
         let mut section_out = Vec::with_capacity(section.len() + 80 * list.len());
+        let spans_before = spans.len();
+        let contexts_before = contexts;
         for r in &list {
             let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
-            let context = match (r.traceparent, &parent) {
-                (Some(_), Some(_)) => "continued",
-                (Some(_), None) => "invalid",
-                (None, _) if work.mode == TraceMode::Inject => "started",
-                (None, _) => "absent",
-            };
-            work.metrics
-                .consume
-                .trace_context
-                .with_label_values(&[&label, "produce", context])
-                .inc();
+            contexts[match (r.traceparent, &parent) {
+                (Some(_), Some(_)) => 0,
+                (Some(_), None) => 1,
+                (None, _) if work.mode == TraceMode::Inject => 2,
+                (None, _) => 3,
+            }] += 1;
             if parent.is_none() && work.mode == TraceMode::Observe {
                 continue;
             }
@@ -159,7 +162,7 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             }
             spans.push(SendSpan {
                 start,
-                topic: topic.to_string(),
+                topic: shared_topic.clone(),
                 partition,
                 index: before + r.offset_delta as i64,
             });
@@ -168,6 +171,13 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             continue;
         }
         match records::rebuild(&b, &section_out) {
+            Ok(rebuilt) if rebuilt.len() > work.max_batch_bytes => {
+                // Too large with the headers: the records go as they came, without send spans.
+                spans.truncate(spans_before);
+                contexts = contexts_before;
+                contexts[4] += list.len() as u64;
+                out.extend_from_slice(b.bytes);
+            }
             Ok(rebuilt) => {
                 out.extend_from_slice(&rebuilt);
                 changed = true;
@@ -176,6 +186,15 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
                 unreadable(e.to_string());
                 out.extend_from_slice(b.bytes);
             }
+        }
+    }
+    for (i, context) in ["continued", "invalid", "started", "absent", "skipped"].iter().enumerate() {
+        if contexts[i] > 0 {
+            work.metrics
+                .consume
+                .trace_context
+                .with_label_values(&[label.as_str(), "produce", context])
+                .inc_by(contexts[i]);
         }
     }
     // Bytes after the last whole batch (none from a well-behaved client) stay as they were.
