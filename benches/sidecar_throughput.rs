@@ -132,8 +132,8 @@ fn main() {
     let lat_n = if smoke { 100 } else { 3_000 };
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let direct = mock.bootstrap_servers();
-    // Two sidecars: trace work off, and inject with every span sampled and exported over OTLP/gRPC to a
-    // receiver in this process (the worst case; production would sample).
+    // Two sidecars: trace work off, and inject (every record gets a traceparent) with 10% of the new
+    // traces sampled and exported over OTLP/gRPC to a receiver in this process, default queue.
     let (es_off, port_off) = Eventscope::sidecar_env(
         &direct,
         &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__TRACE_MODE", "off")],
@@ -144,7 +144,8 @@ fn main() {
         &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
-            ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],
     );

@@ -5,8 +5,11 @@
 //! (opened as brokers appear), and every response that names brokers is rewritten to those listeners, so
 //! the client never learns an upstream address and leadership moves keep working.
 //!
-//! Requests and responses are relayed as bytes. Only ApiVersions (clamped to what the sidecar decodes),
-//! Metadata, FindCoordinator and DescribeCluster responses are decoded and re-encoded. Correlation ids are
+//! Requests and responses are relayed as bytes; responses over 64 KiB (large Fetch responses) are streamed
+//! through as they arrive. Only ApiVersions (clamped to what the sidecar decodes), Metadata,
+//! FindCoordinator and DescribeCluster responses are decoded and re-encoded, and Produce requests when
+//! trace context is injected. Produce, Fetch and OffsetCommit responses are also read, from a copy, by an
+//! observer task beside the data path (see `observe` and `consume`). Correlation ids are
 //! never touched, and pipelining is preserved: Kafka answers a connection's requests in order, so the proxy
 //! keeps a FIFO of (correlation id, API, version) per connection. SASL frames pass unchanged, so brokers
 //! authenticate and authorize the application's own identity; TLS to the brokers is the sidecar's.
@@ -25,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -40,6 +43,9 @@ use rewrite::AddressMap;
 /// Requests tracked per connection while their responses are outstanding. Requests that get no response
 /// (Produce with acks=0) are dropped from the front as later responses arrive; this bounds the rest.
 const MAX_TRACKED: usize = 4096;
+
+/// Responses larger than this are streamed to the client as they arrive; smaller ones are read whole.
+const STREAM_ABOVE: usize = 64 * 1024;
 
 /// Read buffer per direction and connection.
 const READ_BUFFER: usize = 64 * 1024;
@@ -324,19 +330,31 @@ impl Proxy {
         }
     }
 
-    /// Broker → client: frames relayed as they are, except responses that name brokers or versions.
-    async fn relay_responses(self: Arc<Self>, mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
+    /// Broker → client. Responses that name brokers or versions are read whole and rewritten; all others
+    /// are streamed through as they arrive (no store-and-forward delay on large Fetch responses), with a
+    /// copy kept for the observer when it wants one and its budget allows.
+    async fn relay_responses(self: Arc<Self>, mut from: impl AsyncBufRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
+        let max = self.settings.max_frame_bytes;
         loop {
-            let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 4).await {
-                Ok(f) => f,
-                Err(FrameError::Closed) => return,
-                Err(FrameError::Bad(kind, why)) => {
-                    self.metrics.error(kind, &format!("response: {why}"));
-                    return;
-                }
-            };
+            let mut head = [0u8; 8];
+            if from.read_exact(&mut head[..4]).await.is_err() {
+                return;
+            }
+            let n = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if n < 4 || n as usize > max {
+                let (kind, why) = if n < 4 {
+                    (ProxyErrorKind::MalformedFrame, format!("frame of {n} bytes is too short"))
+                } else {
+                    (ProxyErrorKind::OversizedFrame, format!("frame of {n} bytes exceeds {max}"))
+                };
+                self.metrics.error(kind, &format!("response: {why}"));
+                return;
+            }
+            if from.read_exact(&mut head[4..]).await.is_err() {
+                return;
+            }
             let received = Instant::now();
-            let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
             let request = {
                 let mut q = inflight.lock().expect("inflight lock");
                 // Requests without responses (acks=0) were sent before this one: drop them.
@@ -348,68 +366,125 @@ impl Proxy {
                     None => None,
                 }
             };
-            let (out, observe) = match request {
-                Some(Pending {
-                    key,
-                    version,
-                    sent,
-                    sent_at,
-                    ask,
-                    ..
-                }) => {
-                    let api = api_label(key);
-                    self.metrics
-                        .duration
-                        .with_label_values(&[api])
-                        .observe(received.duration_since(sent).as_secs_f64());
-                    self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(frame.len() as u64);
-                    let out = if rewrite::needs_rewrite(key) {
-                        match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
-                            Ok(body) => rewrite::frame(&body),
-                            Err(e) => {
-                                self.metrics.error(ProxyErrorKind::RewriteFailed, &format!("{api} v{version}: {e}"));
-                                frame.clone()
-                            }
-                        }
-                    } else {
-                        frame.clone()
-                    };
-                    (out, Some((ask, version, sent, sent_at)))
+            let Some(Pending {
+                key,
+                version,
+                sent,
+                sent_at,
+                ask,
+                ..
+            }) = request
+            else {
+                self.metrics.error(
+                    ProxyErrorKind::MalformedFrame,
+                    &format!("response to unknown correlation id {correlation}"),
+                );
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n as usize - 4, None).await.is_err() {
+                    return;
                 }
-                None => {
-                    self.metrics.error(
-                        ProxyErrorKind::MalformedFrame,
-                        &format!("response to unknown correlation id {correlation}"),
-                    );
-                    (frame.clone(), None)
-                }
+                continue;
             };
-            if to.write_all(&out).await.is_err() {
-                return;
+            let api = api_label(key);
+            self.metrics
+                .duration
+                .with_label_values(&[api])
+                .observe(received.duration_since(sent).as_secs_f64());
+            self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(4 + n as u64);
+            if rewrite::needs_rewrite(key) {
+                let mut frame = BytesMut::with_capacity(4 + n as usize);
+                frame.extend_from_slice(&head);
+                if stream(&mut from, &mut tokio::io::sink(), n as usize - 4, Some(&mut frame))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let frame = frame.freeze();
+                let out = match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
+                    Ok(body) => rewrite::frame(&body),
+                    Err(e) => {
+                        self.metrics.error(ProxyErrorKind::RewriteFailed, &format!("{api} v{version}: {e}"));
+                        frame
+                    }
+                };
+                if to.write_all(&out).await.is_err() {
+                    return;
+                }
+                continue;
             }
             // What the response tells (acknowledged offsets, delivered records, commits) is read by the
-            // observer task, after the client has it.
-            if let Some((ask, version, sent, sent_at)) = observe.filter(|(a, ..)| !matches!(a, Ask::None)) {
-                let cost = u32::try_from(frame.len())
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(256)
-                    .min(OBSERVE_BUDGET);
-                match self.observe_budget.clone().try_acquire_many_owned(cost) {
-                    Ok(permit) => {
-                        let _ = self.observations.send(Observation {
-                            frame,
-                            version,
-                            latency: received.duration_since(sent),
-                            sent_at,
-                            ask,
-                            _budget: permit,
-                        });
-                    }
-                    Err(_) => self.metrics.unobserved.inc(),
+            // observer task from a copy, after the client has the response.
+            let permit = if matches!(ask, Ask::None) {
+                None
+            } else {
+                let cost = (n as u32).saturating_add(260).min(OBSERVE_BUDGET);
+                let permit = self.observe_budget.clone().try_acquire_many_owned(cost).ok();
+                if permit.is_none() {
+                    self.metrics.unobserved.inc();
                 }
+                permit
+            };
+            let frame = if n as usize <= STREAM_ABOVE {
+                // Small: read whole, written in one go (one packet), shared with the observer as is.
+                let mut frame = BytesMut::with_capacity(4 + n as usize);
+                frame.extend_from_slice(&head);
+                if stream(&mut from, &mut tokio::io::sink(), n as usize - 4, Some(&mut frame))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let frame = frame.freeze();
+                if to.write_all(&frame).await.is_err() {
+                    return;
+                }
+                permit.is_some().then_some(frame)
+            } else {
+                let mut copy = permit.as_ref().map(|_| {
+                    let mut b = BytesMut::with_capacity(4 + n as usize);
+                    b.extend_from_slice(&head);
+                    b
+                });
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n as usize - 4, copy.as_mut()).await.is_err() {
+                    return;
+                }
+                copy.map(BytesMut::freeze)
+            };
+            if let (Some(frame), Some(permit)) = (frame, permit) {
+                let _ = self.observations.send(Observation {
+                    frame,
+                    version,
+                    latency: received.duration_since(sent),
+                    sent_at,
+                    ask,
+                    _budget: permit,
+                });
             }
         }
     }
+}
+
+/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given.
+async fn stream(
+    from: &mut (impl AsyncBufRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    mut n: usize,
+    mut copy: Option<&mut BytesMut>,
+) -> std::io::Result<()> {
+    while n > 0 {
+        let buf = from.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let k = buf.len().min(n);
+        to.write_all(&buf[..k]).await?;
+        if let Some(c) = copy.as_deref_mut() {
+            c.extend_from_slice(&buf[..k]);
+        }
+        from.consume(k);
+        n -= k;
+    }
+    Ok(())
 }
 
 impl Proxy {
