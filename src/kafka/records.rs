@@ -15,7 +15,7 @@
 use std::io::Read;
 
 use bytes::BytesMut;
-use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+use kafka_protocol::compression::{Compressor, Gzip, Snappy, Zstd};
 use kafka_protocol::records::Compression;
 
 use super::batch::Batch;
@@ -156,9 +156,24 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, RecordError>
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip => with::<Gzip>(data),
         Compression::Snappy => with::<Snappy>(data),
-        Compression::Lz4 => with::<Lz4>(data),
+        Compression::Lz4 => lz4_fast(data),
         Compression::Zstd => with::<Zstd>(data),
     }
+}
+
+/// LZ4 frames at the fast level (the level librdkafka and the Java client use); `kafka-protocol`'s Lz4
+/// compressor uses level 4, which is LZ4-HC and several times slower.
+fn lz4_fast(data: &[u8]) -> Result<Vec<u8>, RecordError> {
+    use std::io::Write;
+    let mut encoder = lz4::EncoderBuilder::new()
+        .level(0)
+        .block_mode(lz4::BlockMode::Independent)
+        .build(Vec::with_capacity(data.len() / 2 + 64))
+        .map_err(|e| RecordError::Compress(e.to_string()))?;
+    encoder.write_all(data).map_err(|e| RecordError::Compress(e.to_string()))?;
+    let (out, result) = encoder.finish();
+    result.map_err(|e| RecordError::Compress(e.to_string()))?;
+    Ok(out)
 }
 
 /// A zigzag varint (Kafka's `varint`/`varlong`) at `*at`, advancing it.
