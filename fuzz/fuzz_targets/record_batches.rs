@@ -37,9 +37,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let records = Bytes::from(records);
     let topic = TopicName(StrBytes::from_static_str("t"));
-    let registry = prometheus::Registry::new();
-    let metrics = ProxyMetrics::new(&registry);
-    let tracer = Tracer::disabled(eventscope::metrics::TraceMetrics::new(&registry));
+    // Built once: registering metrics on every input would dominate the run.
+    static SHARED: std::sync::OnceLock<(ProxyMetrics, Tracer)> = std::sync::OnceLock::new();
+    let (metrics, tracer) = SHARED.get_or_init(|| {
+        let registry = prometheus::Registry::new();
+        (ProxyMetrics::new(&registry), Tracer::disabled(eventscope::metrics::TraceMetrics::new(&registry)))
+    });
 
     let produce = frame(|b| {
         RequestHeader::default()
@@ -57,9 +60,9 @@ fuzz_target!(|data: &[u8]| {
     });
     for mode in [TraceMode::Inject, TraceMode::Observe] {
         let work = observe::TraceWork {
-            tracer: &tracer,
+            tracer,
             mode,
-            metrics: &metrics,
+            metrics,
             decompress_limit: 1 << 20,
             max_batch_bytes: 1 << 20,
         };
