@@ -128,7 +128,10 @@ fn pct(v: &[u64], q: f64) -> f64 {
 
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let n = std::env::var("BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if smoke { 2_000 } else { 200_000 });
+    let n = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 2_000 } else { 200_000 });
     let lat_n = if smoke { 100 } else { 3_000 };
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let direct = mock.bootstrap_servers();
