@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
     static SHARED: std::sync::OnceLock<(ProxyMetrics, Tracer)> = std::sync::OnceLock::new();
     let (metrics, tracer) = SHARED.get_or_init(|| {
         let registry = prometheus::Registry::new();
-        (ProxyMetrics::new(&registry), Tracer::disabled(eventscope::metrics::TraceMetrics::new(&registry)))
+        (
+            ProxyMetrics::new(&registry),
+            Tracer::disabled(eventscope::metrics::TraceMetrics::new(&registry)),
+        )
     });
 
     let produce = frame(|b| {
@@ -83,11 +86,15 @@ fuzz_target!(|data: &[u8]| {
             .unwrap();
     });
     let response = frame(|b| {
-        ResponseHeader::default().encode(b, ApiKey::Fetch.response_header_version(11)).unwrap();
+        ResponseHeader::default()
+            .encode(b, ApiKey::Fetch.response_header_version(11))
+            .unwrap();
         FetchResponse::default()
-            .with_responses(vec![FetchableTopicResponse::default()
-                .with_topic(topic.clone())
-                .with_partitions(vec![PartitionData::default().with_high_watermark(1 << 40).with_records(Some(records.clone()))])])
+            .with_responses(vec![FetchableTopicResponse::default().with_topic(topic.clone()).with_partitions(
+                vec![PartitionData::default()
+                    .with_high_watermark(1 << 40)
+                    .with_records(Some(records.clone()))],
+            )])
             .encode(b, 11)
             .unwrap();
     });
