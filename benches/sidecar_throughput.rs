@@ -126,6 +126,45 @@ fn pct(v: &[u64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
 }
 
+/// One round's broker and sidecars: a fresh mock broker (it slows down as it fills, so rounds must not
+/// share one) and two sidecars in front of it: trace work off, and inject (every record gets a
+/// traceparent) with 10% of the new traces sampled and exported over OTLP/gRPC to `receiver`.
+struct Round {
+    mock: MockCluster<'static, DefaultProducerContext>,
+    off: (Eventscope, u16),
+    inject: (Eventscope, u16),
+}
+
+impl Round {
+    fn start(receiver: &support::otlp::OtlpReceiver) -> Round {
+        let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+        let off = Eventscope::sidecar_env(
+            &mock.bootstrap_servers(),
+            &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__TRACE_MODE", "off")],
+        );
+        let inject = Eventscope::sidecar_env(
+            &mock.bootstrap_servers(),
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ],
+        );
+        Round { mock, off, inject }
+    }
+
+    /// Bootstrap addresses: direct, through the sidecar with tracing off, with injection.
+    fn paths(&self) -> [String; 3] {
+        [
+            self.mock.bootstrap_servers(),
+            format!("127.0.0.1:{}", self.off.1),
+            format!("127.0.0.1:{}", self.inject.1),
+        ]
+    }
+}
+
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let n = std::env::var("BENCH_RECORDS")
@@ -133,27 +172,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 2_000 } else { 200_000 });
     let lat_n = if smoke { 100 } else { 3_000 };
-    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    let direct = mock.bootstrap_servers();
-    // Two sidecars: trace work off, and inject (every record gets a traceparent) with 10% of the new
-    // traces sampled and exported over OTLP/gRPC to a receiver in this process, default queue.
-    let (es_off, port_off) = Eventscope::sidecar_env(
-        &direct,
-        &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__TRACE_MODE", "off")],
-    );
     let receiver = support::otlp::OtlpReceiver::grpc();
-    let (es, port) = Eventscope::sidecar_env(
-        &direct,
-        &[
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
-    );
-    let via_off = format!("127.0.0.1:{port_off}");
-    let via = format!("127.0.0.1:{port}");
     println!(
         "sidecar_throughput: {n} records of 1 KiB per case{}",
         if smoke { " (smoke run under cargo test)" } else { "" }
@@ -161,35 +180,43 @@ fn main() {
     println!();
     println!("| case | direct | sidecar, tracing off | ratio | sidecar, inject + export | ratio |");
     println!("|---|---|---|---|---|---|");
-    let (cpu_before, cpu_off_before) = (es.cpu_seconds(), es_off.cpu_seconds());
-    let wall = Instant::now();
-    // Three rounds per case, the three paths in rotating order; the median of each is reported.
+    // Three rounds, each on a fresh broker and fresh sidecars, the three paths in rotating order; the
+    // median of each case is reported.
     const ROUNDS: usize = 3;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let paths = [("direct", direct.as_str()), ("off", via_off.as_str()), ("inject", via.as_str())];
-    for codec in ["none", "lz4"] {
-        let mut produced = vec![Vec::new(); 3];
-        let mut consumed = vec![Vec::new(); 3];
-        for round in 0..ROUNDS {
-            // The order rotates each round, so no path always runs first (on a fresher mock broker).
-            let order: Vec<usize> = (0..paths.len()).map(|k| (k + round) % paths.len()).collect();
+    const NAMES: [&str; 3] = ["direct", "off", "inject"];
+    // (codec, produce or consume, path) → records/s of each round.
+    let mut results: std::collections::BTreeMap<(usize, usize, usize), Vec<f64>> = Default::default();
+    let (mut cpu_off, mut cpu_inject, mut secs) = (0.0, 0.0, 0.0);
+    let mut last = None;
+    for round in 0..ROUNDS {
+        let r = Round::start(&receiver);
+        let paths = r.paths();
+        let (c_off, c_inject, wall) = (r.off.0.cpu_seconds(), r.inject.0.cpu_seconds(), Instant::now());
+        let order: Vec<usize> = (0..3).map(|k| (k + round) % 3).collect();
+        for (c, codec) in ["none", "lz4"].iter().enumerate() {
             for &i in &order {
-                let (name, addr) = paths[i];
                 // The mock keeps at most 5 MB per partition: 64 partitions hold every record of a case.
-                let topic = format!("bench-{codec}-{name}-{round}");
-                mock.create_topic(&topic, PARTITIONS, 1).unwrap();
-                produced[i].push(produce(addr, &topic, n, codec));
+                let topic = format!("bench-{codec}-{}", NAMES[i]);
+                r.mock.create_topic(&topic, PARTITIONS, 1).unwrap();
+                results.entry((c, 0, i)).or_default().push(produce(&paths[i], &topic, n, codec));
             }
             for &i in &order {
-                let (name, addr) = paths[i];
-                consumed[i].push(consume(addr, &format!("bench-{codec}-{name}-{round}"), n));
+                let rate = consume(&paths[i], &format!("bench-{codec}-{}", NAMES[i]), n);
+                results.entry((c, 1, i)).or_default().push(rate);
             }
         }
-        for (what, v) in [("produce", produced), ("consume", consumed)] {
-            let m: Vec<f64> = v.into_iter().map(median).collect();
+        cpu_off += r.off.0.cpu_seconds() - c_off;
+        cpu_inject += r.inject.0.cpu_seconds() - c_inject;
+        secs += wall.elapsed().as_secs_f64();
+        last = Some(r);
+    }
+    for (c, codec) in ["none", "lz4"].iter().enumerate() {
+        for (w, what) in ["produce", "consume"].iter().enumerate() {
+            let m: Vec<f64> = (0..3).map(|i| median(results[&(c, w, i)].clone())).collect();
             println!(
                 "| {what}, {codec} (records/s, median of {ROUNDS}) | {:.0} | {:.0} | **{:.3}** | {:.0} | **{:.3}** |",
                 m[0],
@@ -200,10 +227,14 @@ fn main() {
             );
         }
     }
-    mock.create_topic("latency", 1, 1).unwrap();
-    let ld = latencies(&direct, "latency", lat_n);
-    let lo = latencies(&via_off, "latency", lat_n);
-    let lv = latencies(&via, "latency", lat_n);
+    // Latency on the last round's broker and sidecars, once the span queue has drained.
+    let r = last.unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let paths = r.paths();
+    r.mock.create_topic("latency", 1, 1).unwrap();
+    let ld = latencies(&paths[0], "latency", lat_n);
+    let lo = latencies(&paths[1], "latency", lat_n);
+    let lv = latencies(&paths[2], "latency", lat_n);
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
         println!(
             "| acked produce {name} (ms) | {:.3} | {:.3} | **+{:.3} ms** | {:.3} | **+{:.3} ms** |",
@@ -214,8 +245,8 @@ fn main() {
             pct(&lv, q) - pct(&ld, q)
         );
     }
-    let m = es.scrape();
-    let m_off = es_off.scrape();
+    let m = r.inject.0.scrape();
+    let m_off = r.off.0.scrape();
     // The traffic of the sidecar cases really went through the proxies, and spans were exported.
     for m in [&m, &m_off] {
         let produced = m
@@ -225,28 +256,33 @@ fn main() {
             .get("eventscope_kafka_bytes_total", &[("api", "Fetch"), ("direction", "response")])
             .unwrap();
         assert!(
-            produced > n as f64 * 1024.0 * 2.0 && fetched > n as f64 * 1024.0 * 2.0,
+            produced > n as f64 * 1024.0 && fetched > n as f64 * 1024.0,
             "proxy relayed {produced} / {fetched} bytes"
         );
     }
     let spans = |o: &str| m.get("eventscope_trace_spans_total", &[("outcome", o)]).unwrap_or(0.0);
     assert!(spans("exported") > 0.0, "spans exported");
-    let secs = wall.elapsed().as_secs_f64();
-    let (cpu, cpu_off) = (es.cpu_seconds() - cpu_before, es_off.cpu_seconds() - cpu_off_before);
     println!(
-        "| sidecar CPU over the run ({secs:.0} s) | | {cpu_off:.2} s ({:.1}% of a core) | | {cpu:.2} s ({:.1}% of a core) | |",
+        "| sidecar CPU over the throughput runs ({secs:.0} s) | | {cpu_off:.2} s ({:.1}% of a core) | | {cpu_inject:.2} s ({:.1}% of a core) | |",
         100.0 * cpu_off / secs,
-        100.0 * cpu / secs
+        100.0 * cpu_inject / secs
     );
     println!(
-        "| sidecar RSS at the end | | {:.1} MB | | {:.1} MB | |",
+        "| sidecar RSS at the end (last round) | | {:.1} MB | | {:.1} MB | |",
         m_off.get("process_resident_memory_bytes", &[]).unwrap() / 1e6,
         m.get("process_resident_memory_bytes", &[]).unwrap() / 1e6
     );
     println!(
-        "| spans exported / dropped / failed | | | | {:.0} / {:.0} / {:.0} | |",
+        "| spans exported / dropped / failed (last round) | | | | {:.0} / {:.0} / {:.0} | |",
         spans("exported"),
         spans("dropped"),
         spans("failed")
+    );
+    println!(
+        "| untracked records / unobserved responses (last round, off / inject) | | {:.0} / {:.0} | | {:.0} / {:.0} | |",
+        m_off.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0),
+        m_off.get("eventscope_kafka_unobserved_responses_total", &[]).unwrap_or(0.0),
+        m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0),
+        m.get("eventscope_kafka_unobserved_responses_total", &[]).unwrap_or(0.0)
     );
 }
