@@ -248,7 +248,10 @@ impl Consumption {
                             self.m().untracked.inc();
                             continue;
                         }
-                        let trace = parent.map(|p| Box::new(self.tracer.start_span(Some(p), "process", SpanKind::Consumer)));
+                        let trace = parent
+                            .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
+                            .filter(|s| s.context.is_sampled())
+                            .map(Box::new);
                         part.records.push_back(Delivered {
                             offset,
                             appended_ms,

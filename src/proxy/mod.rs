@@ -522,7 +522,8 @@ impl Proxy {
         for (topic, partition, error, base_offset) in &outcomes {
             let mine;
             (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
-            for s in mine {
+            // Unsampled spans are never exported: skip building them.
+            for s in mine.into_iter().filter(|s| s.start.context.is_sampled()) {
                 let mut attributes = vec![
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.operation.name", "send"),

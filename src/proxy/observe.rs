@@ -160,12 +160,15 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             if work.mode == TraceMode::Inject {
                 records::put_with_traceparent(&mut section_out, r, crate::traces::traceparent(&start.context).as_bytes());
             }
-            spans.push(SendSpan {
-                start,
-                topic: shared_topic.clone(),
-                partition,
-                index: before + r.offset_delta as i64,
-            });
+            // Only sampled spans are exported; the others exist only in the header.
+            if start.context.is_sampled() {
+                spans.push(SendSpan {
+                    start,
+                    topic: shared_topic.clone(),
+                    partition,
+                    index: before + r.offset_delta as i64,
+                });
+            }
         }
         if work.mode != TraceMode::Inject {
             continue;
