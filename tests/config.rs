@@ -116,3 +116,29 @@ fn json_logs() {
         "the unreachable cluster is logged with its cluster and kind: {stderr}"
     );
 }
+
+/// The sidecar's keys and the standard OTEL_* export variables are checked together: every problem at
+/// once, exit 64.
+#[test]
+fn sidecar_and_otel_problems_are_reported_together() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(b"[sidecar]\nkafka_bootstrap = \"kafka:9092\"\ntrace_mode = \"sometimes\"\nmax_batch_bytes = 10\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+        .args(["sidecar", "--config"])
+        .arg(f.path())
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "0")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for key in [
+        "sidecar.trace_mode",
+        "sidecar.max_batch_bytes",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
