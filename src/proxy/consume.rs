@@ -89,9 +89,7 @@ fn client_id(header: &RequestHeader) -> String {
 
 /// Reads a Fetch request frame (length prefix included).
 pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
-    let mut buf = frame.slice(4..);
-    let header = RequestHeader::decode(&mut buf, ApiKey::Fetch.request_header_version(version)).ok()?;
-    let request = FetchRequest::decode(&mut buf, version).ok()?;
+    let (header, request) = super::decode_request::<FetchRequest>(frame, ApiKey::Fetch, version)?;
     let offsets = request
         .topics
         .iter()
@@ -109,9 +107,7 @@ pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
 
 /// Reads an OffsetCommit request frame (length prefix included).
 pub fn commit_request(frame: &Bytes, version: i16) -> Option<CommitAsk> {
-    let mut buf = frame.slice(4..);
-    let header = RequestHeader::decode(&mut buf, ApiKey::OffsetCommit.request_header_version(version)).ok()?;
-    let request = OffsetCommitRequest::decode(&mut buf, version).ok()?;
+    let (header, request) = super::decode_request::<OffsetCommitRequest>(frame, ApiKey::OffsetCommit, version)?;
     let offsets = request
         .topics
         .iter()

@@ -391,15 +391,9 @@ impl Proxy {
                 .observe(received.duration_since(sent).as_secs_f64());
             self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(4 + n as u64);
             if rewrite::needs_rewrite(key) {
-                let mut frame = BytesMut::with_capacity(4 + n as usize);
-                frame.extend_from_slice(&head);
-                if stream(&mut from, &mut tokio::io::sink(), n as usize - 4, Some(&mut frame))
-                    .await
-                    .is_err()
-                {
+                let Ok(frame) = read_rest(&mut from, &head, n as usize).await else {
                     return;
-                }
-                let frame = frame.freeze();
+                };
                 let out = match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
                     Ok(body) => rewrite::frame(&body),
                     Err(e) => {
@@ -426,15 +420,9 @@ impl Proxy {
             };
             let frame = if n as usize <= STREAM_ABOVE {
                 // Small: read whole, written in one go (one packet), shared with the observer as is.
-                let mut frame = BytesMut::with_capacity(4 + n as usize);
-                frame.extend_from_slice(&head);
-                if stream(&mut from, &mut tokio::io::sink(), n as usize - 4, Some(&mut frame))
-                    .await
-                    .is_err()
-                {
+                let Ok(frame) = read_rest(&mut from, &head, n as usize).await else {
                     return;
-                }
-                let frame = frame.freeze();
+                };
                 if to.write_all(&frame).await.is_err() {
                     return;
                 }
@@ -462,6 +450,28 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The whole frame whose length prefix and correlation id are `head` and whose length is `n`.
+async fn read_rest(from: &mut (impl AsyncBufRead + Unpin), head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
+    let mut frame = BytesMut::with_capacity(4 + n);
+    frame.extend_from_slice(head);
+    stream(from, &mut tokio::io::sink(), n - 4, Some(&mut frame)).await?;
+    Ok(frame.freeze())
+}
+
+/// Decodes a request frame (length prefix included) as API `key`: its header and body, `None` if either
+/// does not decode.
+pub(crate) fn decode_request<R: kafka_protocol::protocol::Decodable>(
+    frame: &Bytes,
+    key: ApiKey,
+    version: i16,
+) -> Option<(kafka_protocol::messages::RequestHeader, R)> {
+    use kafka_protocol::protocol::Decodable;
+    let mut buf = frame.slice(4..);
+    let header = kafka_protocol::messages::RequestHeader::decode(&mut buf, key.request_header_version(version)).ok()?;
+    let request = R::decode(&mut buf, version).ok()?;
+    Some((header, request))
 }
 
 /// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given.

@@ -8,7 +8,7 @@
 //! its response says which partitions were written and at which offsets, so retried batches count once.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use opentelemetry::trace::SpanKind;
 
@@ -60,10 +60,8 @@ fn record_count(records: &[u8]) -> u64 {
 /// Reads a Produce request frame (length prefix included): its partitions, and with `trace` the spans of
 /// its records and, in inject mode, the frame with their `traceparent` set. `None` if it does not decode.
 pub fn produce_request(frame: &Bytes, version: i16, trace: Option<TraceWork<'_>>) -> Option<(ProduceAsk, Option<Bytes>)> {
-    let mut buf = frame.slice(4..);
     let header_version = ApiKey::Produce.request_header_version(version);
-    let header = RequestHeader::decode(&mut buf, header_version).ok()?;
-    let mut request = ProduceRequest::decode(&mut buf, version).ok()?;
+    let (header, mut request) = super::decode_request::<ProduceRequest>(frame, ApiKey::Produce, version)?;
     let mut ask = ProduceAsk {
         client: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
         batches: Vec::new(),
@@ -237,6 +235,7 @@ mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::RequestHeader;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::{Encodable, StrBytes};
     use kafka_protocol::records::Compression;
