@@ -39,10 +39,12 @@ const FETCH_BATCH: usize = 100;
 const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    unix_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// One partition of a group in a snapshot.

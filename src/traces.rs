@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry::trace::{SamplingDecision, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks};
@@ -341,11 +341,6 @@ async fn export_loop(
     }
 }
 
-/// The record's trace id as 32 hex digits (for tests and logs).
-pub fn trace_id_hex(id: TraceId) -> String {
-    format!("{id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,7 +359,7 @@ mod tests {
     fn extract_is_lenient_and_inject_round_trips() {
         let tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let sc = extract(tp, Some(b"congo=t61rcWkgMzE")).unwrap();
-        assert_eq!(trace_id_hex(sc.trace_id()), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(sc.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_state().header(), "congo=t61rcWkgMzE");
         assert_eq!(traceparent(&sc).as_bytes(), tp);

@@ -83,6 +83,15 @@ pub fn records_section<'a>(batch: &Batch<'a>, limit: usize) -> Result<std::borro
     decompress(codec(batch)?, data, limit)
 }
 
+/// The records section of a complete batch whose CRC matches (else [`RecordError::Crc`]): what the
+/// sidecar may rewrite.
+pub fn checked_section<'a>(batch: &Batch<'a>, limit: usize) -> Result<std::borrow::Cow<'a, [u8]>, RecordError> {
+    if !crc_ok(batch) {
+        return Err(RecordError::Crc);
+    }
+    records_section(batch, limit)
+}
+
 /// Decompresses a records section, refusing to produce more than `limit` bytes.
 pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, RecordError> {
     fn read_limited(r: impl Read, limit: usize) -> Result<Vec<u8>, RecordError> {
@@ -378,8 +387,7 @@ mod tests {
 
     fn inject_all(bytes: &[u8], value: &str) -> Vec<u8> {
         let batch = batches(bytes).next().unwrap();
-        assert!(crc_ok(&batch));
-        let section = records_section(&batch, 1 << 20).unwrap();
+        let section = checked_section(&batch, 1 << 20).unwrap();
         let mut out = Vec::new();
         for r in records(&section, batch.record_count).unwrap() {
             put_with_traceparent(&mut out, &r, value.as_bytes());
@@ -450,6 +458,13 @@ mod tests {
             assert_eq!(decompress(codec, &bomb, 8 << 20).unwrap().len(), big.len());
             assert!(decompress(codec, &[0xff; 64], 1 << 20).is_err(), "{codec:?}");
         }
+        let mut corrupt = batch_with_headers(Compression::None, &[&[("a", "1")]]);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert_eq!(
+            checked_section(&batches(&corrupt).next().unwrap(), 1 << 20).unwrap_err(),
+            RecordError::Crc
+        );
         assert!(records(&[0xff; 32], 1).is_err());
         assert!(records(&[0x02, 0x00], 1).is_err());
     }

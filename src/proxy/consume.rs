@@ -16,12 +16,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::collector::unix_ms;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse, RequestHeader, ResponseHeader,
-};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -83,10 +83,6 @@ pub struct CommitAsk {
     offsets: HashMap<(String, i32), i64>,
 }
 
-fn client_id(header: &RequestHeader) -> String {
-    header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
-}
-
 /// Reads a Fetch request frame (length prefix included).
 pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
     let (header, request) = super::decode_request::<FetchRequest>(frame, ApiKey::Fetch, version)?;
@@ -100,7 +96,7 @@ pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
         })
         .collect();
     Some(FetchAsk {
-        client: client_id(&header),
+        client: super::client_id(&header),
         offsets,
     })
 }
@@ -118,7 +114,7 @@ pub fn commit_request(frame: &Bytes, version: i16) -> Option<CommitAsk> {
         })
         .collect();
     Some(CommitAsk {
-        client: client_id(&header),
+        client: super::client_id(&header),
         group: request.group_id.0.to_string(),
         offsets,
     })
@@ -131,10 +127,6 @@ pub struct Consumption {
     tracer: Tracer,
     cluster: String,
     decompress_limit: usize,
-}
-
-fn now_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Consumption {
@@ -163,7 +155,7 @@ impl Consumption {
         };
         let delivered_at = SystemTime::now();
         let now = Instant::now();
-        let now_ms = now_ms(delivered_at);
+        let now_ms = unix_ms(delivered_at);
         let mut state = self.state.lock().expect("consumption lock");
         for t in &response.responses {
             let topic = t.topic.0.to_string();
@@ -288,7 +280,7 @@ impl Consumption {
             return;
         };
         let committed_at = SystemTime::now();
-        let commit_ms = now_ms(committed_at);
+        let commit_ms = unix_ms(committed_at);
         let now = Instant::now();
         let mut state = self.state.lock().expect("consumption lock");
         for t in &response.topics {
@@ -353,7 +345,7 @@ impl Consumption {
     /// Recomputes lag gauges, forgets idle partitions. Called after commits and once a second.
     pub fn refresh(&self) {
         let now = Instant::now();
-        let now_ms = now_ms(SystemTime::now());
+        let now_ms = crate::collector::now_ms();
         let mut state = self.state.lock().expect("consumption lock");
         let State {
             delivered,

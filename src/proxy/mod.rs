@@ -460,6 +460,11 @@ async fn read_rest(from: &mut (impl AsyncBufRead + Unpin), head: &[u8; 8], n: us
     Ok(frame.freeze())
 }
 
+/// The `client.id` of a request header ("" when null).
+pub(crate) fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
+    header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
+}
+
 /// Decodes a request frame (length prefix included) as API `key`: its header and body, `None` if either
 /// does not decode.
 pub(crate) fn decode_request<R: kafka_protocol::protocol::Decodable>(

@@ -63,7 +63,7 @@ pub fn produce_request(frame: &Bytes, version: i16, trace: Option<TraceWork<'_>>
     let header_version = ApiKey::Produce.request_header_version(version);
     let (header, mut request) = super::decode_request::<ProduceRequest>(frame, ApiKey::Produce, version)?;
     let mut ask = ProduceAsk {
-        client: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        client: super::client_id(&header),
         batches: Vec::new(),
         spans: Vec::new(),
     };
@@ -119,12 +119,7 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             out.extend_from_slice(b.bytes);
             continue;
         }
-        if !records::crc_ok(&b) {
-            unreadable("batch CRC does not match".into());
-            out.extend_from_slice(b.bytes);
-            continue;
-        }
-        let section = match records::records_section(&b, work.decompress_limit) {
+        let section = match records::checked_section(&b, work.decompress_limit) {
             Ok(s) => s,
             Err(e) => {
                 unreadable(e.to_string());
