@@ -100,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
     });
     let consumption = consume::Consumption::new(metrics.clone(), tracer.clone(), "c".into(), 1 << 20);
     if let Some(ask) = consume::fetch_request(&fetch, 11) {
-        consumption.fetch_response(&response, 11, ask);
+        consumption.fetch_response(&response, 11, ask, std::time::SystemTime::now());
     }
     consumption.refresh();
 });

@@ -144,8 +144,9 @@ impl Consumption {
         &self.metrics.consume
     }
 
-    /// A Fetch response (length prefix included) for `ask`: high watermarks and the records delivered.
-    pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: FetchAsk) {
+    /// A Fetch response (length prefix included) for `ask`, relayed at `delivered_at`: high watermarks and
+    /// the records delivered.
+    pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: FetchAsk, delivered_at: SystemTime) {
         let mut buf = frame.slice(4..);
         let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version)) else {
             return;
@@ -153,7 +154,6 @@ impl Consumption {
         let Ok(response) = FetchResponse::decode(&mut buf, version) else {
             return;
         };
-        let delivered_at = SystemTime::now();
         let now = Instant::now();
         let now_ms = unix_ms(delivered_at);
         let mut state = self.state.lock().expect("consumption lock");
@@ -270,8 +270,9 @@ impl Consumption {
         }
     }
 
-    /// An OffsetCommit response for `ask`: every committed partition's records are done.
-    pub fn commit_response(&self, frame: &Bytes, version: i16, ask: CommitAsk) {
+    /// An OffsetCommit response for `ask`, received at `committed_at`: every committed partition's records
+    /// are done.
+    pub fn commit_response(&self, frame: &Bytes, version: i16, ask: CommitAsk, committed_at: SystemTime) {
         let mut buf = frame.slice(4..);
         let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::OffsetCommit.response_header_version(version)) else {
             return;
@@ -279,7 +280,6 @@ impl Consumption {
         let Ok(response) = OffsetCommitResponse::decode(&mut buf, version) else {
             return;
         };
-        let committed_at = SystemTime::now();
         let commit_ms = unix_ms(committed_at);
         let now = Instant::now();
         let mut state = self.state.lock().expect("consumption lock");

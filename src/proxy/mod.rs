@@ -187,8 +187,9 @@ impl Proxy {
             match o.ask {
                 Ask::None => {}
                 Ask::Produce(ask) => self.observe_produce(&o.frame, o.version, o.latency, o.sent_at, ask),
-                Ask::Fetch(ask) => self.consumption.fetch_response(&o.frame, o.version, ask),
-                Ask::Commit(ask) => self.consumption.commit_response(&o.frame, o.version, ask),
+                // Times are when the response arrived, not when the observer got to it.
+                Ask::Fetch(ask) => self.consumption.fetch_response(&o.frame, o.version, ask, o.sent_at + o.latency),
+                Ask::Commit(ask) => self.consumption.commit_response(&o.frame, o.version, ask, o.sent_at + o.latency),
             }
         }
     }
