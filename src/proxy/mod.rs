@@ -122,7 +122,7 @@ pub struct Proxy {
     metrics: ProxyMetrics,
     tracer: Tracer,
     consumption: consume::Consumption,
-    observations: tokio::sync::mpsc::UnboundedSender<Observation>,
+    observations: std::sync::mpsc::Sender<Observation>,
     observe_budget: Arc<Semaphore>,
     routes: Mutex<HashMap<i32, BrokerRoute>>,
     permits: Arc<Semaphore>,
@@ -139,7 +139,7 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<Proxy>> {
         let listener = TcpListener::bind(settings.listen).await?;
-        let (observations, observe_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (observations, observe_rx) = std::sync::mpsc::channel();
         let proxy = Arc::new(Proxy {
             observations,
             observe_budget: Arc::new(Semaphore::new(OBSERVE_BUDGET as usize)),
@@ -154,7 +154,10 @@ impl Proxy {
         });
         tokio::spawn(proxy.clone().accept_loop(listener, Target::Bootstrap));
         tokio::spawn(proxy.clone().refresh_loop());
-        tokio::spawn(proxy.clone().observe_loop(observe_rx));
+        let observer = proxy.clone();
+        std::thread::Builder::new()
+            .name("eventscope-observer".into())
+            .spawn(move || observer.observe_loop(observe_rx))?;
         Ok(proxy)
     }
 
@@ -175,14 +178,16 @@ impl Proxy {
         }
     }
 
-    /// Reads relayed responses off the data path: measuring never delays the application, and a
-    /// backlog beyond [`OBSERVE_BUDGET`] is skipped and counted rather than held.
-    async fn observe_loop(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Observation>) {
-        let mut shutdown = self.shutdown.clone();
+    /// Reads relayed responses off the data path, on a thread of its own: measuring (decoding Fetch
+    /// responses, decompressing batches for their trace headers, building spans) never holds a runtime
+    /// worker that relays the application's traffic, and a backlog beyond [`OBSERVE_BUDGET`] is skipped
+    /// and counted rather than held.
+    fn observe_loop(self: Arc<Self>, rx: std::sync::mpsc::Receiver<Observation>) {
         loop {
-            let o = tokio::select! {
-                o = rx.recv() => match o { Some(o) => o, None => return },
-                _ = shutdown.changed() => return,
+            let o = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(o) => o,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !*self.shutdown.borrow() => continue,
+                Err(_) => return,
             };
             match o.ask {
                 Ask::None => {}
