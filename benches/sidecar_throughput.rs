@@ -189,7 +189,9 @@ fn main() {
     println!(
         "sidecar_throughput: {n} records of 1 KiB per case{}{}",
         if smoke { " (smoke run under cargo test)" } else { "" },
-        std::env::var("BENCH_SIDECAR_NICE").map(|n| format!(", sidecars at nice {n}")).unwrap_or_default()
+        std::env::var("BENCH_SIDECAR_NICE")
+            .map(|n| format!(", sidecars at nice {n}"))
+            .unwrap_or_default()
     );
     println!();
     println!("| case | direct | sidecar, tracing off | ratio | sidecar, inject + export | ratio |");

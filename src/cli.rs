@@ -38,6 +38,15 @@ pub enum Command {
         /// Address of /metrics, /healthz, /readyz (admin.listen, default 0.0.0.0:9464).
         #[arg(long, env = "EVENTSCOPE_ADMIN_LISTEN")]
         admin_listen: Option<String>,
+        /// The HTTP proxy's port, in front of the application (sidecar.http.listen, default 0.0.0.0:15001).
+        #[arg(long, env = "EVENTSCOPE_HTTP_LISTEN")]
+        http_listen: Option<String>,
+        /// The application's HTTP address; turns the HTTP proxy on (sidecar.http.upstream, e.g. 127.0.0.1:8080).
+        #[arg(long, env = "EVENTSCOPE_HTTP_UPSTREAM")]
+        http_upstream: Option<String>,
+        /// The `service` label of the HTTP SLIs (sidecar.http.service; default OTEL_SERVICE_NAME).
+        #[arg(long, env = "EVENTSCOPE_SERVICE")]
+        service: Option<String>,
     },
     /// Validates a configuration file, reports every problem, exits 64 if there is one.
     CheckConfig {

@@ -87,6 +87,99 @@ pub struct SidecarConfig {
     /// the brokers' `message.max.bytes` (default 1048588) would refuse it.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
+    /// The HTTP reverse proxy in front of the application (on when `http.upstream` is set).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The sidecar's HTTP side: a reverse proxy from the pod's port to the application, measuring the seed's
+/// SLIs and carrying W3C trace context.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where clients connect (the pod's port): HTTP/1.1 and HTTP/2 (h2c) on the same port.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// The application, `host:port` (usually `127.0.0.1:8080`). Empty: no HTTP proxy.
+    #[serde(default)]
+    pub upstream: String,
+    /// The `service` label of the SLI series (default: `OTEL_SERVICE_NAME`, else `unknown_service`).
+    #[serde(default)]
+    pub service: String,
+    /// Route templates for the `route` label, e.g. `/orders/{id}`; other paths get a bounded fallback.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Distinct fallback routes before the rest share `route="_other"`.
+    #[serde(default = "default_max_routes")]
+    pub max_routes: usize,
+    /// Deadline for connecting to the application (then 502).
+    #[serde(default = "default_http_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Deadline for the application's response headers (then 504).
+    #[serde(default = "default_http_response_timeout", with = "duration")]
+    pub response_timeout: Duration,
+    /// A client must send its request headers within this time (slow clients are closed).
+    #[serde(default = "default_http_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Idle pooled connections to the application are closed after this long.
+    #[serde(default = "default_http_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2) accepted; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Client connections at once.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+            upstream: String::new(),
+            service: String::new(),
+            routes: Vec::new(),
+            max_routes: default_max_routes(),
+            connect_timeout: default_http_connect_timeout(),
+            response_timeout: default_http_response_timeout(),
+            header_read_timeout: default_http_header_read_timeout(),
+            idle_timeout: default_http_idle_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_http_max_connections(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Whether the HTTP proxy runs.
+    pub fn enabled(&self) -> bool {
+        !self.upstream.is_empty()
+    }
+}
+
+fn default_http_listen() -> String {
+    "0.0.0.0:15001".to_string()
+}
+fn default_max_routes() -> usize {
+    200
+}
+fn default_http_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_http_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_http_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_http_max_connections() -> usize {
+    10_000
 }
 
 fn default_max_batch_bytes() -> usize {
@@ -419,6 +512,43 @@ impl Config {
             if sc.max_connections == 0 {
                 push("sidecar.max_connections".into(), "must be at least 1".into());
             }
+            let h = &sc.http;
+            if h.listen.parse::<SocketAddr>().is_err() {
+                push(
+                    "sidecar.http.listen".into(),
+                    format!("{:?} is not an address like 0.0.0.0:15001", h.listen),
+                );
+            }
+            if h.enabled() && crate::kafka::split_host_port(&h.upstream).is_none() {
+                push(
+                    "sidecar.http.upstream".into(),
+                    format!("{:?} is not host:port like 127.0.0.1:8080", h.upstream),
+                );
+            }
+            for (i, r) in h.routes.iter().enumerate() {
+                if let Err(why) = crate::http::route::Template::parse(r) {
+                    push(format!("sidecar.http.routes[{i}]"), format!("{r:?}: {why}"));
+                }
+            }
+            if h.max_routes == 0 || h.max_routes > 10_000 {
+                push("sidecar.http.max_routes".into(), "must be between 1 and 10000".into());
+            }
+            for (key, d) in [
+                ("connect_timeout", h.connect_timeout),
+                ("response_timeout", h.response_timeout),
+                ("header_read_timeout", h.header_read_timeout),
+                ("idle_timeout", h.idle_timeout),
+            ] {
+                if d.is_zero() {
+                    push(format!("sidecar.http.{key}"), "must be more than 0".into());
+                }
+            }
+            if h.max_header_bytes < 8192 || h.max_header_bytes > 1024 * 1024 {
+                push("sidecar.http.max_header_bytes".into(), "must be between 8192 and 1 MiB".into());
+            }
+            if h.max_connections == 0 {
+                push("sidecar.http.max_connections".into(), "must be at least 1".into());
+            }
             for key in sc.kafka.keys() {
                 if key.starts_with("sasl.") {
                     push(
@@ -531,10 +661,19 @@ impl Config {
                 key: "clusters".into(),
                 reason: "at least one [[clusters]] entry is required".into(),
             }),
-            Role::Sidecar if self.sidecar.as_ref().is_none_or(|s| s.kafka_bootstrap.is_empty()) => out.push(ConfigIssue {
-                key: "sidecar.kafka_bootstrap".into(),
-                reason: "required: the cluster's bootstrap servers (--kafka-bootstrap, EVENTSCOPE_KAFKA_BOOTSTRAP)".into(),
-            }),
+            Role::Sidecar
+                if self
+                    .sidecar
+                    .as_ref()
+                    .is_none_or(|s| s.kafka_bootstrap.is_empty() && !s.http.enabled()) =>
+            {
+                out.push(ConfigIssue {
+                    key: "sidecar.kafka_bootstrap".into(),
+                    reason: "required: the cluster's bootstrap servers (--kafka-bootstrap, EVENTSCOPE_KAFKA_BOOTSTRAP), \
+                             unless the sidecar only proxies HTTP (--http-upstream)"
+                        .into(),
+                })
+            }
             _ => {}
         }
         out

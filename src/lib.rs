@@ -12,6 +12,7 @@ pub mod consistency;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod exposition;
+pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod logging;

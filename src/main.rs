@@ -16,7 +16,21 @@ fn main() -> ExitCode {
             kafka_bootstrap,
             kafka_listen,
             admin_listen,
-        } => sidecar_config(config.as_deref(), kafka_bootstrap, kafka_listen, admin_listen).map(Some),
+            http_listen,
+            http_upstream,
+            service,
+        } => sidecar_config(
+            config.as_deref(),
+            &[
+                ("EVENTSCOPE_SIDECAR__KAFKA_BOOTSTRAP", kafka_bootstrap),
+                ("EVENTSCOPE_SIDECAR__KAFKA_LISTEN", kafka_listen),
+                ("EVENTSCOPE_ADMIN__LISTEN", admin_listen),
+                ("EVENTSCOPE_SIDECAR__HTTP__LISTEN", http_listen),
+                ("EVENTSCOPE_SIDECAR__HTTP__UPSTREAM", http_upstream),
+                ("EVENTSCOPE_SIDECAR__HTTP__SERVICE", service),
+            ],
+        )
+        .map(Some),
         Command::Demo { .. } => Ok(None),
     };
     let config = match config {
@@ -71,19 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The sidecar's configuration: an optional file, then EVENTSCOPE_... variables, then the flags.
-fn sidecar_config(
-    file: Option<&std::path::Path>,
-    kafka_bootstrap: &Option<String>,
-    kafka_listen: &Option<String>,
-    admin_listen: &Option<String>,
-) -> Result<Config, ConfigErrors> {
+/// The sidecar's configuration: an optional file, then EVENTSCOPE_... variables, then the flags (each
+/// given as the configuration variable it sets).
+fn sidecar_config(file: Option<&std::path::Path>, flags: &[(&str, &Option<String>)]) -> Result<Config, ConfigErrors> {
     let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    for (key, flag) in [
-        ("EVENTSCOPE_SIDECAR__KAFKA_BOOTSTRAP", kafka_bootstrap),
-        ("EVENTSCOPE_SIDECAR__KAFKA_LISTEN", kafka_listen),
-        ("EVENTSCOPE_ADMIN__LISTEN", admin_listen),
-    ] {
+    for (key, flag) in flags {
         if let Some(v) = flag {
             env.insert(key.to_string(), v.clone());
         }

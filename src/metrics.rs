@@ -157,8 +157,26 @@ pub const OTHER_TOPICS: &str = "_other";
 pub const L_API: &str = "api";
 pub const L_DIRECTION: &str = "direction";
 
+// The sidecar's HTTP reverse proxy: the seed's SLI names, exactly as its queries use them.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_TRACE_CONTEXT: &str = "eventscope_http_trace_context_requests_total";
+pub const HTTP_PROXY_ERRORS: &str = "eventscope_http_proxy_errors_total";
+pub const HTTP_CONNECTIONS: &str = "eventscope_http_connections";
+pub const L_SERVICE: &str = "service";
+pub const L_METHOD: &str = "method";
+pub const L_ROUTE: &str = "route";
+
+/// Buckets of `http_request_duration_seconds`: dense around the seed's 500 ms p99 target (0.4 to 0.6 s in
+/// 50 ms steps), so that `histogram_quantile(0.99, ...)` near the target and the "slower than 0.5 s"
+/// ratio of the latency SLO are exact at the boundary rather than interpolated across a wide bucket.
+pub const HTTP_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
 pub const HISTOGRAMS: &[&str] = &[
+    HTTP_REQUEST_DURATION,
     CONSISTENCY_WINDOW.name,
     POLL_DURATION,
     RENDER_DURATION,
@@ -548,10 +566,23 @@ const PROCESS_NAMES: [&str; 4] = [
     "process_open_fds",
 ];
 
+/// Every metric name the sidecar's HTTP proxy adds (when `sidecar.http.upstream` is set).
+pub fn http_names() -> Vec<&'static str> {
+    vec![
+        HTTP_REQUESTS,
+        HTTP_REQUEST_DURATION,
+        HTTP_TRACE_CONTEXT,
+        HTTP_PROXY_ERRORS,
+        HTTP_CONNECTIONS,
+        TRACE_SPANS,
+    ]
+}
+
 /// Every metric name the program can export, in any role (for the artifact tests).
 pub fn exported_names() -> Vec<&'static str> {
     let mut v = collector_names();
     v.extend(sidecar_names());
+    v.extend(http_names());
     v.sort_unstable();
     v.dedup();
     v
@@ -785,5 +816,138 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("eventscope_build_info"));
+    }
+}
+
+/// Why the HTTP proxy answered with an error of its own or lost a request: a closed set, the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpErrorKind {
+    /// The application could not be connected to: answered 502.
+    UpstreamUnavailable,
+    /// The application sent no response headers within `response_timeout`: answered 504.
+    UpstreamTimeout,
+    /// The application's connection failed before its response headers: answered 502.
+    UpstreamFailed,
+    /// The application's response body broke off after its headers were relayed.
+    ResponseAborted,
+    /// A request the server could not parse, or whose head was over `max_header_bytes` (400/431).
+    MalformedRequest,
+    /// A client that did not send its request head within `header_read_timeout`.
+    ClientTimeout,
+    /// More client connections than `max_connections`.
+    ConnectionLimit,
+}
+
+impl HttpErrorKind {
+    pub const ALL: [HttpErrorKind; 7] = [
+        HttpErrorKind::UpstreamUnavailable,
+        HttpErrorKind::UpstreamTimeout,
+        HttpErrorKind::UpstreamFailed,
+        HttpErrorKind::ResponseAborted,
+        HttpErrorKind::MalformedRequest,
+        HttpErrorKind::ClientTimeout,
+        HttpErrorKind::ConnectionLimit,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            HttpErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            HttpErrorKind::UpstreamTimeout => "upstream_timeout",
+            HttpErrorKind::UpstreamFailed => "upstream_failed",
+            HttpErrorKind::ResponseAborted => "response_aborted",
+            HttpErrorKind::MalformedRequest => "malformed_request",
+            HttpErrorKind::ClientTimeout => "client_timeout",
+            HttpErrorKind::ConnectionLimit => "connection_limit",
+        }
+    }
+}
+
+/// The `method` label: the standard methods, every other one `_OTHER` (as OpenTelemetry's
+/// `http.request.method` does), so a client cannot grow the series with made-up methods.
+pub fn method_label(method: &hyper::Method) -> &'static str {
+    use hyper::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// The HTTP proxy's metrics: the seed's SLI series plus the proxy's own.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub trace_context: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub connections: prometheus::IntGauge,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> HttpMetrics {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                HTTP_REQUESTS,
+                "HTTP requests served through the sidecar, by service, method, route template and status code.",
+            ),
+            &[L_SERVICE, L_METHOD, L_ROUTE, L_STATUS],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                HTTP_REQUEST_DURATION,
+                "Time from a request's arrival until its response was sent in full, by service, method and route.",
+            )
+            .buckets(HTTP_LATENCY_BUCKETS.to_vec()),
+            &[L_SERVICE, L_METHOD, L_ROUTE],
+        )
+        .expect("valid metric");
+        let trace_context = IntCounterVec::new(
+            Opts::new(
+                HTTP_TRACE_CONTEXT,
+                "Requests by incoming W3C trace context: continued (valid traceparent), invalid (a new trace was started), absent.",
+            ),
+            &[L_SERVICE, L_CONTEXT],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(HTTP_PROXY_ERRORS, "Requests the HTTP proxy answered itself or lost, by kind."),
+            &[L_KIND],
+        )
+        .expect("valid metric");
+        for kind in HttpErrorKind::ALL {
+            errors.with_label_values(&[kind.as_label()]);
+        }
+        let connections =
+            prometheus::IntGauge::new(HTTP_CONNECTIONS, "Open client connections through the HTTP proxy.").expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(trace_context.clone()),
+            Box::new(errors.clone()),
+            Box::new(connections.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        HttpMetrics {
+            requests,
+            duration,
+            trace_context,
+            errors,
+            connections,
+        }
+    }
+
+    /// The one place an HTTP proxy error is both logged and counted.
+    pub fn error(&self, kind: HttpErrorKind, detail: &str) {
+        tracing::warn!(kind = kind.as_label(), detail, "http proxy");
+        self.errors.with_label_values(&[kind.as_label()]).inc();
     }
 }

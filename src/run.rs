@@ -46,55 +46,95 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the sidecar role until a shutdown signal.
+/// Runs the sidecar role until a shutdown signal: the Kafka proxy (when `kafka_bootstrap` is set) and the
+/// HTTP proxy (when `http.upstream` is set), one OTLP pipeline for both.
 pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let sc = config
         .sidecar
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no [sidecar] configuration"))?;
     let admin: SocketAddr = config.admin.listen.parse()?;
-    let listen: SocketAddr = sc.kafka_listen.parse()?;
     let admin_listener = crate::admin::bind(admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin}: {e}"))?;
-    let self_metrics = SelfMetrics::new();
-    let proxy_metrics = crate::metrics::ProxyMetrics::new(&self_metrics.registry);
-    let shared = Shared::new(Vec::new(), self_metrics);
+    let shared = Shared::new(Vec::new(), SelfMetrics::new());
+    let registry = &shared.self_metrics.registry;
     let (tx, rx) = watch::channel(false);
-    let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
-    let settings = crate::proxy::ProxySettings {
-        listen,
-        advertised_host: if sc.kafka_advertised_host.is_empty() {
-            crate::proxy::default_advertised_host(&listen)
-        } else {
-            sc.kafka_advertised_host.clone()
-        },
-        upstream_bootstrap: crate::config::split_servers(&sc.kafka_bootstrap),
-        security,
-        max_frame_bytes: sc.max_frame_bytes,
-        max_connections: sc.max_connections,
-        connect_timeout: sc.connect_timeout,
-        trace_mode: sc.trace_mode,
-        max_batch_bytes: sc.max_batch_bytes,
-        cluster: sc.cluster.clone(),
-    };
-    let trace_metrics = crate::metrics::TraceMetrics::new(&shared.self_metrics.registry);
+    let trace_metrics = crate::metrics::TraceMetrics::new(registry);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let export = crate::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let (tracer, export_task) = if sc.trace_mode == crate::traces::TraceMode::Off {
-        (crate::traces::Tracer::disabled(trace_metrics), None)
-    } else {
-        crate::traces::Tracer::start(&export, trace_metrics, rx.clone())?
-    };
-    let _proxy = crate::proxy::Proxy::start(settings, proxy_metrics, tracer, rx.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let (tracer, export_task) = crate::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
     let mut tasks = vec![tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone()))];
     tasks.extend(export_task);
-    tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, %admin, "sidecar running");
+
+    let mut _kafka = None;
+    if !sc.kafka_bootstrap.is_empty() {
+        let listen: SocketAddr = sc.kafka_listen.parse()?;
+        let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
+        let settings = crate::proxy::ProxySettings {
+            listen,
+            advertised_host: if sc.kafka_advertised_host.is_empty() {
+                crate::proxy::default_advertised_host(&listen)
+            } else {
+                sc.kafka_advertised_host.clone()
+            },
+            upstream_bootstrap: crate::config::split_servers(&sc.kafka_bootstrap),
+            security,
+            max_frame_bytes: sc.max_frame_bytes,
+            max_connections: sc.max_connections,
+            connect_timeout: sc.connect_timeout,
+            trace_mode: sc.trace_mode,
+            max_batch_bytes: sc.max_batch_bytes,
+            cluster: sc.cluster.clone(),
+        };
+        // trace_mode = "off" turns off the Kafka side's spans; the HTTP side still traces.
+        let kafka_tracer = if sc.trace_mode == crate::traces::TraceMode::Off {
+            crate::traces::Tracer::disabled(trace_metrics.clone())
+        } else {
+            tracer.clone()
+        };
+        let proxy_metrics = crate::metrics::ProxyMetrics::new(registry);
+        _kafka = Some(
+            crate::proxy::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?,
+        );
+        tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, "kafka proxy running");
+    }
+    if sc.http.enabled() {
+        let h = &sc.http;
+        let settings = crate::http::HttpSettings {
+            listen: h.listen.parse()?,
+            upstream: h.upstream.clone(),
+            service: service_name(&h.service, &env),
+            routes: h.routes.clone(),
+            max_routes: h.max_routes,
+            connect_timeout: h.connect_timeout,
+            response_timeout: h.response_timeout,
+            header_read_timeout: h.header_read_timeout,
+            idle_timeout: h.idle_timeout,
+            max_header_bytes: h.max_header_bytes,
+            max_connections: h.max_connections,
+        };
+        let metrics = crate::metrics::HttpMetrics::new(registry);
+        let (_, task) = crate::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;
+        tasks.push(task);
+    }
+    tracing::info!(%admin, "sidecar running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
     Ok(())
+}
+
+/// The `service` label: the configured name, else `OTEL_SERVICE_NAME`, else OpenTelemetry's default.
+fn service_name(configured: &str, env: &std::collections::HashMap<String, String>) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    env.get("OTEL_SERVICE_NAME")
+        .filter(|s| !s.trim().is_empty())
+        .cloned()
+        .unwrap_or_else(|| "unknown_service".to_string())
 }
 
 /// Tells every task to stop and waits for them, at most `grace`.

@@ -1,0 +1,564 @@
+//! The sidecar's HTTP side: a reverse proxy from the pod's port to the application that measures the
+//! seed's SLIs and carries W3C trace context, with no change to the application.
+//!
+//! - HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) on one port (hyper-util's `auto` server);
+//!   requests go to the application over pooled HTTP/1.1 connections (hyper-util's client). Bodies are
+//!   streamed both ways, never buffered whole; upgrades (WebSocket) are tunnelled once the application
+//!   answers `101 Switching Protocols`.
+//! - Trace context: `traceparent`/`tracestate` are read with OpenTelemetry's propagator (an invalid header
+//!   starts a new trace and is counted, it never fails a request); a SERVER span per request, named
+//!   `{method} {route}` with the HTTP semantic-convention attributes, is exported through the same OTLP
+//!   pipeline as the Kafka spans, and the request reaches the application with `traceparent` set to it.
+//! - SLIs: `http_requests_total{service,method,route,status}` and
+//!   `http_request_duration_seconds{service,method,route}` (from arrival until the response is sent in
+//!   full), exactly the names the seed's queries use; `route` comes from [`route::Routes`] (bounded).
+//! - The application down or slow: 502 (cannot connect, or failed before its headers) or 504 (no headers
+//!   within `response_timeout`), counted as requests with that status and in
+//!   `eventscope_http_proxy_errors_total{kind}`. The sidecar itself stays up and ready.
+//! - Hostile clients: request heads over `max_header_bytes` get 431, malformed ones 400, clients that do
+//!   not send a head within `header_read_timeout` are closed; all counted. Connections are limited.
+
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::metrics::{method_label, HttpErrorKind, HttpMetrics};
+use crate::traces::{SpanStart, Tracer};
+use route::Routes;
+
+/// What the HTTP proxy needs to run (from `[sidecar.http]`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    /// The application, `host:port`.
+    pub upstream: String,
+    /// The `service` label.
+    pub service: String,
+    pub routes: Vec<String>,
+    pub max_routes: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// Concurrent HTTP/2 streams per client connection (hyper's default is 200; Envoy and nginx use 100 to 128).
+const MAX_CONCURRENT_STREAMS: u32 = 250;
+
+type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The running HTTP proxy.
+pub struct HttpProxy {
+    settings: HttpSettings,
+    upstream: Authority,
+    client: Client<HttpConnector, Incoming>,
+    routes: Routes,
+    metrics: HttpMetrics,
+    tracer: Tracer,
+    permits: Arc<Semaphore>,
+}
+
+impl HttpProxy {
+    /// Binds the listener and starts serving; returns the bound address and the accept task, which ends
+    /// when `shutdown` fires (open connections then finish their requests gracefully).
+    pub async fn start(
+        settings: HttpSettings,
+        metrics: HttpMetrics,
+        tracer: Tracer,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let upstream: Authority = settings
+            .upstream
+            .parse()
+            .map_err(|e| anyhow::anyhow!("sidecar.http.upstream {:?}: {e}", settings.upstream))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+        let bound = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .build(connector);
+        let proxy = Arc::new(HttpProxy {
+            routes: Routes::new(&settings.routes, settings.max_routes),
+            permits: Arc::new(Semaphore::new(settings.max_connections)),
+            upstream,
+            client,
+            metrics,
+            tracer,
+            settings,
+        });
+        tracing::info!(listen = %bound, upstream = %proxy.settings.upstream, "http proxy running");
+        Ok((bound, tokio::spawn(proxy.accept_loop(listener, shutdown))))
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_read_timeout)
+            .max_buf_size(self.settings.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes as u32)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        let builder = Arc::new(builder);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "http proxy accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.metrics.error(
+                    HttpErrorKind::ConnectionLimit,
+                    &format!("{peer}: over {} connections", self.settings.max_connections),
+                );
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let builder = builder.clone();
+            let mut conn_shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                proxy.metrics.connections.inc();
+                let service = {
+                    let proxy = proxy.clone();
+                    hyper::service::service_fn(move |req| proxy.clone().handle(req, peer))
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = conn_shutdown.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    proxy.connection_error(peer, e.as_ref());
+                }
+                proxy.metrics.connections.dec();
+            });
+        }
+    }
+
+    /// Sorts a failed client connection into the closed set of error kinds (the client's own resets and
+    /// early closes are only logged at debug level: they are the client's business).
+    fn connection_error(&self, peer: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+        let hyper_error = e.downcast_ref::<hyper::Error>();
+        match hyper_error {
+            Some(h) if h.is_timeout() => self.metrics.error(HttpErrorKind::ClientTimeout, &format!("{peer}: {e}")),
+            Some(h) if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() => {
+                self.metrics.error(HttpErrorKind::MalformedRequest, &format!("{peer}: {e}"))
+            }
+            // h2 protocol errors (bad frames, header lists over the limit) come as h2 errors.
+            None if e.to_string().contains("protocol") || e.to_string().contains("frame") => {
+                self.metrics.error(HttpErrorKind::MalformedRequest, &format!("{peer}: {e}"))
+            }
+            _ => tracing::debug!(%peer, error = %e, "http client connection"),
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Observed>, Infallible> {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let method = method_label(req.method());
+        let (route, _templated) = self.routes.label(req.uri().path());
+        let service = self.settings.service.as_str();
+
+        // W3C trace context: continue a valid one, start a new trace otherwise; never fail the request.
+        let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
+        let tracestate = req.headers().get(TRACESTATE).map(|v| v.as_bytes());
+        let parent = traceparent.and_then(|tp| crate::traces::extract(tp, tracestate));
+        let context = match (traceparent.is_some(), parent.is_some()) {
+            (true, true) => "continued",
+            (true, false) => "invalid",
+            (false, _) => "absent",
+        };
+        self.metrics.trace_context.with_label_values(&[service, context]).inc();
+        let name = if method == "_OTHER" {
+            "HTTP".to_string()
+        } else {
+            format!("{method} {route}")
+        };
+        let continued = parent.is_some();
+        let span = self.tracer.start_span(parent, &name, SpanKind::Server);
+        if let Ok(v) = HeaderValue::from_str(&crate::traces::traceparent(&span.context)) {
+            req.headers_mut().insert(TRACEPARENT, v);
+        }
+        if !continued {
+            // A new trace owns no vendor state from an invalid parent.
+            req.headers_mut().remove(TRACESTATE);
+        }
+
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_string()),
+            KeyValue::new("http.route", route.clone()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("network.protocol.version", protocol_version(req.version())),
+            KeyValue::new("client.address", peer.ip().to_string()),
+        ];
+        if let Some(q) = req.uri().query() {
+            attributes.push(KeyValue::new("url.query", q.to_string()));
+        }
+        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
+        }
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from));
+        if let Some(h) = &host {
+            let (address, port) = h.rsplit_once(':').map_or((h.as_str(), None), |(a, p)| (a, p.parse::<i64>().ok()));
+            attributes.push(KeyValue::new("server.address", address.to_string()));
+            if let Some(p) = port {
+                attributes.push(KeyValue::new("server.port", p));
+            }
+        }
+        let done = Completion {
+            proxy: self.clone(),
+            method,
+            route,
+            status: 0,
+            span: Some(span),
+            name,
+            started,
+            started_at,
+            attributes,
+        };
+
+        // To the application: HTTP/1.1, origin-form, Host kept (from :authority for HTTP/2 requests).
+        let upgrade = wants_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        if let (false, Some(h)) = (req.headers().contains_key(HOST), &host) {
+            if let Ok(v) = HeaderValue::from_str(h) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        forwarded_for(req.headers_mut(), peer);
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.upstream.clone())
+            .path_and_query(path)
+            .build();
+        match uri {
+            Ok(uri) => *req.uri_mut() = uri,
+            // The server parsed this path already; this cannot fail, but never panic on it.
+            Err(_) => return Ok(done.local(StatusCode::BAD_REQUEST)),
+        }
+        *req.version_mut() = Version::HTTP_11;
+
+        match tokio::time::timeout(self.settings.response_timeout, self.client.request(req)).await {
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        let app_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_side, app_side));
+                    }
+                } else {
+                    strip_hop_by_hop(resp.headers_mut(), false);
+                }
+                Ok(done.relay(resp))
+            }
+            Ok(Err(e)) => {
+                let (kind, detail) = if e.is_connect() {
+                    (
+                        HttpErrorKind::UpstreamUnavailable,
+                        format!("cannot connect to {}: {e:?}", self.upstream),
+                    )
+                } else {
+                    (HttpErrorKind::UpstreamFailed, format!("{}: {e:?}", self.upstream))
+                };
+                self.metrics.error(kind, &detail);
+                Ok(done.local(StatusCode::BAD_GATEWAY))
+            }
+            Err(_) => {
+                self.metrics.error(
+                    HttpErrorKind::UpstreamTimeout,
+                    &format!("{}: no response within {:?}", self.upstream, self.settings.response_timeout),
+                );
+                Ok(done.local(StatusCode::GATEWAY_TIMEOUT))
+            }
+        }
+    }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// An HTTP/1.1 upgrade request (`Connection: upgrade` with an `Upgrade` header).
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the standard ones and those named in `Connection`.
+/// An upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+        headers.remove(n);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+}
+
+/// `X-Forwarded-For` (the client's address appended) and `X-Forwarded-Proto`, as Envoy and nginx set them.
+fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers
+        .entry(HeaderName::from_static("x-forwarded-proto"))
+        .or_insert(HeaderValue::from_static("http"));
+}
+
+/// Copies bytes both ways between the client and the application once both sides have upgraded.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+    let (client, app) = tokio::join!(client, app);
+    let (Ok(client), Ok(app)) = (client, app) else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
+}
+
+/// What is recorded once a request is over: the SLI series and the SERVER span.
+struct Completion {
+    proxy: Arc<HttpProxy>,
+    method: &'static str,
+    route: String,
+    status: u16,
+    span: Option<SpanStart>,
+    name: String,
+    started: Instant,
+    started_at: SystemTime,
+    attributes: Vec<KeyValue>,
+}
+
+impl Completion {
+    /// The application's response, measured until its body has been sent.
+    fn relay(mut self, resp: Response<Incoming>) -> Response<Observed> {
+        self.status = resp.status().as_u16();
+        resp.map(|b| Observed {
+            inner: b.boxed_unsync(),
+            done: Some(self),
+        })
+    }
+
+    /// A response of the proxy's own (502, 504, 400).
+    fn local(mut self, status: StatusCode) -> Response<Observed> {
+        self.status = status.as_u16();
+        let body = Full::new(Bytes::from(format!(
+            "eventscope: {}\n",
+            status.canonical_reason().unwrap_or("error")
+        )))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+        let mut resp = Response::new(Observed {
+            inner: body,
+            done: Some(self),
+        });
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+
+    fn complete(mut self, aborted: bool) {
+        let p = &self.proxy;
+        let service = p.settings.service.as_str();
+        let status = self.status.to_string();
+        p.metrics
+            .requests
+            .with_label_values(&[service, self.method, &self.route, &status])
+            .inc();
+        p.metrics
+            .duration
+            .with_label_values(&[service, self.method, &self.route])
+            .observe(self.started.elapsed().as_secs_f64());
+        if aborted {
+            p.metrics
+                .error(HttpErrorKind::ResponseAborted, &format!("{} {}", self.method, self.route));
+        }
+        let Some(span) = self.span.take() else {
+            return;
+        };
+        let mut attributes = std::mem::take(&mut self.attributes);
+        attributes.push(KeyValue::new("http.response.status_code", self.status as i64));
+        // Server spans: 5xx is an error, 4xx is the client's (HTTP semantic conventions).
+        let error = (self.status >= 500 || aborted).then(|| if aborted { "response_aborted".to_string() } else { status.clone() });
+        if let Some(e) = &error {
+            attributes.push(KeyValue::new("error.type", e.clone()));
+        }
+        let ended = self.started_at + self.started.elapsed();
+        p.tracer.finish(
+            span,
+            SpanKind::Server,
+            std::mem::take(&mut self.name),
+            self.started_at,
+            ended,
+            attributes,
+            error,
+        );
+    }
+}
+
+/// A response body that records its request once it has been sent in full (or abandoned).
+pub struct Observed {
+    inner: ProxyBody,
+    done: Option<Completion>,
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(d) = self.done.take() {
+                    d.complete(false);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(d) = self.done.take() {
+                    d.complete(true);
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    /// Bodies the server never polls to the end (empty, HEAD, or a client that went away) are recorded
+    /// here.
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            d.complete(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        forwarded_for(&mut h, "192.0.2.7:5555".parse().unwrap());
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+}
