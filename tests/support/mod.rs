@@ -243,6 +243,83 @@ impl Eventscope {
     }
 }
 
+impl Eventscope {
+    /// Starts `eventscope sidecar` as an HTTP proxy only (no Kafka) in front of `app` (`host:port`), with
+    /// fresh HTTP and admin ports and extra arguments and environment; returns it and the HTTP address.
+    pub fn http_sidecar(app: &str, args: &[&str], env: &[(&str, &str)]) -> (Eventscope, String) {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut all = vec![
+            "sidecar",
+            "--http-upstream",
+            app,
+            "--http-listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ];
+        all.extend_from_slice(args);
+        let es = Self::spawn_env(&all, admin.clone(), tempfile::NamedTempFile::new().unwrap(), env);
+        wait_for(Duration::from_secs(20), "sidecar http listener", || {
+            TcpStream::connect(&listen).ok()
+        });
+        (es, listen)
+    }
+}
+
+/// A real HTTP application for the HTTP proxy tests: Python's threading HTTP server running
+/// `tests/clients/http_upstream.py` on a fresh port; killed when dropped.
+pub struct HttpApp {
+    pub addr: String,
+    child: Child,
+}
+
+impl HttpApp {
+    pub fn start() -> HttpApp {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> HttpApp {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/http_upstream.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for(Duration::from_secs(20), "http app", || TcpStream::connect(&addr).ok());
+        HttpApp { addr, child }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HttpApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs curl with `args` (HTTP/1.1 unless told otherwise); returns (status, body, HTTP version).
+pub fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut tail = tail.split_whitespace();
+    let status = tail.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = tail.next().unwrap_or("").to_string();
+    (status, body.to_string(), version)
+}
+
 /// SIGTERM through the `kill` command (no `unsafe` libc call needed in tests).
 fn unsafe_free_sigterm(pid: u32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();

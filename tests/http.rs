@@ -1,0 +1,375 @@
+//! The sidecar's HTTP side against real peers: curl (HTTP/1.1 and HTTP/2 prior knowledge), hey (load),
+//! raw sockets for hostile input, Python's HTTP server as the application, and the OTLP receiver of
+//! `tests/support/otlp.rs` for the SERVER spans.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::otlp::OtlpReceiver;
+use support::*;
+
+const KIND_SERVER: i32 = 2;
+
+fn echo_header(body: &str, name: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["headers"][name].as_str().map(String::from)
+}
+
+/// (trace id, span id) of a traceparent value.
+fn ids(traceparent: &str) -> (String, String) {
+    let p: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(p.len(), 4, "{traceparent}");
+    (p[1].to_string(), p[2].to_string())
+}
+
+#[test]
+fn trace_context_spans_and_slis_over_http1_and_h2() {
+    let receiver = OtlpReceiver::http();
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "orders"],
+        &[
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__0", "/orders/{id}"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "orders-sidecar"),
+        ],
+    );
+    let url = |p: &str| format!("http://{addr}{p}");
+
+    // A valid parent with vendor state, over HTTP/1.1.
+    let parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_span = "00f067aa0ba902b7";
+    let (status, body, version) = curl(&[
+        "-H",
+        &format!("traceparent: 00-{parent_trace}-{parent_span}-01"),
+        "-H",
+        "tracestate: vendor=abc",
+        &url("/orders/42?expand=items"),
+    ]);
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
+    let forwarded = echo_header(&body, "traceparent").expect("traceparent reaches the application");
+    let (t1, s1) = ids(&forwarded);
+    assert_eq!(t1, parent_trace, "the trace id is kept");
+    assert_ne!(s1, parent_span, "the application's parent is the sidecar's span");
+    assert_eq!(echo_header(&body, "tracestate").as_deref(), Some("vendor=abc"));
+    assert_eq!(echo_header(&body, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(echo_header(&body, "host").as_deref(), Some(addr.as_str()));
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/orders/42?expand=items");
+
+    // No context, over HTTP/2 (h2c prior knowledge): a new trace, forwarded to the application as HTTP/1.1.
+    let (status, body, version) = curl(&["--http2-prior-knowledge", &url("/orders/7")]);
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    let (t2, s2) = ids(&echo_header(&body, "traceparent").unwrap());
+    assert_ne!(t2, parent_trace);
+    assert_eq!(echo_header(&body, "host").as_deref(), Some(addr.as_str()), "Host from :authority");
+
+    // An invalid traceparent: a new trace, and its tracestate is not carried over.
+    let (status, body, _) = curl(&["-H", "traceparent: 00-zzzz-1234-01", "-H", "tracestate: a=b", &url("/orders/8")]);
+    assert_eq!(status, 200);
+    let (t3, s3) = ids(&echo_header(&body, "traceparent").unwrap());
+    assert_eq!(t3.len(), 32);
+    assert_eq!(echo_header(&body, "tracestate"), None);
+
+    // Errors of the application and unknown routes.
+    assert_eq!(curl(&[&url("/status/500")]).0, 500);
+    assert_eq!(curl(&[&url("/status/404")]).0, 404);
+    assert_eq!(curl(&["--http2-prior-knowledge", &url("/status/503")]).0, 503);
+
+    es.wait_metrics("request counts", |m| m.get("http_requests_total", &[("status", "503")]));
+    let m = es.scrape();
+    let requests = |route: &str, status: &str| {
+        m.get(
+            "http_requests_total",
+            &[("service", "orders"), ("method", "GET"), ("route", route), ("status", status)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(requests("/orders/{id}", "200"), 3.0);
+    assert_eq!(requests("/status/{id}", "500"), 1.0);
+    assert_eq!(requests("/status/{id}", "404"), 1.0);
+    assert_eq!(requests("/status/{id}", "503"), 1.0);
+    assert_eq!(
+        m.get(
+            "http_request_duration_seconds_count",
+            &[("service", "orders"), ("method", "GET"), ("route", "/orders/{id}")]
+        ),
+        Some(3.0)
+    );
+    // The seed's availability SLI on these counters: every request not answered 5xx (a 404 is available).
+    let total: f64 = m.samples.iter().filter(|(n, _, _)| n == "http_requests_total").map(|s| s.2).sum();
+    let good: f64 = m
+        .samples
+        .iter()
+        .filter(|(n, l, _)| n == "http_requests_total" && !l["status"].starts_with('5'))
+        .map(|s| s.2)
+        .sum();
+    assert_eq!((good, total), (4.0, 6.0));
+    let context = |c: &str| {
+        m.get(
+            "eventscope_http_trace_context_requests_total",
+            &[("service", "orders"), ("context", c)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((context("continued"), context("invalid"), context("absent")), (1.0, 1.0, 4.0));
+
+    // SERVER spans: one per request, the forwarded traceparent is the span, parents and attributes right.
+    let spans = receiver.wait_for(6, "server spans", |s| s.kind == KIND_SERVER);
+    let span = |sid: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_id == sid)
+            .unwrap_or_else(|| panic!("no span {sid}: {spans:#?}"))
+    };
+    let a = span(&s1);
+    assert_eq!((a.trace_id.as_str(), a.parent_span_id.as_str()), (parent_trace, parent_span));
+    assert_eq!(a.name, "GET /orders/{id}");
+    assert_eq!(a.attributes["http.request.method"], "GET");
+    assert_eq!(a.attributes["http.route"], "/orders/{id}");
+    assert_eq!(a.attributes["url.path"], "/orders/42");
+    assert_eq!(a.attributes["url.query"], "expand=items");
+    assert_eq!(a.attributes["http.response.status_code"], "200");
+    assert_eq!(a.attributes["network.protocol.version"], "1.1");
+    assert_eq!(a.resource["service.name"], "orders-sidecar");
+    assert!(a.end_ns > a.start_ns);
+    let b = span(&s2);
+    assert_eq!((b.trace_id.as_str(), b.parent_span_id.as_str()), (t2.as_str(), ""));
+    assert_eq!(b.attributes["network.protocol.version"], "2");
+    let c = span(&s3);
+    assert_eq!((c.trace_id.as_str(), c.parent_span_id.as_str()), (t3.as_str(), ""));
+    let failed = spans
+        .iter()
+        .find(|s| s.attributes.get("http.response.status_code").map(String::as_str) == Some("500"))
+        .unwrap();
+    assert_eq!(failed.status_code, 2, "5xx is an error on a server span");
+    assert_eq!(failed.attributes["error.type"], "500");
+    let not_found = spans
+        .iter()
+        .find(|s| s.attributes.get("http.response.status_code").map(String::as_str) == Some("404"))
+        .unwrap();
+    assert_ne!(not_found.status_code, 2, "4xx is the client's error, not the server's");
+}
+
+#[test]
+fn application_down_or_slow_gets_502_and_504_and_the_sidecar_stays_ready() {
+    let port = free_port();
+    let app_addr = format!("127.0.0.1:{port}");
+    let (es, addr) = Eventscope::http_sidecar(
+        &app_addr,
+        &["--service", "payments"],
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("EVENTSCOPE_SIDECAR__HTTP__RESPONSE_TIMEOUT", "1s"),
+        ],
+    );
+    // Nothing listens yet: 502, and the sidecar is ready all the same.
+    let (status, body, _) = curl(&[&format!("http://{addr}/pay/1")]);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
+
+    let _app = HttpApp::start_on(port);
+    assert_eq!(curl(&[&format!("http://{addr}/pay/1")]).0, 200);
+    let started = Instant::now();
+    let (status, _, _) = curl(&[&format!("http://{addr}/slow/4000")]);
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "504 after the 1 s response timeout, not the app's 4 s"
+    );
+    assert_eq!(es.get("/healthz").map(|r| r.0), Some(200));
+
+    let m = es.scrape();
+    let count = |status: &str| m.get("http_requests_total", &[("service", "payments"), ("status", status)]);
+    assert_eq!(count("502"), Some(1.0));
+    assert_eq!(count("504"), Some(1.0));
+    assert_eq!(count("200"), Some(1.0));
+    let errors = |kind: &str| m.get("eventscope_http_proxy_errors_total", &[("kind", kind)]);
+    assert_eq!(errors("upstream_unavailable"), Some(1.0));
+    assert_eq!(errors("upstream_timeout"), Some(1.0));
+}
+
+/// Sends raw bytes and returns what the server answered before closing (or within `wait`).
+fn raw(addr: &str, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[test]
+fn hostile_clients_get_clear_answers_with_bounded_memory_and_labels() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &[],
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("EVENTSCOPE_SIDECAR__HTTP__HEADER_READ_TIMEOUT", "1s"),
+            ("EVENTSCOPE_SIDECAR__HTTP__MAX_ROUTES", "20"),
+        ],
+    );
+    // A request head over the 64 KiB limit: 431.
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let answer = raw(&addr, big.as_bytes(), Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.80}");
+    // Garbage: 400.
+    let answer = raw(&addr, b"\x16\x03\x01 GARBAGE \x00\xff\r\n\r\n", Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.80}");
+    // A slow client that never finishes its head is closed after the header read timeout.
+    let started = Instant::now();
+    let answer = raw(&addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ", Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(5), "closed in {:?}", started.elapsed());
+    assert!(!answer.contains("200"), "{answer}");
+    // HTTP/2 garbage after the preface.
+    let _ = raw(
+        &addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x99\x00\x00\x00\x00\x00garbage-frame",
+        Duration::from_secs(3),
+    );
+
+    // Hostile paths: at most max_routes fallback routes, then `_other`.
+    for i in 0..300 {
+        let answer = raw(
+            &addr,
+            format!("GET /w{i}q/deeper/and/deeper/still HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.80}");
+    }
+    // A 64 MiB upload streams through (echoed back whole) without the sidecar holding it.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![b'x'; 64 << 20]).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
+        .args(["--data-binary", &format!("@{}", file.path().display())])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg(format!("http://{addr}/echo"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {}", 64 << 20));
+
+    // Everything still works, and the damage is counted.
+    assert_eq!(curl(&[&format!("http://{addr}/orders/1")]).0, 200);
+    let m = es.scrape();
+    let routes: std::collections::BTreeSet<String> = m
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "http_requests_total")
+        .map(|(_, l, _)| l["route"].clone())
+        .collect();
+    assert!(routes.len() <= 21, "{} routes: {routes:?}", routes.len());
+    assert!(routes.contains("_other"), "{routes:?}");
+    let errors = |kind: &str| m.get("eventscope_http_proxy_errors_total", &[("kind", kind)]).unwrap_or(0.0);
+    assert!(
+        errors("malformed_request") >= 2.0,
+        "431 and 400 counted: {}",
+        errors("malformed_request")
+    );
+    assert!(errors("client_timeout") >= 1.0, "slow client counted");
+    let rss = m.get("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss < 48e6, "RSS {rss} after a 64 MiB upload: the body was buffered");
+}
+
+#[test]
+fn responses_stream_and_upgrades_tunnel() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(&app.addr, &["--service", "ws"], &[("OTEL_TRACES_EXPORTER", "none")]);
+    // Five chunks 200 ms apart arrive as they are written, not at the end.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stream/5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let (mut seen, mut first, mut buf) = (String::new(), None, [0u8; 4096]);
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if first.is_none() && seen.contains("chunk 0") {
+            first = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    assert!(seen.contains("chunk 4"), "{seen}");
+    let first = first.unwrap();
+    assert!(
+        total - first >= Duration::from_millis(600),
+        "first chunk at {first:?}, last at {total:?}: buffered"
+    );
+
+    // An upgrade: 101 from the application, then raw bytes both ways.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    for msg in ["hello", "through the tunnel"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg.as_bytes());
+    }
+    drop(s);
+    let m = es.wait_metrics("the upgrade counted", |m| {
+        m.get("http_requests_total", &[("service", "ws"), ("status", "101")])
+    });
+    assert_eq!(m, 1.0);
+}
+
+#[test]
+fn load_from_hey_is_counted_exactly() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "inventory"],
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__0", "/items/{sku}"),
+        ],
+    );
+    let out = std::process::Command::new("hey")
+        .args(["-n", "2000", "-c", "20", &format!("http://{addr}/items/123")])
+        .output()
+        .expect("hey (Debian package hey)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[200]\t2000 responses"), "{text}");
+    let m = es.scrape();
+    assert_eq!(
+        m.get(
+            "http_requests_total",
+            &[
+                ("service", "inventory"),
+                ("method", "GET"),
+                ("route", "/items/{sku}"),
+                ("status", "200")
+            ]
+        ),
+        Some(2000.0)
+    );
+    assert_eq!(
+        m.get(
+            "http_request_duration_seconds_count",
+            &[("service", "inventory"), ("route", "/items/{sku}")]
+        ),
+        Some(2000.0)
+    );
+    assert_eq!(m.get("eventscope_http_connections", &[]), Some(0.0));
+}
