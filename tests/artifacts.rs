@@ -214,10 +214,10 @@ fn dashboards_are_well_formed() {
             .collect();
         assert!(vars.contains(&"datasource"), "{name}: a datasource variable");
         // Dashboards of lag series select by cluster and group; the sidecar's by scrape job and instance.
-        let needed: &[&str] = if d["uid"] == "eventscope-sidecar-kafka" {
-            &["job", "instance"]
-        } else {
-            &["cluster", "consumergroup"]
+        let needed: &[&str] = match d["uid"].as_str().unwrap() {
+            "eventscope-sidecar-kafka" => &["job", "instance"],
+            "eventscope-http-sli" => &["service", "route"],
+            _ => &["cluster", "consumergroup"],
         };
         for v in needed {
             assert!(vars.contains(v), "{name}: variable {v}");

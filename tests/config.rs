@@ -142,3 +142,43 @@ fn sidecar_and_otel_problems_are_reported_together() {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }
 }
+
+/// The HTTP side's keys are checked with the rest: every problem at once, exit 64.
+#[test]
+fn http_problems_are_reported_together() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(
+        b"[sidecar.http]\nupstream = \"no-port\"\nlisten = \"nowhere\"\nroutes = [\"/ok/{id}\", \"orders\", \"/a/{b\"]\n\
+          response_timeout = \"0s\"\nmax_header_bytes = 100\nmax_routes = 0\nretries = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+        .args(["sidecar", "--config"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for key in [
+        "sidecar.http.retries",
+        "sidecar.http.upstream",
+        "sidecar.http.listen",
+        "sidecar.http.routes[1]",
+        "sidecar.http.routes[2]",
+        "sidecar.http.response_timeout",
+        "sidecar.http.max_header_bytes",
+        "sidecar.http.max_routes",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    assert!(!stderr.contains("routes[0]"), "{stderr}");
+    // The HTTP side alone needs no Kafka bootstrap.
+    let mut g = tempfile::NamedTempFile::new().unwrap();
+    g.write_all(b"[sidecar.http]\nupstream = \"127.0.0.1:8080\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+        .arg("check-config")
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
