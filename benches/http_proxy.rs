@@ -1,0 +1,208 @@
+//! The sidecar's HTTP proxy against direct and against nginx as a reverse proxy, in the same run.
+//!
+//! The application is nginx itself (one worker, `return 200`), so that it is never the bottleneck. Three
+//! paths to it: direct, through `eventscope sidecar --http-upstream` (span export off, as nginx has
+//! none), and through a second nginx (one worker, `proxy_pass` with upstream keepalive). For each:
+//! - throughput: wrk, 2 threads, 50 connections, keep-alive, for `BENCH_SECONDS` (10 s);
+//! - latency at a fixed 1,000 requests/s: hey, 10 workers at 100 requests/s each, p50 and p99;
+//! - RSS of the proxy at the end (eventscope: its /metrics; nginx: master + worker from /proc).
+//! The paths run in rotating order over three rounds; medians are reported.
+//!
+//! Run: `cargo bench --bench http_proxy`. Results: docs/benchmarks.md.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// nginx in the foreground with one worker and the given `server` blocks, logs off.
+    fn start(servers: &str, port: u16) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process on;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  \
+             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  keepalive_requests 1000000;\n{servers}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .unwrap_or("nginx");
+        let child = Command::new(bin)
+            .args(["-p", &p.to_string(), "-c", &format!("{p}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx (Debian package nginx)");
+        wait_for(Duration::from_secs(10), "nginx", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Nginx { child, _dir: dir }
+    }
+
+    /// Resident memory of the master and its workers, in bytes.
+    fn rss(&self) -> f64 {
+        let mut pids = vec![self.child.id().to_string()];
+        if let Ok(out) = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output() {
+            pids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from));
+        }
+        pids.iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+            })
+            .sum::<f64>()
+            * 1024.0
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests/s from wrk (keep-alive, 2 threads, 50 connections) and the number of non-2xx answers.
+fn throughput(addr: &str, seconds: u64) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c50", &format!("-d{seconds}s"), &format!("http://{addr}/orders/1")])
+        .output()
+        .expect("wrk (Debian package wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "wrk through {addr}: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"))
+}
+
+/// p50 and p99 in milliseconds at a fixed rate of 1,000 requests/s (hey: 10 workers × 100/s).
+fn latency(addr: &str, seconds: u64) -> (f64, f64) {
+    let out = Command::new("hey")
+        .args(["-z", &format!("{seconds}s"), "-c", "10", "-q", "100", &format!("http://{addr}/orders/1")])
+        .output()
+        .expect("hey (Debian package hey)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Error distribution"), "hey through {addr}: {text}");
+    let pct = |p: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
+            .and_then(|v| v.trim_end_matches(" secs").parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("hey output: {text}"))
+            * 1000.0
+    };
+    (pct("50"), pct("99"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 10 });
+    let rounds = if smoke { 1 } else { 3 };
+    let (app_port, nginx_port) = (free_port(), free_port());
+    let _app = Nginx::start(
+        &format!("  server {{ listen 127.0.0.1:{app_port}; location / {{ return 200 \"ok\\n\"; }} }}"),
+        app_port,
+    );
+    let proxy = Nginx::start(
+        &format!(
+            "  upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port};\n    \
+             location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+        nginx_port,
+    );
+    let app = format!("127.0.0.1:{app_port}");
+    let (es, es_addr) = Eventscope::http_sidecar(
+        &app,
+        &["--service", "bench"],
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__0", "/orders/{id}"),
+        ],
+    );
+    let paths = [app.clone(), es_addr, format!("127.0.0.1:{nginx_port}")];
+    const NAMES: [&str; 3] = ["direct", "eventscope", "nginx"];
+    println!("http_proxy: {seconds} s per run, {rounds} round(s){}", if smoke { " (smoke run under cargo test)" } else { "" });
+    let mut rps = [vec![], vec![], vec![]];
+    let mut p50 = [vec![], vec![], vec![]];
+    let mut p99 = [vec![], vec![], vec![]];
+    for round in 0..rounds {
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            rps[i].push(throughput(&paths[i], seconds));
+        }
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            let (a, b) = latency(&paths[i], seconds);
+            p50[i].push(a);
+            p99[i].push(b);
+        }
+    }
+    let r: Vec<f64> = rps.iter().map(|v| median(v.clone())).collect();
+    let l50: Vec<f64> = p50.iter().map(|v| median(v.clone())).collect();
+    let l99: Vec<f64> = p99.iter().map(|v| median(v.clone())).collect();
+    println!();
+    println!("| measure | {} | {} | {} |", NAMES[0], NAMES[1], NAMES[2]);
+    println!("|---|---|---|---|");
+    println!(
+        "| requests/s (wrk, 50 connections, median) | {:.0} | {:.0} (**{:.2}× direct, {:.2}× nginx**) | {:.0} ({:.2}× direct) |",
+        r[0],
+        r[1],
+        r[1] / r[0],
+        r[1] / r[2],
+        r[2],
+        r[2] / r[0]
+    );
+    println!(
+        "| p50 at 1,000 requests/s (hey) | {:.2} ms | {:.2} ms (+{:.2} ms) | {:.2} ms (+{:.2} ms) |",
+        l50[0],
+        l50[1],
+        l50[1] - l50[0],
+        l50[2],
+        l50[2] - l50[0]
+    );
+    println!(
+        "| p99 at 1,000 requests/s (hey) | {:.2} ms | {:.2} ms (**+{:.2} ms**) | {:.2} ms (+{:.2} ms) |",
+        l99[0],
+        l99[1],
+        l99[1] - l99[0],
+        l99[2],
+        l99[2] - l99[0]
+    );
+    let m = es.scrape();
+    println!(
+        "| proxy RSS at the end | | {:.1} MB | {:.1} MB (master + worker) |",
+        m.get("process_resident_memory_bytes", &[]).unwrap() / 1e6,
+        proxy.rss() / 1e6
+    );
+    // The eventscope path really went through the proxy and was measured.
+    let counted = m
+        .get(
+            "http_requests_total",
+            &[("service", "bench"), ("route", "/orders/{id}"), ("status", "200")],
+        )
+        .unwrap_or(0.0);
+    assert!(counted > 100.0 * seconds as f64, "eventscope counted {counted} requests");
+    println!("| requests eventscope counted | | {counted:.0} | |");
+}
