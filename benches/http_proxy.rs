@@ -93,7 +93,15 @@ fn throughput(addr: &str, seconds: u64) -> f64 {
 /// p50 and p99 in milliseconds at a fixed rate of 1,000 requests/s (hey: 10 workers × 100/s).
 fn latency(addr: &str, seconds: u64) -> (f64, f64) {
     let out = Command::new("hey")
-        .args(["-z", &format!("{seconds}s"), "-c", "10", "-q", "100", &format!("http://{addr}/orders/1")])
+        .args([
+            "-z",
+            &format!("{seconds}s"),
+            "-c",
+            "10",
+            "-q",
+            "100",
+            &format!("http://{addr}/orders/1"),
+        ])
         .output()
         .expect("hey (Debian package hey)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -143,7 +151,10 @@ fn main() {
     );
     let paths = [app.clone(), es_addr, format!("127.0.0.1:{nginx_port}")];
     const NAMES: [&str; 3] = ["direct", "eventscope", "nginx"];
-    println!("http_proxy: {seconds} s per run, {rounds} round(s){}", if smoke { " (smoke run under cargo test)" } else { "" });
+    println!(
+        "http_proxy: {seconds} s per run, {rounds} round(s){}",
+        if smoke { " (smoke run under cargo test)" } else { "" }
+    );
     let mut rps = [vec![], vec![], vec![]];
     let mut p50 = [vec![], vec![], vec![]];
     let mut p99 = [vec![], vec![], vec![]];

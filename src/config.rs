@@ -90,6 +90,15 @@ pub struct SidecarConfig {
     /// The HTTP reverse proxy in front of the application (on when `http.upstream` is set).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Runtime threads that relay traffic (as Linkerd's proxy, one by default: a sidecar gets a small CPU
+    /// share, and one thread saves the cross-thread wake-ups that cost more than they bring at pod
+    /// rates). Measuring (the observer) has a thread of its own besides.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
+}
+
+fn default_worker_threads() -> usize {
+    1
 }
 
 /// The sidecar's HTTP side: a reverse proxy from the pod's port to the application, measuring the seed's
@@ -511,6 +520,9 @@ impl Config {
             }
             if sc.max_connections == 0 {
                 push("sidecar.max_connections".into(), "must be at least 1".into());
+            }
+            if sc.worker_threads == 0 || sc.worker_threads > 64 {
+                push("sidecar.worker_threads".into(), "must be between 1 and 64".into());
             }
             let h = &sc.http;
             if h.listen.parse::<SocketAddr>().is_err() {

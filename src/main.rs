@@ -40,7 +40,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let (Command::Sidecar { .. }, Some(Some(sc))) = (&cli.command, config.as_ref().map(|c| c.sidecar.as_ref())) {
+        builder.worker_threads(sc.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -207,6 +207,12 @@ impl Tracer {
         Ok((tracer, Some(task)))
     }
 
+    /// Whether finished spans go anywhere (an exporter is configured): callers skip building attributes
+    /// of spans that would be thrown away.
+    pub fn exporting(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
     /// The context of a new span: the parent's child, or the root of a new trace, sampled as configured.
     pub fn start_span(&self, parent: Option<SpanContext>, name: &str, kind: SpanKind) -> SpanStart {
         let inner = &self.inner;

@@ -227,38 +227,24 @@ impl HttpProxy {
             req.headers_mut().remove(TRACESTATE);
         }
 
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_string()),
-            KeyValue::new("http.route", route.clone()),
-            KeyValue::new("url.path", req.uri().path().to_string()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-            KeyValue::new("client.address", peer.ip().to_string()),
-        ];
-        if let Some(q) = req.uri().query() {
-            attributes.push(KeyValue::new("url.query", q.to_string()));
-        }
-        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
-        }
+        // Attributes only for spans that will be exported (the span's context is propagated regardless).
+        let recorded = span.context.is_sampled() && self.tracer.exporting();
         let host = req
             .uri()
             .authority()
             .map(|a| a.as_str().to_string())
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from));
-        if let Some(h) = &host {
-            let (address, port) = h.rsplit_once(':').map_or((h.as_str(), None), |(a, p)| (a, p.parse::<i64>().ok()));
-            attributes.push(KeyValue::new("server.address", address.to_string()));
-            if let Some(p) = port {
-                attributes.push(KeyValue::new("server.port", p));
-            }
-        }
+        let attributes = if recorded {
+            span_attributes(&req, &route, peer, host.as_deref())
+        } else {
+            Vec::new()
+        };
         let done = Completion {
             proxy: self.clone(),
             method,
             route,
             status: 0,
-            span: Some(span),
+            span: recorded.then_some(span),
             name,
             started,
             started_at,
@@ -321,6 +307,32 @@ impl HttpProxy {
             }
         }
     }
+}
+
+/// The HTTP semantic-convention attributes of a SERVER span.
+fn span_attributes<B>(req: &Request<B>, route: &str, peer: SocketAddr, host: Option<&str>) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("http.route", route.to_string()),
+        KeyValue::new("url.path", req.uri().path().to_string()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("network.protocol.version", protocol_version(req.version())),
+        KeyValue::new("client.address", peer.ip().to_string()),
+    ];
+    if let Some(q) = req.uri().query() {
+        attributes.push(KeyValue::new("url.query", q.to_string()));
+    }
+    if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
+    }
+    if let Some(h) = host {
+        let (address, port) = h.rsplit_once(':').map_or((h, None), |(a, p)| (a, p.parse::<i64>().ok()));
+        attributes.push(KeyValue::new("server.address", address.to_string()));
+        if let Some(p) = port {
+            attributes.push(KeyValue::new("server.port", p));
+        }
+    }
+    attributes
 }
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
