@@ -4,7 +4,8 @@
 //! paths to it: direct, through `eventscope sidecar --http-upstream` (span export off, as nginx has
 //! none), and through a second nginx (one worker, `proxy_pass` with upstream keepalive). For each:
 //! - throughput: wrk, 2 threads, 50 connections, keep-alive, for `BENCH_SECONDS` (10 s);
-//! - latency at a fixed 1,000 requests/s: hey, 10 workers at 100 requests/s each, p50 and p99;
+//! - latency at a fixed 1,000 requests/s: 10 keep-alive connections at 100 requests/s each, on a
+//!   schedule, each request timed in microseconds; p50 and p99;
 //! - RSS of the proxy at the end (eventscope: its /metrics; nginx: master + worker from /proc).
 //! The paths run in rotating order over three rounds; medians are reported.
 //!
@@ -90,30 +91,64 @@ fn throughput(addr: &str, seconds: u64) -> f64 {
         .unwrap_or_else(|| panic!("wrk output: {text}"))
 }
 
-/// p50 and p99 in milliseconds at a fixed rate of 1,000 requests/s (hey: 10 workers × 100/s).
+/// One keep-alive HTTP/1.1 GET on `s`; the response is read whole (Content-Length).
+fn get(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) {
+    use std::io::{Read, Write};
+    s.write_all(b"GET /orders/1 HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        if buf.len() >= end + 4 + len {
+            return;
+        }
+    }
+}
+
+/// p50 and p99 in milliseconds at a fixed 1,000 requests/s: 10 keep-alive connections, each sending one
+/// request every 10 ms on a schedule (open loop: a late response does not delay the next send), each
+/// request timed in microseconds from its write to its last byte.
 fn latency(addr: &str, seconds: u64) -> (f64, f64) {
-    let out = Command::new("hey")
-        .args([
-            "-z",
-            &format!("{seconds}s"),
-            "-c",
-            "10",
-            "-q",
-            "100",
-            &format!("http://{addr}/orders/1"),
-        ])
-        .output()
-        .expect("hey (Debian package hey)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Error distribution"), "hey through {addr}: {text}");
-    let pct = |p: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{p}% in ")))
-            .and_then(|v| v.trim_end_matches(" secs").parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("hey output: {text}"))
-            * 1000.0
-    };
-    (pct("50"), pct("99"))
+    let threads: Vec<_> = (0..10)
+        .map(|k| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut buf = Vec::with_capacity(4096);
+                get(&mut s, &mut buf);
+                let period = Duration::from_millis(10);
+                let start = std::time::Instant::now() + Duration::from_micros(1000 * k);
+                let mut out = Vec::with_capacity(seconds as usize * 100);
+                for i in 0..seconds * 100 {
+                    let due = start + period * i as u32;
+                    if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let t = std::time::Instant::now();
+                    get(&mut s, &mut buf);
+                    out.push(t.elapsed().as_micros() as u64);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort_unstable();
+    let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    (pct(0.5), pct(0.99))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -186,7 +221,7 @@ fn main() {
         r[2] / r[0]
     );
     println!(
-        "| p50 at 1,000 requests/s (hey) | {:.2} ms | {:.2} ms (+{:.2} ms) | {:.2} ms (+{:.2} ms) |",
+        "| p50 at 1,000 requests/s | {:.3} ms | {:.3} ms (+{:.3} ms) | {:.3} ms (+{:.3} ms) |",
         l50[0],
         l50[1],
         l50[1] - l50[0],
@@ -194,7 +229,7 @@ fn main() {
         l50[2] - l50[0]
     );
     println!(
-        "| p99 at 1,000 requests/s (hey) | {:.2} ms | {:.2} ms (**+{:.2} ms**) | {:.2} ms (+{:.2} ms) |",
+        "| p99 at 1,000 requests/s | {:.3} ms | {:.3} ms (**+{:.3} ms**) | {:.3} ms (+{:.3} ms) |",
         l99[0],
         l99[1],
         l99[1] - l99[0],

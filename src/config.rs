@@ -90,7 +90,7 @@ pub struct SidecarConfig {
     /// The HTTP reverse proxy in front of the application (on when `http.upstream` is set).
     #[serde(default)]
     pub http: HttpConfig,
-    /// Runtime threads that relay traffic (as Linkerd's proxy, one by default: a sidecar gets a small CPU
+    /// Runtime threads that relay traffic (as Linkerd's proxy, one by default, a current-thread runtime: a sidecar gets a small CPU
     /// share, and one thread saves the cross-thread wake-ups that cost more than they bring at pod
     /// rates). Measuring (the observer) has a thread of its own besides.
     #[serde(default = "default_worker_threads")]

@@ -42,7 +42,13 @@ fn main() -> ExitCode {
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let (Command::Sidecar { .. }, Some(Some(sc))) = (&cli.command, config.as_ref().map(|c| c.sidecar.as_ref())) {
-        builder.worker_threads(sc.worker_threads);
+        builder = if sc.worker_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(sc.worker_threads);
+            b
+        };
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
