@@ -372,4 +372,13 @@ fn load_from_hey_is_counted_exactly() {
         Some(2000.0)
     );
     assert_eq!(m.get("eventscope_http_connections", &[]), Some(0.0));
+    // The contract: every HTTP metric that dashboards and alerts may use is exported.
+    for name in eventscope::metrics::http_names() {
+        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
+            format!("{name}_count")
+        } else {
+            name.to_string()
+        };
+        assert!(m.has(&name), "{name} is not exported by the HTTP sidecar");
+    }
 }
