@@ -7,6 +7,7 @@
 //! - latency at a fixed 1,000 requests/s: 10 keep-alive connections at 100 requests/s each, on a
 //!   schedule, each request timed in microseconds; p50 and p99;
 //! - RSS of the proxy at the end (eventscope: its /metrics; nginx: master + worker from /proc).
+//!
 //! The paths run in rotating order over three rounds; medians are reported.
 //!
 //! Run: `cargo bench --bench http_proxy`. Results: docs/benchmarks.md.
