@@ -47,6 +47,9 @@ pub enum Command {
         /// The `service` label of the HTTP SLIs (sidecar.http.service; default OTEL_SERVICE_NAME).
         #[arg(long, env = "EVENTSCOPE_SERVICE")]
         service: Option<String>,
+        /// The outbound proxy for the application's calls, its HTTP_PROXY (sidecar.http.outbound_listen).
+        #[arg(long, env = "EVENTSCOPE_HTTP_OUTBOUND_LISTEN")]
+        http_outbound_listen: Option<String>,
     },
     /// Validates a configuration file, reports every problem, exits 64 if there is one.
     CheckConfig {

@@ -139,6 +139,10 @@ pub struct HttpConfig {
     /// Client connections at once.
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
+    /// The outbound proxy for the application's own calls (set `HTTP_PROXY=http://<this>` in the
+    /// application); empty: off.
+    #[serde(default)]
+    pub outbound_listen: String,
 }
 
 impl Default for HttpConfig {
@@ -155,6 +159,7 @@ impl Default for HttpConfig {
             idle_timeout: default_http_idle_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_http_max_connections(),
+            outbound_listen: String::new(),
         }
     }
 }
@@ -529,6 +534,18 @@ impl Config {
                 push(
                     "sidecar.http.listen".into(),
                     format!("{:?} is not an address like 0.0.0.0:15001", h.listen),
+                );
+            }
+            if !h.outbound_listen.is_empty() && h.outbound_listen.parse::<SocketAddr>().is_err() {
+                push(
+                    "sidecar.http.outbound_listen".into(),
+                    format!("{:?} is not an address like 127.0.0.1:15002", h.outbound_listen),
+                );
+            }
+            if !h.outbound_listen.is_empty() && !h.enabled() {
+                push(
+                    "sidecar.http.outbound_listen".into(),
+                    "the outbound proxy runs beside the inbound one: set sidecar.http.upstream too".into(),
                 );
             }
             if h.enabled() && crate::kafka::split_host_port(&h.upstream).is_none() {

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             http_listen,
             http_upstream,
             service,
+            http_outbound_listen,
         } => sidecar_config(
             config.as_deref(),
             &[
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
                 ("EVENTSCOPE_SIDECAR__HTTP__LISTEN", http_listen),
                 ("EVENTSCOPE_SIDECAR__HTTP__UPSTREAM", http_upstream),
                 ("EVENTSCOPE_SIDECAR__HTTP__SERVICE", service),
+                ("EVENTSCOPE_SIDECAR__HTTP__OUTBOUND_LISTEN", http_outbound_listen),
             ],
         )
         .map(Some),

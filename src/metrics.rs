@@ -163,6 +163,11 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_TRACE_CONTEXT: &str = "eventscope_http_trace_context_requests_total";
 pub const HTTP_PROXY_ERRORS: &str = "eventscope_http_proxy_errors_total";
 pub const HTTP_CONNECTIONS: &str = "eventscope_http_connections";
+pub const HTTP_CLIENT_REQUESTS: &str = "eventscope_http_client_requests_total";
+pub const HTTP_CLIENT_DURATION: &str = "eventscope_http_client_request_duration_seconds";
+pub const L_DESTINATION: &str = "destination";
+/// Distinct `destination` values of the outbound proxy before the rest share `_other`.
+pub const MAX_DESTINATIONS: usize = 100;
 pub const L_SERVICE: &str = "service";
 pub const L_METHOD: &str = "method";
 pub const L_ROUTE: &str = "route";
@@ -177,6 +182,7 @@ pub const HTTP_LATENCY_BUCKETS: &[f64] = &[
 /// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
 pub const HISTOGRAMS: &[&str] = &[
     HTTP_REQUEST_DURATION,
+    HTTP_CLIENT_DURATION,
     CONSISTENCY_WINDOW.name,
     POLL_DURATION,
     RENDER_DURATION,
@@ -578,11 +584,17 @@ pub fn http_names() -> Vec<&'static str> {
     ]
 }
 
+/// What the outbound HTTP proxy adds (when `sidecar.http.outbound_listen` is set).
+pub fn http_outbound_names() -> Vec<&'static str> {
+    vec![HTTP_CLIENT_REQUESTS, HTTP_CLIENT_DURATION]
+}
+
 /// Every metric name the program can export, in any role (for the artifact tests).
 pub fn exported_names() -> Vec<&'static str> {
     let mut v = collector_names();
     v.extend(sidecar_names());
     v.extend(http_names());
+    v.extend(http_outbound_names());
     v.sort_unstable();
     v.dedup();
     v
@@ -885,6 +897,8 @@ pub fn method_label(method: &hyper::Method) -> &'static str {
 pub struct HttpMetrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    pub client_requests: IntCounterVec,
+    pub client_duration: HistogramVec,
     pub trace_context: IntCounterVec,
     pub errors: IntCounterVec,
     pub connections: prometheus::IntGauge,
@@ -909,6 +923,23 @@ impl HttpMetrics {
             &[L_SERVICE, L_METHOD, L_ROUTE],
         )
         .expect("valid metric");
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                HTTP_CLIENT_REQUESTS,
+                "The application's outbound HTTP requests through the sidecar, by service, method, destination (host:port) and status code.",
+            ),
+            &[L_SERVICE, L_METHOD, L_DESTINATION, L_STATUS],
+        )
+        .expect("valid metric");
+        let client_duration = HistogramVec::new(
+            HistogramOpts::new(
+                HTTP_CLIENT_DURATION,
+                "Time of the application's outbound HTTP requests, from arrival at the sidecar until the response was sent in full.",
+            )
+            .buckets(HTTP_LATENCY_BUCKETS.to_vec()),
+            &[L_SERVICE, L_METHOD, L_DESTINATION],
+        )
+        .expect("valid metric");
         let trace_context = IntCounterVec::new(
             Opts::new(
                 HTTP_TRACE_CONTEXT,
@@ -930,6 +961,8 @@ impl HttpMetrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
+            Box::new(client_requests.clone()),
+            Box::new(client_duration.clone()),
             Box::new(trace_context.clone()),
             Box::new(errors.clone()),
             Box::new(connections.clone()),
@@ -939,6 +972,8 @@ impl HttpMetrics {
         HttpMetrics {
             requests,
             duration,
+            client_requests,
+            client_duration,
             trace_context,
             errors,
             connections,

@@ -115,6 +115,11 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             idle_timeout: h.idle_timeout,
             max_header_bytes: h.max_header_bytes,
             max_connections: h.max_connections,
+            outbound_listen: if h.outbound_listen.is_empty() {
+                None
+            } else {
+                Some(h.outbound_listen.parse()?)
+            },
         };
         let metrics = crate::metrics::HttpMetrics::new(registry);
         let (_, task) = crate::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;

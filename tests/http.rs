@@ -382,3 +382,71 @@ fn load_from_hey_is_counted_exactly() {
         assert!(m.has(&name), "{name} is not exported by the HTTP sidecar");
     }
 }
+
+const KIND_CLIENT: i32 = 3;
+
+#[test]
+fn outbound_calls_through_http_proxy_carry_a_client_span() {
+    let receiver = OtlpReceiver::http();
+    let app = HttpApp::start();
+    let outbound = format!("127.0.0.1:{}", free_port());
+    let (es, _addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "orders", "--http-outbound-listen", &outbound],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let proxy = format!("http://{outbound}");
+    // The application calls another service through HTTP_PROXY, with its own context.
+    let parent_trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent_span = "b7ad6b7169203331";
+    let (status, body, _) = curl(&[
+        "-x",
+        &proxy,
+        "-H",
+        &format!("traceparent: 00-{parent_trace}-{parent_span}-01"),
+        &format!("http://{}/orders/5", app.addr),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let (trace, span_id) = ids(&echo_header(&body, "traceparent").unwrap());
+    assert_eq!(trace, parent_trace);
+    assert_ne!(span_id, parent_span);
+    assert_eq!(echo_header(&body, "host").as_deref(), Some(app.addr.as_str()));
+    assert_eq!(echo_header(&body, "proxy-connection"), None);
+    // HTTPS-style tunnelling with CONNECT passes bytes unchanged (no header can be added).
+    let (status, body, _) = curl(&["-p", "-x", &proxy, &format!("http://{}/orders/6", app.addr)]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echo_header(&body, "traceparent"), None);
+    // A destination that does not answer: 502 from the sidecar.
+    let dead = format!("127.0.0.1:{}", free_port());
+    assert_eq!(curl(&["-x", &proxy, &format!("http://{dead}/x")]).0, 502);
+
+    let spans = receiver.wait_for(1, "client span", |s| s.kind == KIND_CLIENT && s.span_id == span_id);
+    let s = &spans[0];
+    assert_eq!((s.trace_id.as_str(), s.parent_span_id.as_str()), (parent_trace, parent_span));
+    assert_eq!(s.name, "GET");
+    assert_eq!(s.attributes["url.full"], format!("http://{}/orders/5", app.addr));
+    assert_eq!(s.attributes["http.response.status_code"], "200");
+    let m = es.scrape();
+    let count = |method: &str, dest: &str, status: &str| {
+        m.get(
+            "eventscope_http_client_requests_total",
+            &[("service", "orders"), ("method", method), ("destination", dest), ("status", status)],
+        )
+    };
+    assert_eq!(count("GET", &app.addr, "200"), Some(1.0));
+    assert_eq!(count("CONNECT", &app.addr, "200"), Some(1.0));
+    assert_eq!(count("GET", &dead, "502"), Some(1.0));
+    // Outbound calls are not the service's own SLIs.
+    assert_eq!(m.get("http_requests_total", &[("service", "orders")]), None);
+    for name in eventscope::metrics::http_outbound_names() {
+        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
+            format!("{name}_count")
+        } else {
+            name.to_string()
+        };
+        assert!(m.has(&name), "{name} is not exported by the outbound proxy");
+    }
+}

@@ -63,6 +63,17 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Where the application's outbound calls arrive (its `HTTP_PROXY`), if the outbound proxy is on.
+    pub outbound_listen: Option<SocketAddr>,
+}
+
+/// Which side of the application a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Requests to the application (the pod's port): SERVER spans, the seed's SLIs.
+    Inbound,
+    /// The application's own calls, through its `HTTP_PROXY`: CLIENT spans, `eventscope_http_client_*`.
+    Outbound,
 }
 
 /// Concurrent HTTP/2 streams per client connection (hyper's default is 200; Envoy and nginx use 100 to 128).
@@ -76,6 +87,7 @@ pub struct HttpProxy {
     upstream: Authority,
     client: Client<HttpConnector, Incoming>,
     routes: Routes,
+    destinations: route::BoundedLabel,
     metrics: HttpMetrics,
     tracer: Tracer,
     permits: Arc<Semaphore>,
@@ -107,6 +119,7 @@ impl HttpProxy {
             .build(connector);
         let proxy = Arc::new(HttpProxy {
             routes: Routes::new(&settings.routes, settings.max_routes),
+            destinations: route::BoundedLabel::new(crate::metrics::MAX_DESTINATIONS),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             upstream,
             client,
@@ -114,11 +127,30 @@ impl HttpProxy {
             tracer,
             settings,
         });
+        let outbound = match proxy.settings.outbound_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         tracing::info!(listen = %bound, upstream = %proxy.settings.upstream, "http proxy running");
-        Ok((bound, tokio::spawn(proxy.accept_loop(listener, shutdown))))
+        let inbound = tokio::spawn(proxy.clone().accept_loop(listener, Direction::Inbound, shutdown.clone()));
+        let task = match outbound {
+            None => inbound,
+            Some(l) => {
+                tracing::info!(listen = ?l.local_addr().ok(), "http outbound proxy running");
+                let outbound = tokio::spawn(proxy.accept_loop(l, Direction::Outbound, shutdown));
+                tokio::spawn(async move {
+                    let _ = tokio::join!(inbound, outbound);
+                })
+            }
+        };
+        Ok((bound, task))
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, direction: Direction, mut shutdown: watch::Receiver<bool>) {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -159,7 +191,15 @@ impl HttpProxy {
                 proxy.metrics.connections.inc();
                 let service = {
                     let proxy = proxy.clone();
-                    hyper::service::service_fn(move |req| proxy.clone().handle(req, peer))
+                    hyper::service::service_fn(move |req| {
+                        let proxy = proxy.clone();
+                        async move {
+                            match direction {
+                                Direction::Inbound => proxy.handle(req, peer).await,
+                                Direction::Outbound => proxy.handle_outbound(req).await,
+                            }
+                        }
+                    })
                 };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -241,6 +281,7 @@ impl HttpProxy {
         };
         let done = Completion {
             proxy: self.clone(),
+            direction: Direction::Inbound,
             method,
             route,
             status: 0,
@@ -274,6 +315,20 @@ impl HttpProxy {
         }
         *req.version_mut() = Version::HTTP_11;
 
+        self.forward(req, client_upgrade, done, &self.upstream).await
+    }
+}
+
+impl HttpProxy {
+    /// Sends `req` to `target` and relays the response (an upgrade is tunnelled once `target` answers 101);
+    /// 502 when it cannot be reached or fails before its headers, 504 when they do not come in time.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        done: Completion,
+        target: &Authority,
+    ) -> Result<Response<Observed>, Infallible> {
         match tokio::time::timeout(self.settings.response_timeout, self.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -288,12 +343,9 @@ impl HttpProxy {
             }
             Ok(Err(e)) => {
                 let (kind, detail) = if e.is_connect() {
-                    (
-                        HttpErrorKind::UpstreamUnavailable,
-                        format!("cannot connect to {}: {e:?}", self.upstream),
-                    )
+                    (HttpErrorKind::UpstreamUnavailable, format!("cannot connect to {}: {e:?}", target))
                 } else {
-                    (HttpErrorKind::UpstreamFailed, format!("{}: {e:?}", self.upstream))
+                    (HttpErrorKind::UpstreamFailed, format!("{}: {e:?}", target))
                 };
                 self.metrics.error(kind, &detail);
                 Ok(done.local(StatusCode::BAD_GATEWAY))
@@ -301,11 +353,101 @@ impl HttpProxy {
             Err(_) => {
                 self.metrics.error(
                     HttpErrorKind::UpstreamTimeout,
-                    &format!("{}: no response within {:?}", self.upstream, self.settings.response_timeout),
+                    &format!("{}: no response within {:?}", target, self.settings.response_timeout),
                 );
                 Ok(done.local(StatusCode::GATEWAY_TIMEOUT))
             }
         }
+    }
+
+    /// The application's own call, through its `HTTP_PROXY` (absolute-form request): forwarded to the host
+    /// it names with `traceparent` set to a CLIENT span (the child of the application's context when it
+    /// sent one), so the called service's sidecar continues the trace. CONNECT (HTTPS through the proxy)
+    /// is tunnelled unchanged.
+    async fn handle_outbound(self: Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Observed>, Infallible> {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let method = method_label(req.method());
+        let authority = req.uri().authority().cloned();
+        let destination = authority
+            .as_ref()
+            .map(|a| match a.port_u16() {
+                Some(_) => a.as_str().to_string(),
+                None => format!("{}:80", a.host()),
+            })
+            .unwrap_or_else(|| "_invalid".to_string());
+        let destination = self.destinations.label(destination);
+        let parent = req
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|tp| crate::traces::extract(tp.as_bytes(), req.headers().get(TRACESTATE).map(|v| v.as_bytes())));
+        let continued = parent.is_some();
+        let span = self.tracer.start_span(parent, method, SpanKind::Client);
+        let recorded = span.context.is_sampled() && self.tracer.exporting();
+        let mut attributes = Vec::new();
+        if recorded {
+            attributes.push(KeyValue::new("http.request.method", req.method().as_str().to_string()));
+            attributes.push(KeyValue::new("url.full", req.uri().to_string()));
+            attributes.push(KeyValue::new("network.protocol.version", protocol_version(req.version())));
+            if let Some(a) = &authority {
+                attributes.push(KeyValue::new("server.address", a.host().to_string()));
+                attributes.push(KeyValue::new("server.port", a.port_u16().unwrap_or(80) as i64));
+            }
+        }
+        let done = Completion {
+            proxy: self.clone(),
+            direction: Direction::Outbound,
+            method,
+            route: destination,
+            status: 0,
+            span: recorded.then_some(span.clone()),
+            name: if method == "_OTHER" {
+                "HTTP".to_string()
+            } else {
+                method.to_string()
+            },
+            started,
+            started_at,
+            attributes,
+        };
+        let Some(authority) = authority else {
+            return Ok(done.local(StatusCode::BAD_REQUEST));
+        };
+        if req.method() == hyper::Method::CONNECT {
+            let dial = tokio::time::timeout(self.settings.connect_timeout, tokio::net::TcpStream::connect(authority.as_str())).await;
+            let Ok(Ok(mut server)) = dial else {
+                self.metrics
+                    .error(HttpErrorKind::UpstreamUnavailable, &format!("CONNECT {authority}"));
+                return Ok(done.local(StatusCode::BAD_GATEWAY));
+            };
+            let _ = server.set_nodelay(true);
+            let client = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(client) = client.await {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut server).await;
+                }
+            });
+            return Ok(done.local(StatusCode::OK));
+        }
+        if req.uri().scheme_str() != Some("http") {
+            // Only plain HTTP can carry trace context; HTTPS goes through CONNECT.
+            return Ok(done.local(StatusCode::BAD_REQUEST));
+        }
+        if let Ok(v) = HeaderValue::from_str(&crate::traces::traceparent(&span.context)) {
+            req.headers_mut().insert(TRACEPARENT, v);
+        }
+        if !continued {
+            req.headers_mut().remove(TRACESTATE);
+        }
+        let upgrade = wants_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        req.headers_mut().remove("proxy-authorization");
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
+        *req.version_mut() = Version::HTTP_11;
+        self.forward(req, client_upgrade, done, &authority).await
     }
 }
 
@@ -407,9 +549,11 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrad
     let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
 }
 
-/// What is recorded once a request is over: the SLI series and the SERVER span.
+/// What is recorded once a request is over: the SLI series and the SERVER span (inbound), or the client
+/// series and the CLIENT span (outbound; `route` then holds the destination).
 struct Completion {
     proxy: Arc<HttpProxy>,
+    direction: Direction,
     method: &'static str,
     route: String,
     status: u16,
@@ -430,15 +574,17 @@ impl Completion {
         })
     }
 
-    /// A response of the proxy's own (502, 504, 400).
+    /// A response of the proxy's own (502, 504, 400; an empty 200 opens a CONNECT tunnel).
     fn local(mut self, status: StatusCode) -> Response<Observed> {
         self.status = status.as_u16();
-        let body = Full::new(Bytes::from(format!(
-            "eventscope: {}\n",
-            status.canonical_reason().unwrap_or("error")
-        )))
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync();
+        let text = if status.is_success() {
+            String::new()
+        } else {
+            format!("eventscope: {}\n", status.canonical_reason().unwrap_or("error"))
+        };
+        let body = Full::new(Bytes::from(text))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync();
         let mut resp = Response::new(Observed {
             inner: body,
             done: Some(self),
@@ -453,12 +599,12 @@ impl Completion {
         let p = &self.proxy;
         let service = p.settings.service.as_str();
         let status = self.status.to_string();
-        p.metrics
-            .requests
-            .with_label_values(&[service, self.method, &self.route, &status])
-            .inc();
-        p.metrics
-            .duration
+        let (requests, duration, kind) = match self.direction {
+            Direction::Inbound => (&p.metrics.requests, &p.metrics.duration, SpanKind::Server),
+            Direction::Outbound => (&p.metrics.client_requests, &p.metrics.client_duration, SpanKind::Client),
+        };
+        requests.with_label_values(&[service, self.method, &self.route, &status]).inc();
+        duration
             .with_label_values(&[service, self.method, &self.route])
             .observe(self.started.elapsed().as_secs_f64());
         if aborted {
@@ -470,15 +616,19 @@ impl Completion {
         };
         let mut attributes = std::mem::take(&mut self.attributes);
         attributes.push(KeyValue::new("http.response.status_code", self.status as i64));
-        // Server spans: 5xx is an error, 4xx is the client's (HTTP semantic conventions).
-        let error = (self.status >= 500 || aborted).then(|| if aborted { "response_aborted".to_string() } else { status.clone() });
+        // Server spans: 5xx is an error, 4xx is the client's; client spans: both are (HTTP semantic conventions).
+        let failed_status = match self.direction {
+            Direction::Inbound => self.status >= 500,
+            Direction::Outbound => self.status >= 400,
+        };
+        let error = (failed_status || aborted).then(|| if aborted { "response_aborted".to_string() } else { status.clone() });
         if let Some(e) = &error {
             attributes.push(KeyValue::new("error.type", e.clone()));
         }
         let ended = self.started_at + self.started.elapsed();
         p.tracer.finish(
             span,
-            SpanKind::Server,
+            kind,
             std::mem::take(&mut self.name),
             self.started_at,
             ended,

@@ -63,11 +63,35 @@ impl Template {
     }
 }
 
+/// A label whose first `max` distinct values are kept and every later one becomes `_other`.
+pub struct BoundedLabel {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl BoundedLabel {
+    pub fn new(max: usize) -> BoundedLabel {
+        BoundedLabel {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// `value` itself if it is among the first `max` distinct values, else `_other`.
+    pub fn label(&self, value: String) -> String {
+        let mut seen = self.seen.lock().expect("label lock");
+        if seen.contains(&value) || (seen.len() < self.max && seen.insert(value.clone())) {
+            value
+        } else {
+            OTHER_ROUTE.to_string()
+        }
+    }
+}
+
 /// Turns request paths into `route` label values.
 pub struct Routes {
     templates: Vec<Template>,
-    max_fallbacks: usize,
-    fallbacks: Mutex<HashSet<String>>,
+    fallbacks: BoundedLabel,
 }
 
 impl Routes {
@@ -75,8 +99,7 @@ impl Routes {
     pub fn new(templates: &[String], max_fallbacks: usize) -> Routes {
         Routes {
             templates: templates.iter().filter_map(|t| Template::parse(t).ok()).collect(),
-            max_fallbacks,
-            fallbacks: Mutex::new(HashSet::new()),
+            fallbacks: BoundedLabel::new(max_fallbacks),
         }
     }
 
@@ -88,13 +111,7 @@ impl Routes {
         if let Some(t) = self.templates.iter().filter(|t| t.matches(segments)).max_by_key(|t| t.literals) {
             return (t.text.clone(), true);
         }
-        let route = fallback(segments);
-        let mut seen = self.fallbacks.lock().expect("routes lock");
-        if seen.contains(&route) || (seen.len() < self.max_fallbacks && seen.insert(route.clone())) {
-            (route, false)
-        } else {
-            (OTHER_ROUTE.to_string(), false)
-        }
+        (self.fallbacks.label(fallback(segments)), false)
     }
 }
 
