@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod prom;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
