@@ -264,3 +264,36 @@ fn metrics_doc_documents_every_metric() {
         assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md does not document {name}");
     }
 }
+
+/// Dashboards validate against the JSON Schema generated from Grafana's own dashboard types
+/// (`@grafana/grafana-foundation-sdk`, built by .ci/install-test-deps), and a broken one does not.
+#[test]
+fn dashboards_match_grafanas_schema() {
+    let home = std::env::var("HOME").unwrap();
+    let schema = PathBuf::from(home).join(".cache/eventscope/grafana-schema/dashboard.schema.json");
+    assert!(
+        schema.exists(),
+        "{} is missing: bash .ci/install-test-deps generates it from @grafana/grafana-foundation-sdk",
+        schema.display()
+    );
+    let script = root().join("tests/clients/validate_dashboards.py");
+    let run = |files: &[PathBuf]| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(&schema)
+            .args(files)
+            .output()
+            .expect("python3")
+    };
+    let dashboards = files("dashboards", "json");
+    assert!(dashboards.len() >= 3);
+    let out = run(&dashboards);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    let mut d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&dashboards[0]).unwrap()).unwrap();
+    d["panels"][0]["gridPos"]["w"] = "wide".into();
+    d["refresh"] = 30.into();
+    std::fs::write(&bad, d.to_string()).unwrap();
+    assert!(!run(&[bad]).status.success(), "a broken dashboard passed the schema");
+}
