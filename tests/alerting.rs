@@ -1,9 +1,12 @@
-//! The alerting path end to end, every part real: tansu; the eventscope collector; Debian's Prometheus
-//! scraping it with the shipped rules (`alerts/`, with `for:` shortened in this test's copy; the shipped
-//! durations are covered by the promtool tests); Debian's Alertmanager with the shipped routing
-//! (`deploy/alertmanager/alertmanager.yml`, receivers pointed at this test's webhook). A slow consumer
-//! builds lag past the seed's 10,000 messages: `KafkaConsumerLagHigh` reaches the webhook firing with
-//! the right cluster, group and topic, then resolved once the consumer catches up.
+//! The alerting path end to end, every part real: tansu; the eventscope collector; an eventscope sidecar
+//! (Kafka side in front of librdkafka's mock cluster, HTTP side in front of Python's HTTP server, spans
+//! to an OTLP receiver); Debian's Prometheus scraping both with the shipped rules (`alerts/`, with `for:`
+//! shortened in this test's copy; the shipped durations are covered by the promtool tests); Debian's
+//! Alertmanager with the shipped routing (`deploy/alertmanager/alertmanager.yml`, receivers pointed at
+//! this test's webhook).
+//! - A slow consumer builds lag past the seed's 10,000 messages: `KafkaConsumerLagHigh` reaches the
+//!   webhook firing with the right cluster, group and topic, then resolved once the consumer catches up.
+//! - Every panel query of every dashboard in `dashboards/` returns data from that Prometheus.
 
 mod support;
 
@@ -13,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 use support::prom::*;
 use support::*;
@@ -41,11 +46,100 @@ fn alert_named<'a>(n: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
     n["alerts"].as_array()?.iter().find(|a| a["labels"]["alertname"] == name)
 }
 
+/// Every panel target of every dashboard: (dashboard file, panel title, PromQL) with the dashboard
+/// variables set to match everything, as Grafana's "All" does.
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for f in files {
+        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("${__range}", "1h")
+                    .replace("$__range", "1h")
+                    .replace("$__interval", "15s");
+                let expr = regex::Regex::new(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+                    .unwrap()
+                    .replace_all(&expr, ".*")
+                    .to_string();
+                out.push((
+                    f.file_name().unwrap().to_string_lossy().to_string(),
+                    p["title"].as_str().unwrap().to_string(),
+                    expr,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Traffic through the sidecar that every panel of its dashboards shows: produced records (some
+/// answered with an error, retried), a consumer group fetching and committing, spans exported;
+/// HTTP requests with 2xx and 5xx answers and trace context.
+fn sidecar_traffic(kafka: &str, http: &str, mock: &MockCluster<'static, DefaultProducerContext>) {
+    let p = producer(kafka);
+    produce(&p, "payments", 0, &vec![now_ms(); 50]);
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS],
+    );
+    produce(&p, "payments", 1, &vec![now_ms(); 50]);
+    let c: BaseConsumer = client_config(kafka, &[("group.id", "payments-read-model"), ("enable.auto.commit", "false")])
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset("payments", p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut n = 0;
+    // Commit 90 of the 100: the group keeps a lag and a first uncommitted record (lag seconds).
+    while n < 90 {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            c.commit_message(&m, CommitMode::Sync).unwrap();
+            n += 1;
+        }
+    }
+    for i in 0..40 {
+        let path = if i % 10 == 9 {
+            "/status/500".to_string()
+        } else {
+            format!("/orders/{i}")
+        };
+        assert!(http_get(http, &path).is_some());
+    }
+}
+
 #[test]
-fn consumer_lag_over_10000_fires_in_alertmanager_then_resolves() {
+fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
     let tansu = Tansu::start();
     tansu.create_topic("orders", 3);
     let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    let otlp = support::otlp::OtlpReceiver::grpc();
+    let app = HttpApp::start();
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    mock.create_topic("payments", 2, 1).unwrap();
+    let http_port = free_port();
+    let (sidecar, kafka_port) = Eventscope::sidecar_env(
+        &mock.bootstrap_servers(),
+        &[
+            ("EVENTSCOPE_HTTP_UPSTREAM", &app.addr),
+            ("EVENTSCOPE_HTTP_LISTEN", &format!("127.0.0.1:{http_port}")),
+            ("EVENTSCOPE_SERVICE", "orders"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
 
     let hook = Webhook::start();
     let am_config = std::fs::read_to_string(root().join("deploy/alertmanager/alertmanager.yml"))
@@ -57,16 +151,27 @@ fn consumer_lag_over_10000_fires_in_alertmanager_then_resolves() {
     let am = alertmanager(&am_config);
     let rules = rule_files();
     let names: Vec<String> = rules.iter().map(|(n, _)| format!("  - {n}\n")).collect();
-    let prom_config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\
-         alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{}']\n\
-         scrape_configs:\n  - job_name: eventscope-collector\n    static_configs:\n      - targets: ['{}']\n",
-        names.concat(),
-        am.addr,
-        es.admin
-    );
+    let prom_config = [
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n".to_string(),
+        format!("rule_files:\n{}", names.concat()),
+        format!(
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{}']\n",
+            am.addr
+        ),
+        "scrape_configs:\n".to_string(),
+        format!(
+            "  - job_name: eventscope-collector\n    static_configs:\n      - targets: ['{}']\n",
+            es.admin
+        ),
+        format!(
+            "  - job_name: eventscope-sidecar\n    static_configs:\n      - targets: ['{}']\n",
+            sidecar.admin
+        ),
+    ]
+    .concat();
     let rules_ref: Vec<(&str, String)> = rules.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let prom = prometheus(&prom_config, &rules_ref);
+    sidecar_traffic(&format!("127.0.0.1:{kafka_port}"), &format!("127.0.0.1:{http_port}"), &mock);
 
     // A slow consumer: 20 ms per record, committing each, while 12,000 records arrive at once.
     let consumer: BaseConsumer = client_config(
@@ -150,4 +255,27 @@ fn consumer_lag_over_10000_fires_in_alertmanager_then_resolves() {
     assert_eq!(resolved["receiver"], "kafka-consumer-lag");
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
+
+    // Every panel of every dashboard has data in this Prometheus.
+    let queries = panel_queries();
+    assert!(queries.len() > 50, "{} panel queries", queries.len());
+    // The check can fail: a query for a group that does not exist is empty.
+    assert!(query(&prom.addr, "kafka_consumergroup_lag{consumergroup=\"no-such-group\"}").is_empty());
+    let empty = || -> Vec<String> {
+        queries
+            .iter()
+            .filter(|(_, _, q)| query(&prom.addr, q).is_empty())
+            .map(|(f, t, q)| format!("{f}: {t}: {q}"))
+            .collect()
+    };
+    let last = std::cell::RefCell::new(Vec::new());
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(Duration::from_secs(30), "every dashboard panel has data", || {
+            let e = empty();
+            let done = e.is_empty();
+            *last.borrow_mut() = e;
+            done.then_some(())
+        })
+    }));
+    assert!(ok.is_ok(), "panels without data:\n{}", last.borrow().join("\n"));
 }
