@@ -50,6 +50,7 @@ fn alert_named<'a>(n: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
 /// variables set to match everything, as Grafana's "All" does.
 fn panel_queries() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
+    let variable = regex::Regex::new(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?").unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("dashboards"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -67,10 +68,7 @@ fn panel_queries() -> Vec<(String, String, String)> {
                     .replace("${__range}", "1h")
                     .replace("$__range", "1h")
                     .replace("$__interval", "15s");
-                let expr = regex::Regex::new(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
-                    .unwrap()
-                    .replace_all(&expr, ".*")
-                    .to_string();
+                let expr = variable.replace_all(&expr, ".*").to_string();
                 out.push((
                     f.file_name().unwrap().to_string_lossy().to_string(),
                     p["title"].as_str().unwrap().to_string(),
