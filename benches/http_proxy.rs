@@ -15,68 +15,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// nginx in the foreground with one worker and the given `server` blocks, logs off.
-    fn start(servers: &str, port: u16) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\nmaster_process on;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  \
-             uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  keepalive_requests 1000000;\n{servers}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|b| std::path::Path::new(b).exists())
-            .unwrap_or("nginx");
-        let child = Command::new(bin)
-            .args(["-p", &p.to_string(), "-c", &format!("{p}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx (Debian package nginx)");
-        wait_for(Duration::from_secs(10), "nginx", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Nginx { child, _dir: dir }
-    }
-
-    /// Resident memory of the master and its workers, in bytes.
-    fn rss(&self) -> f64 {
-        let mut pids = vec![self.child.id().to_string()];
-        if let Ok(out) = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output() {
-            pids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from));
-        }
-        pids.iter()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .filter_map(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
-            })
-            .sum::<f64>()
-            * 1024.0
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
 
 /// Requests/s from wrk (keep-alive, 2 threads, 50 connections) and the number of non-2xx answers.
 fn throughput(addr: &str, seconds: u64) -> f64 {

@@ -143,6 +143,21 @@ pub struct HttpConfig {
     /// application); empty: off.
     #[serde(default)]
     pub outbound_listen: String,
+    /// The protocol to the application: `http1`, `http2` (cleartext, prior knowledge: gRPC services) or
+    /// `downstream` (the client's: HTTP/2 requests over HTTP/2, others over HTTP/1.1), as Envoy's
+    /// `USE_DOWNSTREAM_PROTOCOL`.
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// The protocol the HTTP proxy speaks to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+    Downstream,
 }
 
 impl Default for HttpConfig {
@@ -160,6 +175,7 @@ impl Default for HttpConfig {
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_http_max_connections(),
             outbound_listen: String::new(),
+            upstream_protocol: UpstreamProtocol::default(),
         }
     }
 }

@@ -120,6 +120,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             } else {
                 Some(h.outbound_listen.parse()?)
             },
+            upstream_protocol: h.upstream_protocol,
         };
         let metrics = crate::metrics::HttpMetrics::new(registry);
         let (_, task) = crate::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;

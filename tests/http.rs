@@ -450,3 +450,39 @@ fn outbound_calls_through_http_proxy_carry_a_client_span() {
         assert!(m.has(&name), "{name} is not exported by the outbound proxy");
     }
 }
+
+/// `upstream_protocol = "http2"`: requests reach an HTTP/2-only application (nginx, h2c prior knowledge,
+/// as a gRPC service listens) over HTTP/2 whatever the client spoke, with `te: trailers` (gRPC needs it)
+/// and `traceparent`.
+#[test]
+fn http2_to_an_h2c_application() {
+    let port = free_port();
+    let _app = Nginx::start(
+        &format!(
+            "  server {{ listen 127.0.0.1:{port} http2;\n    location / {{ add_header x-app-protocol $server_protocol; \
+             return 200 \"protocol=$server_protocol te=$http_te traceparent=$http_traceparent\\n\"; }} }}"
+        ),
+        port,
+    );
+    let (es, addr) = Eventscope::http_sidecar(
+        &format!("127.0.0.1:{port}"),
+        &["--service", "grpc-like"],
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("EVENTSCOPE_SIDECAR__HTTP__UPSTREAM_PROTOCOL", "http2"),
+        ],
+    );
+    for client_protocol in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, body, _) = curl(&[client_protocol, "-H", "te: trailers", &format!("http://{addr}/svc.Orders/Get")]);
+        assert_eq!(status, 200, "{client_protocol}: {body}");
+        assert!(
+            body.starts_with("protocol=HTTP/2.0 te=trailers traceparent=00-"),
+            "{client_protocol}: {body}"
+        );
+    }
+    let m = es.scrape();
+    assert_eq!(
+        m.get("http_requests_total", &[("service", "grpc-like"), ("status", "200")]),
+        Some(2.0)
+    );
+}

@@ -2,7 +2,8 @@
 //! seed's SLIs and carries W3C trace context, with no change to the application.
 //!
 //! - HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) on one port (hyper-util's `auto` server);
-//!   requests go to the application over pooled HTTP/1.1 connections (hyper-util's client). Bodies are
+//!   requests go to the application over pooled HTTP/1.1 connections (hyper-util's client), or HTTP/2
+//!   (`upstream_protocol`: `http2`, or `downstream` for the client's own; gRPC services). Bodies are
 //!   streamed both ways, never buffered whole; upgrades (WebSocket) are tunnelled once the application
 //!   answers `101 Switching Protocols`.
 //! - Trace context: `traceparent`/`tracestate` are read with OpenTelemetry's propagator (an invalid header
@@ -65,6 +66,8 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Where the application's outbound calls arrive (its `HTTP_PROXY`), if the outbound proxy is on.
     pub outbound_listen: Option<SocketAddr>,
+    /// HTTP/1.1, HTTP/2 or the client's protocol towards the application.
+    pub upstream_protocol: crate::config::UpstreamProtocol,
 }
 
 /// Which side of the application a listener serves.
@@ -86,6 +89,8 @@ pub struct HttpProxy {
     settings: HttpSettings,
     upstream: Authority,
     client: Client<HttpConnector, Incoming>,
+    /// HTTP/2 with prior knowledge (h2c), for applications that speak it (gRPC).
+    h2_client: Client<HttpConnector, Incoming>,
     routes: Routes,
     destinations: route::BoundedLabel,
     metrics: HttpMetrics,
@@ -116,6 +121,12 @@ impl HttpProxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
+            .build(connector.clone());
+        let h2_client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .timer(TokioTimer::new())
+            .http2_only(true)
             .build(connector);
         let proxy = Arc::new(HttpProxy {
             routes: Routes::new(&settings.routes, settings.max_routes),
@@ -123,6 +134,7 @@ impl HttpProxy {
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             upstream,
             client,
+            h2_client,
             metrics,
             tracer,
             settings,
@@ -292,8 +304,15 @@ impl HttpProxy {
             attributes,
         };
 
-        // To the application: HTTP/1.1, origin-form, Host kept (from :authority for HTTP/2 requests).
+        // To the application: HTTP/1.1 (or HTTP/2 as configured), Host kept (from :authority for HTTP/2
+        // requests).
         let upgrade = wants_upgrade(&req);
+        let h2 = !upgrade
+            && match self.settings.upstream_protocol {
+                crate::config::UpstreamProtocol::Http1 => false,
+                crate::config::UpstreamProtocol::Http2 => true,
+                crate::config::UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
+            };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         if let (false, Some(h)) = (req.headers().contains_key(HOST), &host) {
             if let Ok(v) = HeaderValue::from_str(h) {
@@ -313,7 +332,15 @@ impl HttpProxy {
             // The server parsed this path already; this cannot fail, but never panic on it.
             Err(_) => return Ok(done.local(StatusCode::BAD_REQUEST)),
         }
-        *req.version_mut() = Version::HTTP_11;
+        if h2 {
+            // HTTP/2 carries the authority in `:authority` (the application's address here); a Host header
+            // that differs from it is refused by strict servers. The client's host goes on in
+            // X-Forwarded-Host.
+            if let Some(host) = req.headers_mut().remove(HOST) {
+                req.headers_mut().entry(HeaderName::from_static("x-forwarded-host")).or_insert(host);
+            }
+        }
+        *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
 
         self.forward(req, client_upgrade, done, &self.upstream).await
     }
@@ -329,7 +356,12 @@ impl HttpProxy {
         done: Completion,
         target: &Authority,
     ) -> Result<Response<Observed>, Infallible> {
-        match tokio::time::timeout(self.settings.response_timeout, self.client.request(req)).await {
+        let client = if req.version() == Version::HTTP_2 {
+            &self.h2_client
+        } else {
+            &self.client
+        };
+        match tokio::time::timeout(self.settings.response_timeout, client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
@@ -514,8 +546,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for n in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+    for n in ["keep-alive", "proxy-connection", "trailer", "transfer-encoding"] {
         headers.remove(n);
+    }
+    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC requires it: keep it, drop the others.
+    if headers.get("te").is_some_and(|v| v != "trailers") {
+        headers.remove("te");
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -695,7 +731,7 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("te", HeaderValue::from_static("gzip"));
         h.insert(
             "traceparent",
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
