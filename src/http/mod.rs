@@ -93,6 +93,8 @@ pub struct HttpProxy {
     h2_client: Client<HttpConnector, Incoming>,
     routes: Routes,
     destinations: route::BoundedLabel,
+    /// `eventscope_http_trace_context_requests_total` for this service: continued, invalid, absent.
+    context_counters: [prometheus::IntCounter; 3],
     metrics: HttpMetrics,
     tracer: Tracer,
     permits: Arc<Semaphore>,
@@ -131,6 +133,8 @@ impl HttpProxy {
         let proxy = Arc::new(HttpProxy {
             routes: Routes::new(&settings.routes, settings.max_routes),
             destinations: route::BoundedLabel::new(crate::metrics::MAX_DESTINATIONS),
+            context_counters: ["continued", "invalid", "absent"]
+                .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             upstream,
             client,
@@ -252,7 +256,6 @@ impl HttpProxy {
         let started_at = SystemTime::now();
         let method = method_label(req.method());
         let (route, _templated) = self.routes.label(req.uri().path());
-        let service = self.settings.service.as_str();
 
         // W3C trace context: continue a valid one, start a new trace otherwise; never fail the request.
         let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
@@ -263,14 +266,14 @@ impl HttpProxy {
             (true, false) => "invalid",
             (false, _) => "absent",
         };
-        self.metrics.trace_context.with_label_values(&[service, context]).inc();
-        let name = if method == "_OTHER" {
-            "HTTP".to_string()
-        } else {
-            format!("{method} {route}")
-        };
+        self.context_counters[match context {
+            "continued" => 0,
+            "invalid" => 1,
+            _ => 2,
+        }]
+        .inc();
         let continued = parent.is_some();
-        let span = self.tracer.start_span(parent, &name, SpanKind::Server);
+        let span = self.tracer.start_span(parent, method, SpanKind::Server);
         if let Ok(v) = HeaderValue::from_str(&crate::traces::traceparent(&span.context)) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
@@ -281,15 +284,20 @@ impl HttpProxy {
 
         // Attributes only for spans that will be exported (the span's context is propagated regardless).
         let recorded = span.context.is_sampled() && self.tracer.exporting();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from));
-        let attributes = if recorded {
-            span_attributes(&req, &route, peer, host.as_deref())
+        let host = (recorded || !req.headers().contains_key(HOST))
+            .then(|| {
+                req.uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from))
+            })
+            .flatten();
+        let (name, attributes) = if !recorded {
+            (String::new(), Vec::new())
+        } else if method == "_OTHER" {
+            ("HTTP".to_string(), span_attributes(&req, &route, peer, host.as_deref()))
         } else {
-            Vec::new()
+            (format!("{method} {route}"), span_attributes(&req, &route, peer, host.as_deref()))
         };
         let done = Completion {
             proxy: self.clone(),
@@ -321,12 +329,16 @@ impl HttpProxy {
         }
         strip_hop_by_hop(req.headers_mut(), upgrade);
         forwarded_for(req.headers_mut(), peer);
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(self.upstream.clone())
-            .path_and_query(path)
-            .build();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.upstream.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(parts);
         match uri {
             Ok(uri) => *req.uri_mut() = uri,
             // The server parsed this path already; this cannot fail, but never panic on it.
@@ -535,14 +547,18 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the standard ones and those named in `Connection`.
 /// An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == UPGRADE))
-        .collect();
+    let named: Vec<HeaderName> = if !headers.contains_key(CONNECTION) {
+        Vec::new()
+    } else {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == UPGRADE))
+            .collect()
+    };
     for n in named {
         headers.remove(n);
     }
