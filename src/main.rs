@@ -45,7 +45,11 @@ fn main() -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let (Command::Sidecar { .. }, Some(Some(sc))) = (&cli.command, config.as_ref().map(|c| c.sidecar.as_ref())) {
         builder = if sc.worker_threads == 1 {
-            tokio::runtime::Builder::new_current_thread()
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            // One thread for blocking work (Produce rewrites, /metrics renders): each extra thread is a
+            // malloc arena that keeps its freed buffers resident.
+            b.max_blocking_threads(1);
+            b
         } else {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(sc.worker_threads);

@@ -47,6 +47,10 @@ const MAX_TRACKED: usize = 4096;
 /// Responses larger than this are streamed to the client as they arrive; smaller ones are read whole.
 const STREAM_ABOVE: usize = 64 * 1024;
 
+/// Produce requests larger than this are rewritten (trace headers) on the blocking pool, not on the
+/// runtime thread that relays every connection.
+const REWRITE_OFF_THREAD_ABOVE: usize = 64 * 1024;
+
 /// Read buffer per direction and connection.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -315,7 +319,22 @@ impl Proxy {
             let api = api_label(key);
             self.metrics.requests.with_label_values(&[api]).inc();
             self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
-            let (ask, frame) = self.read_request(frame, key, version);
+            // Rewriting a large Produce request (decompress, add headers, recompress) takes milliseconds:
+            // it runs on the blocking pool, so the runtime thread keeps relaying other connections.
+            let (ask, frame) =
+                if key == ApiKey::Produce as i16 && frame.len() > REWRITE_OFF_THREAD_ABOVE && self.settings.trace_mode != TraceMode::Off {
+                    let proxy = self.clone();
+                    match tokio::task::spawn_blocking(move || proxy.read_request(frame, key, version)).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.metrics
+                                .error(ProxyErrorKind::RecordsUnreadable, &format!("produce rewrite: {e}"));
+                            return;
+                        }
+                    }
+                } else {
+                    self.read_request(frame, key, version)
+                };
             {
                 let mut q = inflight.lock().expect("inflight lock");
                 if q.len() >= MAX_TRACKED {
