@@ -1,7 +1,8 @@
 # eventscope container image: `docker build -t eventscope .`
 # Build stage: the release binary without the `demo` feature (no librdkafka, no OpenSSL: TLS is rustls),
 # so the binary needs only glibc. Final stage: distroless, non-root (uid 65532), no shell.
-FROM rust:1.85-bookworm AS build
+# The toolchain CI builds and tests with.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
