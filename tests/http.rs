@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::otlp::OtlpReceiver;
+use support::otlp::{ids, OtlpReceiver};
 use support::*;
 
 const KIND_SERVER: i32 = 2;
@@ -16,13 +16,6 @@ const KIND_SERVER: i32 = 2;
 fn echo_header(body: &str, name: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     v["headers"][name].as_str().map(String::from)
-}
-
-/// (trace id, span id) of a traceparent value.
-fn ids(traceparent: &str) -> (String, String) {
-    let p: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(p.len(), 4, "{traceparent}");
-    (p[1].to_string(), p[2].to_string())
 }
 
 #[test]
@@ -373,14 +366,7 @@ fn load_from_hey_is_counted_exactly() {
     );
     assert_eq!(m.get("eventscope_http_connections", &[]), Some(0.0));
     // The contract: every HTTP metric that dashboards and alerts may use is exported.
-    for name in eventscope::metrics::http_names() {
-        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
-            format!("{name}_count")
-        } else {
-            name.to_string()
-        };
-        assert!(m.has(&name), "{name} is not exported by the HTTP sidecar");
-    }
+    m.assert_exports(&eventscope::metrics::http_names(), "the HTTP sidecar");
 }
 
 const KIND_CLIENT: i32 = 3;
@@ -441,14 +427,7 @@ fn outbound_calls_through_http_proxy_carry_a_client_span() {
     assert_eq!(count("GET", &dead, "502"), Some(1.0));
     // Outbound calls are not the service's own SLIs.
     assert_eq!(m.get("http_requests_total", &[("service", "orders")]), None);
-    for name in eventscope::metrics::http_outbound_names() {
-        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
-            format!("{name}_count")
-        } else {
-            name.to_string()
-        };
-        assert!(m.has(&name), "{name} is not exported by the outbound proxy");
-    }
+    m.assert_exports(&eventscope::metrics::http_outbound_names(), "the outbound proxy");
 }
 
 /// `upstream_protocol = "http2"`: requests reach an HTTP/2-only application (nginx, h2c prior knowledge,

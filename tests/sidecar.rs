@@ -411,14 +411,7 @@ fn sidecar_exports_its_whole_contract() {
     }
     es.wait_metrics("lag measured", |m| m.has("kafka_consumergroup_lag").then_some(()));
     let m = es.scrape();
-    for name in eventscope::metrics::sidecar_names() {
-        let name = if eventscope::metrics::HISTOGRAMS.contains(&name) {
-            format!("{name}_count")
-        } else {
-            name.to_string()
-        };
-        assert!(m.has(&name), "{name} is not exported by the sidecar");
-    }
+    m.assert_exports(&eventscope::metrics::sidecar_names(), "the sidecar");
 }
 
 /// A broker goes down under load and comes back: the clients recover through the sidecar and every

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
-use support::otlp::{OtlpReceiver, KIND_CONSUMER, KIND_PRODUCER};
+use support::otlp::{ids, OtlpReceiver, KIND_CONSUMER, KIND_PRODUCER};
 use support::*;
 
 const N: usize = 30;
@@ -135,13 +135,6 @@ fn consume(bootstrap: &str, topic: &str, group: &str, n: usize, commit_first: us
 
 fn header<'a>(r: &'a Consumed, key: &str) -> Option<&'a str> {
     r.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// (trace id, span id) of a traceparent value.
-fn ids(tp: &str) -> (String, String) {
-    let parts: Vec<&str> = tp.split('-').collect();
-    assert_eq!(parts.len(), 4, "{tp}");
-    (parts[1].to_string(), parts[2].to_string())
 }
 
 #[test]

@@ -449,6 +449,18 @@ impl Metrics {
         self.samples.iter().any(|(n, _, _)| n == name)
     }
 
+    /// Asserts that every metric of a contract list is present (a histogram by its `_count`).
+    pub fn assert_exports(&self, names: &[&str], who: &str) {
+        for name in names {
+            let name = if eventscope::metrics::HISTOGRAMS.contains(name) {
+                format!("{name}_count")
+            } else {
+                name.to_string()
+            };
+            assert!(self.has(&name), "{name} is not exported by {who}");
+        }
+    }
+
     pub fn count(&self, name: &str, want: &[(&str, &str)]) -> usize {
         self.samples
             .iter()

@@ -32,6 +32,13 @@ pub struct ReceivedSpan {
 pub const KIND_PRODUCER: i32 = 4;
 pub const KIND_CONSUMER: i32 = 5;
 
+/// (trace id, span id) of a `traceparent` value.
+pub fn ids(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
