@@ -150,10 +150,37 @@ pub const TRACE_SPANS: &str = "eventscope_trace_spans_total";
 pub const L_TIMESTAMP_TYPE: &str = "timestamp_type";
 pub const L_CONTEXT: &str = "context";
 pub const L_OUTCOME: &str = "outcome";
-/// Distinct `topic` values the sidecar reports before it folds the rest into [`OTHER_TOPICS`]: an
+/// Distinct `topic` values the sidecar reports before it folds the rest into [`OTHER_LABEL`]: an
 /// application writes to a handful of topics, and a hostile client cannot grow the series without bound.
 pub const MAX_TOPIC_LABELS: usize = 256;
-pub const OTHER_TOPICS: &str = "_other";
+/// The value a [`BoundedLabel`] gives everything past its budget (topics, routes, destinations).
+pub const OTHER_LABEL: &str = "_other";
+
+/// A label whose first `max` distinct values are kept and every later one becomes [`OTHER_LABEL`]: the
+/// bound on series whose label values come from the network (topics, routes, destinations).
+pub struct BoundedLabel {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BoundedLabel {
+    pub fn new(max: usize) -> BoundedLabel {
+        BoundedLabel {
+            max,
+            seen: Default::default(),
+        }
+    }
+
+    /// `value` itself if it is among the first `max` distinct values, else `_other`.
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().expect("label lock");
+        if seen.contains(value) || (seen.len() < self.max && seen.insert(value.to_string())) {
+            value.to_string()
+        } else {
+            OTHER_LABEL.to_string()
+        }
+    }
+}
 pub const L_API: &str = "api";
 pub const L_DIRECTION: &str = "direction";
 
@@ -299,7 +326,7 @@ pub struct ProxyMetrics {
     pub produce_errors: IntCounterVec,
     pub consume: ConsumeMetrics,
     pub unobserved: prometheus::IntCounter,
-    topics: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    topics: std::sync::Arc<BoundedLabel>,
 }
 
 impl ProxyMetrics {
@@ -397,18 +424,13 @@ impl ProxyMetrics {
             produce_errors,
             consume: ConsumeMetrics::new(registry),
             unobserved,
-            topics: Default::default(),
+            topics: std::sync::Arc::new(BoundedLabel::new(MAX_TOPIC_LABELS)),
         }
     }
 
     /// The `topic` label for a topic: itself for the first [`MAX_TOPIC_LABELS`] topics seen, then `_other`.
     pub fn topic_label(&self, topic: &str) -> String {
-        let mut seen = self.topics.lock().expect("topics lock");
-        if seen.contains(topic) || (seen.len() < MAX_TOPIC_LABELS && seen.insert(topic.to_string())) {
-            topic.to_string()
-        } else {
-            OTHER_TOPICS.to_string()
-        }
+        self.topics.label(topic)
     }
 
     /// The one place a proxy error is both logged and counted.

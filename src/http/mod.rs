@@ -92,7 +92,7 @@ pub struct HttpProxy {
     /// HTTP/2 with prior knowledge (h2c), for applications that speak it (gRPC).
     h2_client: Client<HttpConnector, Incoming>,
     routes: Routes,
-    destinations: route::BoundedLabel,
+    destinations: crate::metrics::BoundedLabel,
     /// `eventscope_http_trace_context_requests_total` for this service: continued, invalid, absent.
     context_counters: [prometheus::IntCounter; 3],
     metrics: HttpMetrics,
@@ -132,7 +132,7 @@ impl HttpProxy {
             .build(connector);
         let proxy = Arc::new(HttpProxy {
             routes: Routes::new(&settings.routes, settings.max_routes),
-            destinations: route::BoundedLabel::new(crate::metrics::MAX_DESTINATIONS),
+            destinations: crate::metrics::BoundedLabel::new(crate::metrics::MAX_DESTINATIONS),
             context_counters: ["continued", "invalid", "absent"]
                 .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -420,7 +420,7 @@ impl HttpProxy {
                 None => format!("{}:80", a.host()),
             })
             .unwrap_or_else(|| "_invalid".to_string());
-        let destination = self.destinations.label(destination);
+        let destination = self.destinations.label(&destination);
         let parent = req
             .headers()
             .get(TRACEPARENT)

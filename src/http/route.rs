@@ -6,15 +6,12 @@
 //! after `max_routes` distinct fallbacks every new one is `_other`. So however hostile the paths, the
 //! label has at most `templates + max_routes + 1` values.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use crate::metrics::BoundedLabel;
 
 /// Segments a fallback route keeps; deeper paths end in `/*`.
 pub const MAX_SEGMENTS: usize = 4;
 /// A segment longer than this is an opaque token, not a resource name.
 const MAX_NAME_LEN: usize = 32;
-/// The route of paths beyond the fallback budget.
-pub const OTHER_ROUTE: &str = "_other";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -63,31 +60,6 @@ impl Template {
     }
 }
 
-/// A label whose first `max` distinct values are kept and every later one becomes `_other`.
-pub struct BoundedLabel {
-    max: usize,
-    seen: Mutex<HashSet<String>>,
-}
-
-impl BoundedLabel {
-    pub fn new(max: usize) -> BoundedLabel {
-        BoundedLabel {
-            max,
-            seen: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// `value` itself if it is among the first `max` distinct values, else `_other`.
-    pub fn label(&self, value: String) -> String {
-        let mut seen = self.seen.lock().expect("label lock");
-        if seen.contains(&value) || (seen.len() < self.max && seen.insert(value.clone())) {
-            value
-        } else {
-            OTHER_ROUTE.to_string()
-        }
-    }
-}
-
 /// Turns request paths into `route` label values.
 pub struct Routes {
     templates: Vec<Template>,
@@ -111,7 +83,7 @@ impl Routes {
         if let Some(t) = self.templates.iter().filter(|t| t.matches(segments)).max_by_key(|t| t.literals) {
             return (t.text.clone(), true);
         }
-        (self.fallbacks.label(fallback(segments)), false)
+        (self.fallbacks.label(&fallback(segments)), false)
     }
 }
 
@@ -142,6 +114,7 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn templates_win_most_literal_first() {
@@ -174,7 +147,7 @@ mod tests {
             labels.insert(r.label(&format!("/r{i}z/q")).0);
         }
         assert!(labels.len() <= 6, "{labels:?}");
-        assert!(labels.contains(OTHER_ROUTE));
+        assert!(labels.contains(crate::metrics::OTHER_LABEL));
         assert_eq!(r.label("/orders/7").0, "/orders/{id}");
     }
 
