@@ -4,6 +4,7 @@
 //! end-to-end consistency windows for every consumer group of one or more clusters, exported on
 //! `/metrics`. See README.md for the map of modules.
 
+pub mod accept;
 pub mod admin;
 pub mod cli;
 pub mod collector;

@@ -179,26 +179,13 @@ impl HttpProxy {
             .max_header_list_size(self.settings.max_header_bytes as u32)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         let builder = Arc::new(builder);
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "http proxy accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics.error(
-                    HttpErrorKind::ConnectionLimit,
-                    &format!("{peer}: over {} connections", self.settings.max_connections),
-                );
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+        let refused = |peer| {
+            self.metrics.error(
+                HttpErrorKind::ConnectionLimit,
+                &format!("{peer}: over {} connections", self.settings.max_connections),
+            )
+        };
+        while let Some((stream, peer, permit)) = crate::accept::next(&listener, &self.permits, &mut shutdown, "http proxy", refused).await {
             let proxy = self.clone();
             let builder = builder.clone();
             let mut conn_shutdown = shutdown.clone();

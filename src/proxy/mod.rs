@@ -205,27 +205,13 @@ impl Proxy {
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, target: Target) {
         let mut shutdown = self.shutdown.clone();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka proxy accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics.error(
-                    ProxyErrorKind::ConnectionLimit,
-                    &format!("{peer}: over {} connections", self.settings.max_connections),
-                );
-                drop(stream);
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+        let refused = |peer| {
+            self.metrics.error(
+                ProxyErrorKind::ConnectionLimit,
+                &format!("{peer}: over {} connections", self.settings.max_connections),
+            )
+        };
+        while let Some((stream, _, permit)) = crate::accept::next(&listener, &self.permits, &mut shutdown, "kafka proxy", refused).await {
             tokio::spawn(self.clone().serve(stream, target, permit));
         }
     }
