@@ -42,20 +42,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let (Command::Sidecar { .. }, Some(Some(sc))) = (&cli.command, config.as_ref().map(|c| c.sidecar.as_ref())) {
-        builder = if sc.worker_threads == 1 {
+    let sidecar_threads = match (&cli.command, &config) {
+        (Command::Sidecar { .. }, Some(c)) => c.sidecar.as_ref().map(|s| s.worker_threads),
+        _ => None,
+    };
+    let mut builder = match sidecar_threads {
+        Some(1) => {
             let mut b = tokio::runtime::Builder::new_current_thread();
             // One thread for blocking work (Produce rewrites, /metrics renders): each extra thread is a
             // malloc arena that keeps its freed buffers resident.
             b.max_blocking_threads(1);
             b
-        } else {
+        }
+        Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(sc.worker_threads);
+            b.worker_threads(n);
             b
-        };
-    }
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

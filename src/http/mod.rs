@@ -248,15 +248,11 @@ impl HttpProxy {
         let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
         let tracestate = req.headers().get(TRACESTATE).map(|v| v.as_bytes());
         let parent = traceparent.and_then(|tp| crate::traces::extract(tp, tracestate));
-        let context = match (traceparent.is_some(), parent.is_some()) {
-            (true, true) => "continued",
-            (true, false) => "invalid",
-            (false, _) => "absent",
-        };
-        self.context_counters[match context {
-            "continued" => 0,
-            "invalid" => 1,
-            _ => 2,
+        // Index into context_counters: continued, invalid, absent.
+        self.context_counters[match (traceparent.is_some(), parent.is_some()) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, _) => 2,
         }]
         .inc();
         let continued = parent.is_some();
