@@ -327,6 +327,104 @@ fn responses_stream_and_upgrades_tunnel() {
     assert_eq!(m, 1.0);
 }
 
+/// The port of the connection to the application that carried a request (from the echo).
+fn peer_port(answer: &str) -> u64 {
+    let body = &answer[answer.find("\r\n\r\n").expect("a response head") + 4..];
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["peer_port"].as_u64().unwrap()
+}
+
+#[test]
+fn http1_is_relayed_by_its_framing_pipelined_and_over_reused_connections() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(&app.addr, &[], &[("OTEL_TRACES_EXPORTER", "none")]);
+    let wait = Duration::from_secs(10);
+
+    // Pipelined: three requests in one write, answered in order on one connection; the last closes it.
+    let answer = raw(
+        &addr,
+        b"GET /orders/1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello worldGET /orders/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        wait,
+    );
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+    let (first, echo, third) = (
+        answer.find("/orders/1").unwrap(),
+        answer.find("hello world").unwrap(),
+        answer.find("/orders/3").unwrap(),
+    );
+    assert!(first < echo && echo < third, "{answer}");
+
+    // HEAD: the Content-Length is the GET's, no body follows and none is waited for.
+    let started = Instant::now();
+    let answer = raw(&addr, b"HEAD /orders/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", wait);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-length: "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body after a HEAD response: {answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "HEAD took {:?}", started.elapsed());
+
+    // A body that ends when the application closes: relayed whole, then the client's connection closes.
+    let answer = raw(&addr, b"GET /unframed/3 HTTP/1.1\r\nHost: a\r\n\r\n", wait);
+    assert!(answer.ends_with("unframed 0\nunframed 1\nunframed 2\n"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+
+    // 103 Early Hints go to the client before the final response.
+    let answer = raw(&addr, b"GET /early-hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", wait);
+    assert!(answer.starts_with("HTTP/1.1 103"), "{answer}");
+    assert!(answer.contains("rel=preload") && answer.contains("HTTP/1.1 200"), "{answer}");
+
+    // An application that answers garbage: 502, and the sidecar carries on.
+    let answer = raw(&addr, b"GET /garbage HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", wait);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+
+    // HTTP/1.0 and requests without Host take hyper's path; still answered.
+    let answer = raw(&addr, b"GET /orders/10 HTTP/1.0\r\n\r\n", wait);
+    assert!(answer.starts_with("HTTP/1.") && answer.contains(" 200 OK"), "{answer}");
+
+    // Connections to the application are reused across client connections...
+    let get = |path: &str| {
+        raw(
+            &addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            wait,
+        )
+    };
+    let a = peer_port(&get("/orders/20"));
+    let b = peer_port(&get("/orders/21"));
+    assert_eq!(a, b, "the idle connection to the application was reused");
+    // ...until the application closes one while it is idle: the next requests (a GET and a POST, which is
+    // never retried) go over a fresh connection and succeed.
+    let c = peer_port(&get("/closes-later"));
+    std::thread::sleep(Duration::from_millis(600));
+    let d = peer_port(&get("/orders/22"));
+    assert_ne!(c, d, "a connection the application closed is not reused");
+    peer_port(&get("/closes-later"));
+    std::thread::sleep(Duration::from_millis(600));
+    let answer = raw(
+        &addr,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        wait,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+
+    let m = es.scrape();
+    let errors = |kind: &str| m.get("eventscope_http_proxy_errors_total", &[("kind", kind)]).unwrap_or(0.0);
+    assert_eq!(errors("upstream_failed"), 1.0, "the garbage answer, and nothing else");
+    assert_eq!(errors("response_aborted"), 0.0);
+    let requests = |method: &str, route: &str, status: &str| {
+        m.get("http_requests_total", &[("method", method), ("route", route), ("status", status)])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        requests("GET", "/orders/{id}", "200"),
+        6.0,
+        "pipelined, HTTP/1.0 and pooled requests"
+    );
+    assert_eq!(requests("HEAD", "/orders/{id}", "200"), 1.0);
+    assert_eq!(requests("POST", "/echo", "200"), 2.0);
+    assert_eq!(requests("GET", "/garbage", "502"), 1.0);
+    assert_eq!(requests("GET", "/unframed/{id}", "200"), 1.0);
+}
+
 #[test]
 fn load_from_hey_is_counted_exactly() {
     let app = HttpApp::start();

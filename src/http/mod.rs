@@ -19,6 +19,7 @@
 //! - Hostile clients: request heads over `max_header_bytes` get 431, malformed ones 400, clients that do
 //!   not send a head within `header_read_timeout` are closed; all counted. Connections are limited.
 
+mod h1;
 pub mod route;
 
 use std::convert::Infallible;
@@ -98,6 +99,8 @@ pub struct HttpProxy {
     metrics: HttpMetrics,
     tracer: Tracer,
     permits: Arc<Semaphore>,
+    /// Idle HTTP/1.1 connections to the application, for the fast path ([`h1`]).
+    pool: h1::Pool,
 }
 
 impl HttpProxy {
@@ -136,6 +139,7 @@ impl HttpProxy {
             context_counters: ["continued", "invalid", "absent"]
                 .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
+            pool: h1::Pool::new(settings.idle_timeout),
             upstream,
             client,
             h2_client,
@@ -192,32 +196,54 @@ impl HttpProxy {
             tokio::spawn(async move {
                 let _permit = permit;
                 proxy.metrics.connections.inc();
-                let service = {
-                    let proxy = proxy.clone();
-                    hyper::service::service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move {
-                            match direction {
-                                Direction::Inbound => proxy.handle(req, peer).await,
-                                Direction::Outbound => proxy.handle_outbound(req).await,
-                            }
-                        }
-                    })
+                // Plain HTTP/1.1 requests to the application take the fast path; the rest, and a
+                // connection once it sends anything else, hyper's server.
+                let fast = direction == Direction::Inbound && proxy.settings.upstream_protocol != crate::config::UpstreamProtocol::Http2;
+                let io = if fast {
+                    h1::serve(&proxy, stream, peer, &mut conn_shutdown).await
+                } else {
+                    Some(h1::Rewind::new(stream, Bytes::new()))
                 };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = conn_shutdown.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = result {
-                    proxy.connection_error(peer, e.as_ref());
+                if let Some(io) = io {
+                    proxy.serve_hyper(&builder, io, peer, direction, &mut conn_shutdown).await;
                 }
                 proxy.metrics.connections.dec();
             });
+        }
+    }
+
+    /// Serves a client connection with hyper's server (HTTP/1.1 and HTTP/2, upgrades).
+    async fn serve_hyper(
+        self: &Arc<Self>,
+        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        io: h1::Rewind,
+        peer: SocketAddr,
+        direction: Direction,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let service = {
+            let proxy = self.clone();
+            hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move {
+                    match direction {
+                        Direction::Inbound => proxy.handle(req, peer).await,
+                        Direction::Outbound => proxy.handle_outbound(req).await,
+                    }
+                }
+            })
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            self.connection_error(peer, e.as_ref());
         }
     }
 
@@ -238,18 +264,20 @@ impl HttpProxy {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Observed>, Infallible> {
+    /// Starts measuring an inbound request (hyper's or the HTTP/1.1 fast path's): its route label, the
+    /// trace-context counter and the SERVER span. Returns what records the request once it is over, the
+    /// `traceparent` the application gets, and whether the client's context was continued (only then does
+    /// its `tracestate` go on).
+    fn begin(self: &Arc<Self>, r: &Inbound<'_>, peer: SocketAddr) -> (Completion, String, bool) {
         let started = Instant::now();
         let started_at = SystemTime::now();
-        let method = method_label(req.method());
-        let (route, _templated) = self.routes.label(req.uri().path());
+        let method = method_label(r.method);
+        let (route, _templated) = self.routes.label(r.path);
 
         // W3C trace context: continue a valid one, start a new trace otherwise; never fail the request.
-        let traceparent = req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
-        let tracestate = req.headers().get(TRACESTATE).map(|v| v.as_bytes());
-        let parent = traceparent.and_then(|tp| crate::traces::extract(tp, tracestate));
+        let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
         // Index into context_counters: continued, invalid, absent.
-        self.context_counters[match (traceparent.is_some(), parent.is_some()) {
+        self.context_counters[match (r.traceparent.is_some(), parent.is_some()) {
             (true, true) => 0,
             (true, false) => 1,
             (false, _) => 2,
@@ -257,30 +285,16 @@ impl HttpProxy {
         .inc();
         let continued = parent.is_some();
         let span = self.tracer.start_span(parent, method, SpanKind::Server);
-        if let Ok(v) = HeaderValue::from_str(&crate::traces::traceparent(&span.context)) {
-            req.headers_mut().insert(TRACEPARENT, v);
-        }
-        if !continued {
-            // A new trace owns no vendor state from an invalid parent.
-            req.headers_mut().remove(TRACESTATE);
-        }
+        let traceparent = crate::traces::traceparent(&span.context);
 
         // Attributes only for spans that will be exported (the span's context is propagated regardless).
         let recorded = span.context.is_sampled() && self.tracer.exporting();
-        let host = (recorded || !req.headers().contains_key(HOST))
-            .then(|| {
-                req.uri()
-                    .authority()
-                    .map(|a| a.as_str().to_string())
-                    .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(String::from))
-            })
-            .flatten();
         let (name, attributes) = if !recorded {
             (String::new(), Vec::new())
         } else if method == "_OTHER" {
-            ("HTTP".to_string(), span_attributes(&req, &route, peer, host.as_deref()))
+            ("HTTP".to_string(), span_attributes(r, &route, peer))
         } else {
-            (format!("{method} {route}"), span_attributes(&req, &route, peer, host.as_deref()))
+            (format!("{method} {route}"), span_attributes(r, &route, peer))
         };
         let done = Completion {
             proxy: self.clone(),
@@ -294,6 +308,37 @@ impl HttpProxy {
             started_at,
             attributes,
         };
+        (done, traceparent, continued)
+    }
+
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Observed>, Infallible> {
+        let authority_or_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+        let inbound = Inbound {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            version: req.version(),
+            traceparent: req.headers().get(TRACEPARENT).map(|v| v.as_bytes()),
+            tracestate: req.headers().get(TRACESTATE).map(|v| v.as_bytes()),
+            host: authority_or_host,
+            user_agent: req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()),
+        };
+        let (done, traceparent, continued) = self.begin(&inbound, peer);
+        // HTTP/2 requests carry the host in `:authority`; HTTP/1.1 ones without Host get it from there.
+        let host = (!req.headers().contains_key(HOST))
+            .then(|| authority_or_host.map(String::from))
+            .flatten();
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            req.headers_mut().insert(TRACEPARENT, v);
+        }
+        if !continued {
+            // A new trace owns no vendor state from an invalid parent.
+            req.headers_mut().remove(TRACESTATE);
+        }
 
         // To the application: HTTP/1.1 (or HTTP/2 as configured), Host kept (from :authority for HTTP/2
         // requests).
@@ -305,7 +350,7 @@ impl HttpProxy {
                 crate::config::UpstreamProtocol::Downstream => req.version() == Version::HTTP_2,
             };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        if let (false, Some(h)) = (req.headers().contains_key(HOST), &host) {
+        if let Some(h) = &host {
             if let Ok(v) = HeaderValue::from_str(h) {
                 req.headers_mut().insert(HOST, v);
             }
@@ -478,23 +523,36 @@ impl HttpProxy {
     }
 }
 
+/// What the inbound side reads of a request, from hyper's parsed request or the HTTP/1.1 fast path's.
+struct Inbound<'a> {
+    method: &'a hyper::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    version: Version,
+    traceparent: Option<&'a [u8]>,
+    tracestate: Option<&'a [u8]>,
+    /// The request's authority (HTTP/2) or `Host` header.
+    host: Option<&'a str>,
+    user_agent: Option<&'a str>,
+}
+
 /// The HTTP semantic-convention attributes of a SERVER span.
-fn span_attributes<B>(req: &Request<B>, route: &str, peer: SocketAddr, host: Option<&str>) -> Vec<KeyValue> {
+fn span_attributes(r: &Inbound<'_>, route: &str, peer: SocketAddr) -> Vec<KeyValue> {
     let mut attributes = vec![
-        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("http.request.method", r.method.as_str().to_string()),
         KeyValue::new("http.route", route.to_string()),
-        KeyValue::new("url.path", req.uri().path().to_string()),
+        KeyValue::new("url.path", r.path.to_string()),
         KeyValue::new("url.scheme", "http"),
-        KeyValue::new("network.protocol.version", protocol_version(req.version())),
+        KeyValue::new("network.protocol.version", protocol_version(r.version)),
         KeyValue::new("client.address", peer.ip().to_string()),
     ];
-    if let Some(q) = req.uri().query() {
+    if let Some(q) = r.query {
         attributes.push(KeyValue::new("url.query", q.to_string()));
     }
-    if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+    if let Some(ua) = r.user_agent {
         attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
     }
-    if let Some(h) = host {
+    if let Some(h) = r.host {
         let (address, port) = h.rsplit_once(':').map_or((h, None), |(a, p)| (a, p.parse::<i64>().ok()));
         attributes.push(KeyValue::new("server.address", address.to_string()));
         if let Some(p) = port {
@@ -612,12 +670,7 @@ impl Completion {
     /// A response of the proxy's own (502, 504, 400; an empty 200 opens a CONNECT tunnel).
     fn local(mut self, status: StatusCode) -> Response<Observed> {
         self.status = status.as_u16();
-        let text = if status.is_success() {
-            String::new()
-        } else {
-            format!("eventscope: {}\n", status.canonical_reason().unwrap_or("error"))
-        };
-        let body = Full::new(Bytes::from(text))
+        let body = Full::new(Bytes::from(local_text(status)))
             .map_err(|never: Infallible| match never {})
             .boxed_unsync();
         let mut resp = Response::new(Observed {
@@ -670,6 +723,15 @@ impl Completion {
             attributes,
             error,
         );
+    }
+}
+
+/// The body of a response of the proxy's own: empty for a success, else the status's reason.
+fn local_text(status: StatusCode) -> String {
+    if status.is_success() {
+        String::new()
+    } else {
+        format!("eventscope: {}\n", status.canonical_reason().unwrap_or("error"))
     }
 }
 

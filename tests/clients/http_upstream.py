@@ -9,6 +9,12 @@ Usage: python3 http_upstream.py PORT
   GET  /stream/{n}               n chunks of "chunk i", 200 ms apart (chunked transfer encoding)
   POST /echo                     the request body back (Content-Length or chunked)
   GET  /upgrade  (Upgrade: echo) 101, then every byte sent back on the raw connection
+  GET  /unframed/{n}             n lines with neither Content-Length nor chunked: the body ends at close
+  GET  /early-hints              103 Early Hints, then the echo
+  GET  /garbage                  bytes that are not an HTTP response, then close
+  GET  /closes-later             the echo, then the connection closed 200 ms later (an idle timeout)
+  HEAD any                       the echo's headers (its Content-Length), no body
+The echo's "peer_port" is the port of the connection the request came on (connection reuse is seen).
 """
 
 import json
@@ -48,6 +54,26 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.2)
             self.wfile.write(b"0\r\n\r\n")
+        elif parts[0] == "unframed" and len(parts) == 2:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            for i in range(int(parts[1])):
+                self.wfile.write(f"unframed {i}\n".encode())
+            self.close_connection = True
+        elif parts[0] == "early-hints":
+            self.send_response_only(103)
+            self.send_header("Link", "</style.css>; rel=preload")
+            self.end_headers()
+            self.reply(200, json.dumps(self.echo()).encode())
+        elif parts[0] == "garbage":
+            self.wfile.write(b"\x00\x01 not http at all\r\n\r\n")
+            self.close_connection = True
+        elif parts[0] == "closes-later":
+            self.reply(200, json.dumps(self.echo()).encode())
+            self.wfile.flush()
+            time.sleep(0.2)
+            self.close_connection = True
         elif parts[0] == "upgrade" and self.headers.get("Upgrade", "").lower() == "echo":
             self.send_response(101)
             self.send_header("Connection", "Upgrade")
@@ -61,12 +87,22 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.sendall(data)
             self.close_connection = True
         else:
-            echo = {
-                "path": self.path,
-                "protocol": self.request_version,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-            }
-            self.reply(200, json.dumps(echo).encode())
+            self.reply(200, json.dumps(self.echo()).encode())
+
+    def echo(self):
+        return {
+            "path": self.path,
+            "protocol": self.request_version,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "peer_port": self.client_address[1],
+        }
+
+    def do_HEAD(self):
+        body = json.dumps(self.echo()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
 
     def do_POST(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -1,0 +1,904 @@
+//! The inbound proxy's fast path for plain HTTP/1.1 requests, the common case of a pod's traffic.
+//!
+//! The request head is parsed in place with `httparse` (the parser hyper itself uses), rewritten as bytes
+//! (hop-by-hop headers out; `traceparent`, `X-Forwarded-For` in) and written to an idle connection to the
+//! application; the response head is parsed the same way and the body relayed as bytes by its framing
+//! (`Content-Length`, chunked, or until the application closes). No header map, request object or task
+//! hand-off per request: hyper's general machinery costs about four times the CPU of nginx per proxied
+//! request, this path about as much as nginx (measured in `docs/benchmarks.md`). Measurement and trace
+//! context are the same as on hyper's path ([`super::HttpProxy::begin`], [`super::Completion`]).
+//!
+//! Only requests whose handling is unambiguous take this path: HTTP/1.1 in origin form with one `Host`,
+//! no body or a `Content-Length` body of at most [`MAX_FAST_BODY`], no `Transfer-Encoding`, `Expect` or
+//! upgrade. Anything else (HTTP/1.0, the HTTP/2 preface, chunked or large uploads, WebSocket, malformed
+//! or oversized heads) hands the connection over to hyper's server with the bytes already read
+//! ([`Rewind`]); hyper then answers it as before (streaming, tunnels, 400, 431) and keeps the connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::{Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{local_text, Completion, HttpProxy, Inbound};
+use crate::metrics::HttpErrorKind;
+
+/// Headers per message, as hyper's server allows.
+const MAX_HEADERS: usize = 100;
+/// Request bodies up to this size are read whole before the request is sent; larger ones (uploads) go to
+/// hyper, which streams them both ways.
+pub const MAX_FAST_BODY: usize = 64 * 1024;
+/// The largest response head taken from the application (hyper's client allows about 400 KiB).
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Bytes asked for per read: hyper's initial buffer size, so idle connections hold as little.
+const READ_SIZE: usize = 8 * 1024;
+/// Idle connections to the application kept for reuse (hyper's pool keeps any number).
+const MAX_IDLE: usize = 1024;
+
+/// A connection handed to hyper: the stream and what was read from it but not consumed.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(inner: TcpStream, prefix: Bytes) -> Rewind {
+        Rewind { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Idle connections to the application, the most recently used taken first.
+pub struct Pool {
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            idle_timeout,
+        }
+    }
+
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() < self.idle_timeout && reusable(&s) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest connection goes once it has been idle too long (or the pool is full).
+        if idle
+            .first()
+            .is_some_and(|(_, since)| since.elapsed() >= self.idle_timeout || idle.len() >= MAX_IDLE)
+        {
+            idle.remove(0);
+        }
+        idle.push((s, Instant::now()));
+    }
+}
+
+/// Whether an idle connection to the application is still open and quiet: no system call unless the
+/// reactor has seen it become readable (the application closed it, or sent what it should not have).
+fn reusable(s: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Serves a client connection on the fast path until it closes (`None`) or sends something only hyper
+/// handles (`Some`: the connection with the bytes already read).
+pub async fn serve(
+    proxy: &Arc<HttpProxy>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Rewind> {
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut first = true;
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let plan = loop {
+            if !buf.is_empty() {
+                match plan(proxy, &buf, peer) {
+                    Parsed::Ready(p) => break p,
+                    Parsed::Partial if buf.len() <= proxy.settings.max_header_bytes => {}
+                    _ => return Some(Rewind::new(client, buf.freeze())),
+                }
+            }
+            // The first byte of a request may take as long as a keep-alive connection may idle (the
+            // first request on a connection: the header read timeout); the rest of the head must come
+            // within the header read timeout.
+            let wait = if buf.is_empty() && !first {
+                proxy.settings.idle_timeout
+            } else {
+                proxy.settings.header_read_timeout
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout(wait, read_some(&mut client, &mut buf)) => r,
+                _ = shutdown.changed(), if buf.is_empty() => return None,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    if first || !buf.is_empty() {
+                        proxy
+                            .metrics
+                            .error(HttpErrorKind::ClientTimeout, &format!("{peer}: no request head within {wait:?}"));
+                    }
+                    return None;
+                }
+            }
+        };
+        first = false;
+        // The body, bounded by MAX_FAST_BODY, then the whole request to the application.
+        let total = plan.head_len + plan.body_len;
+        while buf.len() < total {
+            let read = tokio::time::timeout(proxy.settings.header_read_timeout, read_some(&mut client, &mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    proxy
+                        .metrics
+                        .error(HttpErrorKind::ClientTimeout, &format!("{peer}: request body stalled"));
+                    return None;
+                }
+            }
+        }
+        let mut request = plan.head;
+        request.extend_from_slice(&buf[plan.head_len..total]);
+        buf.advance(total);
+        let keep_open = exchange(proxy, &mut client, request, plan.done, plan.method_kind).await;
+        if !keep_open || plan.close {
+            return None;
+        }
+    }
+}
+
+async fn read_some(s: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    s.read_buf(buf).await
+}
+
+/// A parsed request, ready to go to the application.
+struct Plan {
+    head_len: usize,
+    body_len: usize,
+    /// The head the application gets.
+    head: Vec<u8>,
+    done: Completion,
+    /// The client asked to close after this request.
+    close: bool,
+    method_kind: MethodKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MethodKind {
+    /// HEAD: the response has no body whatever its headers say.
+    Head,
+    /// May be sent again on a fresh connection if a reused one turns out closed (RFC 9110 §9.2.2).
+    Idempotent,
+    Other,
+}
+
+// Returned once per request and consumed at once: boxing the plan would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Ready(Plan),
+    Partial,
+    /// Not for the fast path: hyper takes the connection.
+    Other,
+}
+
+/// Request headers the application never gets from the client as they are: hop-by-hop ones (RFC 9110
+/// §7.6.1) and the ones the proxy sets.
+fn request_header_dropped(name: &str) -> bool {
+    const DROPPED: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "traceparent",
+        "tracestate",
+        "x-forwarded-for",
+        "upgrade",
+    ];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        // Heads over the limit go to hyper, which answers 431.
+        Ok(httparse::Status::Complete(n)) if n <= proxy.settings.max_header_bytes => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        _ => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if !target.starts_with('/') || method == Method::CONNECT {
+        return Parsed::Other;
+    }
+    // One pass over the headers: what decides the path, and what the proxy reads.
+    let mut content_length: Option<u64> = None;
+    let mut host = None;
+    let mut close = false;
+    let mut named: Vec<&str> = Vec::new();
+    let (mut traceparent, mut tracestate, mut xff, mut user_agent) = (None, None, None, None);
+    let mut has_proto = false;
+    for h in req.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            let Some(len) = parse_length(h.value) else {
+                return Parsed::Other;
+            };
+            if content_length.replace(len).is_some() || len > MAX_FAST_BODY as u64 {
+                return Parsed::Other;
+            }
+        } else if n.eq_ignore_ascii_case("transfer-encoding") || n.eq_ignore_ascii_case("upgrade") || n.eq_ignore_ascii_case("expect") {
+            return Parsed::Other;
+        } else if n.eq_ignore_ascii_case("connection") {
+            let Ok(v) = std::str::from_utf8(h.value) else {
+                return Parsed::Other;
+            };
+            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return Parsed::Other;
+                } else if !token.eq_ignore_ascii_case("keep-alive") {
+                    named.push(token);
+                }
+            }
+        } else if n.eq_ignore_ascii_case("host") {
+            let Ok(v) = std::str::from_utf8(h.value) else {
+                return Parsed::Other;
+            };
+            if host.replace(v).is_some() {
+                return Parsed::Other;
+            }
+        } else if n.eq_ignore_ascii_case("traceparent") {
+            traceparent = traceparent.or(Some(h.value));
+        } else if n.eq_ignore_ascii_case("tracestate") {
+            tracestate = tracestate.or(Some(h.value));
+        } else if n.eq_ignore_ascii_case("x-forwarded-for") {
+            xff = xff.or(std::str::from_utf8(h.value).ok());
+        } else if n.eq_ignore_ascii_case("x-forwarded-proto") {
+            has_proto = true;
+        } else if n.eq_ignore_ascii_case("user-agent") {
+            user_agent = user_agent.or(std::str::from_utf8(h.value).ok());
+        }
+    }
+    let Some(host) = host else {
+        return Parsed::Other;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let inbound = Inbound {
+        method: &method,
+        path,
+        query,
+        version: Version::HTTP_11,
+        traceparent,
+        tracestate,
+        host: Some(host),
+        user_agent,
+    };
+    let (done, context, continued) = proxy.begin(&inbound, peer);
+
+    let body_len = content_length.unwrap_or(0) as usize;
+    let mut head = Vec::with_capacity(head_len + 160 + body_len);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        if request_header_dropped(h.name)
+            || named.iter().any(|t| h.name.eq_ignore_ascii_case(t))
+            // `TE: trailers` is the one TE value kept (gRPC requires it).
+            || (h.name.eq_ignore_ascii_case("te") && h.value != b"trailers")
+        {
+            continue;
+        }
+        header(&mut head, h.name, h.value);
+    }
+    header(&mut head, "traceparent", context.as_bytes());
+    if let (true, Some(ts)) = (continued, tracestate) {
+        header(&mut head, "tracestate", ts);
+    }
+    // X-Forwarded-For with the client's address appended, X-Forwarded-Proto if absent (as Envoy, nginx).
+    head.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = xff {
+        head.extend_from_slice(prior.as_bytes());
+        head.extend_from_slice(b", ");
+    }
+    {
+        use std::io::Write;
+        let _ = write!(head, "{}\r\n", peer.ip());
+    }
+    if !has_proto {
+        head.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let method_kind = match method {
+        Method::HEAD => MethodKind::Head,
+        Method::GET | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE => MethodKind::Idempotent,
+        _ => MethodKind::Other,
+    };
+    Parsed::Ready(Plan {
+        head_len,
+        body_len,
+        head,
+        done,
+        close,
+        method_kind,
+    })
+}
+
+fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), no sign, no list.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A response head from the application, rewritten for the client.
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The application will not take another request on this connection.
+    app_closes: bool,
+    /// The head the client gets (after any interim 1xx heads).
+    out: Vec<u8>,
+}
+
+/// Why the exchange with the application failed before its response head.
+enum Failure {
+    /// The connection failed; `received` says whether any response byte had come.
+    Io { received: bool, error: String },
+    /// The application answered something that is not an HTTP/1.1 response this request allows.
+    Invalid(String),
+}
+
+/// Sends `request` to the application and relays its response to the client (502 or 504 of its own if
+/// the application fails); false when the client connection must close.
+async fn exchange(proxy: &Arc<HttpProxy>, client: &mut TcpStream, request: Vec<u8>, mut done: Completion, method_kind: MethodKind) -> bool {
+    let target = &proxy.settings.upstream;
+    let mut rbuf = BytesMut::with_capacity(READ_SIZE);
+    let mut retried = false;
+    let (mut app, head) = loop {
+        let pooled = if retried { None } else { proxy.pool.take() };
+        let reused = pooled.is_some();
+        let mut app = match pooled {
+            Some(s) => s,
+            None => match connect(proxy).await {
+                Ok(s) => s,
+                Err(e) => {
+                    proxy
+                        .metrics
+                        .error(HttpErrorKind::UpstreamUnavailable, &format!("cannot connect to {target}: {e}"));
+                    return local(client, done, StatusCode::BAD_GATEWAY).await;
+                }
+            },
+        };
+        rbuf.clear();
+        let sent = tokio::time::timeout(
+            proxy.settings.response_timeout,
+            send_and_read_head(&mut app, &request, &mut rbuf, method_kind == MethodKind::Head),
+        )
+        .await;
+        match sent {
+            Ok(Ok(head)) => break (app, head),
+            // A reused connection the application had closed: once more on a fresh one, if that is safe.
+            Ok(Err(Failure::Io { received: false, .. })) if reused && method_kind != MethodKind::Other => {
+                retried = true;
+            }
+            Ok(Err(Failure::Io { error, .. } | Failure::Invalid(error))) => {
+                proxy.metrics.error(HttpErrorKind::UpstreamFailed, &format!("{target}: {error}"));
+                return local(client, done, StatusCode::BAD_GATEWAY).await;
+            }
+            Err(_) => {
+                proxy.metrics.error(
+                    HttpErrorKind::UpstreamTimeout,
+                    &format!("{target}: no response within {:?}", proxy.settings.response_timeout),
+                );
+                return local(client, done, StatusCode::GATEWAY_TIMEOUT).await;
+            }
+        }
+    };
+    done.status = head.status;
+    let mut framer = Framer::new(head.framing);
+    let mut out = head.out;
+    let after_head = &rbuf[head.len..];
+    let take = match framer.feed(after_head) {
+        Ok(n) => n,
+        Err(()) => {
+            proxy
+                .metrics
+                .error(HttpErrorKind::UpstreamFailed, &format!("{target}: malformed chunked body"));
+            return local(client, done, StatusCode::BAD_GATEWAY).await;
+        }
+    };
+    out.extend_from_slice(&after_head[..take]);
+    // Bytes past the end of the response: the application cannot be trusted with another request.
+    let mut app_reusable = !head.app_closes && take == after_head.len();
+    // A client that goes away is its own business (as on hyper's path); an application whose body breaks
+    // off is counted as an aborted response.
+    if client.write_all(&out).await.is_err() {
+        done.complete(false);
+        return false;
+    }
+    let mut aborted = false;
+    let mut client_gone = false;
+    while !framer.done() {
+        rbuf.clear();
+        rbuf.reserve(READ_SIZE.max(16 * 1024));
+        match app.read_buf(&mut rbuf).await {
+            Ok(0) if head.framing == Framing::UntilClose => break,
+            Ok(0) | Err(_) => {
+                aborted = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+        let Ok(take) = framer.feed(&rbuf) else {
+            aborted = true;
+            break;
+        };
+        app_reusable &= take == rbuf.len();
+        if client.write_all(&rbuf[..take]).await.is_err() {
+            client_gone = true;
+            break;
+        }
+    }
+    done.complete(aborted);
+    if aborted || client_gone {
+        return false;
+    }
+    if app_reusable {
+        proxy.pool.put(app);
+    }
+    head.framing != Framing::UntilClose
+}
+
+async fn connect(proxy: &HttpProxy) -> io::Result<TcpStream> {
+    let s = tokio::time::timeout(proxy.settings.connect_timeout, TcpStream::connect(proxy.settings.upstream.as_str()))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Writes the request and reads the final response head (interim 1xx heads are kept and go first).
+async fn send_and_read_head(app: &mut TcpStream, request: &[u8], rbuf: &mut BytesMut, head_request: bool) -> Result<ResponseHead, Failure> {
+    let io = |received: bool| {
+        move |e: io::Error| Failure::Io {
+            received,
+            error: e.to_string(),
+        }
+    };
+    app.write_all(request).await.map_err(io(false))?;
+    let mut interim = Vec::new();
+    loop {
+        match parse_response(rbuf, head_request)? {
+            Some(head) if (100..200).contains(&head.status) => {
+                if head.status == 101 {
+                    return Err(Failure::Invalid("101 Switching Protocols without an upgrade request".into()));
+                }
+                interim.extend_from_slice(&head.out);
+                rbuf.advance(head.len);
+                continue;
+            }
+            Some(mut head) => {
+                if !interim.is_empty() {
+                    interim.extend_from_slice(&head.out);
+                    head.out = interim;
+                }
+                return Ok(head);
+            }
+            None if rbuf.len() > MAX_RESPONSE_HEAD => {
+                return Err(Failure::Invalid(format!("response head over {MAX_RESPONSE_HEAD} bytes")));
+            }
+            None => {}
+        }
+        let received = !rbuf.is_empty() || !interim.is_empty();
+        rbuf.reserve(READ_SIZE);
+        match app.read_buf(rbuf).await {
+            Ok(0) => {
+                return Err(Failure::Io {
+                    received,
+                    error: "connection closed before the response head".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => return Err(io(received)(e)),
+        }
+    }
+}
+
+/// Response headers the client never gets: hop-by-hop ones (`Transfer-Encoding` stays: the body is
+/// relayed as it came).
+fn response_header_dropped(name: &str) -> bool {
+    const DROPPED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// The response head in `buf`, if complete; its framing by RFC 9112 §6.3.
+fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Failure::Invalid(format!("malformed response head: {e}"))),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(Failure::Invalid("malformed response head".into()));
+    };
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut app_closes = version == 0;
+    let mut named: Vec<&str> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match (parse_length(h.value), length) {
+                (Some(l), None) => length = Some(l),
+                (Some(l), Some(prior)) if l == prior => {}
+                _ => return Err(Failure::Invalid("invalid Content-Length".into())),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only if it is the last coding (RFC 9112 §6.3: otherwise the body ends at close).
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = std::str::from_utf8(h.value).unwrap_or_default();
+            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("close") {
+                    app_closes = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    app_closes &= version != 0;
+                } else {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(l)) => Framing::Length(l),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let mut out = Vec::with_capacity(len + 32);
+    {
+        use std::io::Write;
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
+    }
+    for h in resp.headers.iter() {
+        if response_header_dropped(h.name) || named.iter().any(|t| h.name.eq_ignore_ascii_case(t)) {
+            continue;
+        }
+        header(&mut out, h.name, h.value);
+    }
+    if framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        framing,
+        app_closes: app_closes || framing == Framing::UntilClose,
+        out,
+    }))
+}
+
+/// Answers with a response of the proxy's own (502, 504) and records the request; false if the client
+/// is gone.
+async fn local(client: &mut TcpStream, mut done: Completion, status: StatusCode) -> bool {
+    done.status = status.as_u16();
+    let body = local_text(status);
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let sent = client.write_all(response.as_bytes()).await.is_ok();
+    done.complete(!sent);
+    sent
+}
+
+/// Finds where a response body ends in the bytes relayed, without buffering them.
+#[derive(Debug)]
+enum Framer {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+/// Where a chunked body's decoder stands (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size { value: u64, digits: u8 },
+    Extension { value: u64 },
+    SizeLf { value: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Framer {
+    fn new(framing: Framing) -> Framer {
+        match framing {
+            Framing::Empty => Framer::Length(0),
+            Framing::Length(n) => Framer::Length(n),
+            Framing::Chunked => Framer::Chunked(Chunk::Size { value: 0, digits: 0 }),
+            Framing::UntilClose => Framer::UntilClose,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, Framer::Length(0) | Framer::Chunked(Chunk::Done))
+    }
+
+    /// How many bytes of `b` belong to the body (the rest is past its end); an error if the chunked
+    /// framing is broken.
+    fn feed(&mut self, b: &[u8]) -> Result<usize, ()> {
+        match self {
+            Framer::UntilClose => Ok(b.len()),
+            Framer::Length(left) => {
+                let n = (*left).min(b.len() as u64);
+                *left -= n;
+                Ok(n as usize)
+            }
+            Framer::Chunked(state) => {
+                let mut i = 0;
+                while i < b.len() && *state != Chunk::Done {
+                    let c = b[i];
+                    *state = match *state {
+                        Chunk::Data(left) => {
+                            let n = left.min((b.len() - i) as u64);
+                            i += n as usize;
+                            if n == left {
+                                Chunk::DataCr
+                            } else {
+                                Chunk::Data(left - n)
+                            }
+                        }
+                        s => {
+                            i += 1;
+                            chunk_step(s, c)?
+                        }
+                    };
+                }
+                Ok(i)
+            }
+        }
+    }
+}
+
+fn chunk_step(state: Chunk, c: u8) -> Result<Chunk, ()> {
+    Ok(match (state, c) {
+        (Chunk::Size { value, digits }, c) if c.is_ascii_hexdigit() => {
+            if digits >= 15 {
+                return Err(());
+            }
+            let d = (c as char).to_digit(16).ok_or(())? as u64;
+            Chunk::Size {
+                value: value * 16 + d,
+                digits: digits + 1,
+            }
+        }
+        (Chunk::Size { value, digits }, b';' | b' ' | b'\t') if digits > 0 => Chunk::Extension { value },
+        (Chunk::Size { value, digits }, b'\r') if digits > 0 => Chunk::SizeLf { value },
+        (Chunk::Extension { value }, b'\r') => Chunk::SizeLf { value },
+        (Chunk::Extension { .. }, b'\n') => return Err(()),
+        (Chunk::Extension { value }, _) => Chunk::Extension { value },
+        (Chunk::SizeLf { value: 0 }, b'\n') => Chunk::TrailerStart,
+        (Chunk::SizeLf { value }, b'\n') => Chunk::Data(value),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Size { value: 0, digits: 0 },
+        (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+        (Chunk::TrailerStart | Chunk::Trailer, b'\n') => return Err(()),
+        (Chunk::TrailerStart | Chunk::Trailer, _) if c != b'\r' => Chunk::Trailer,
+        (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+        (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+        (Chunk::EndLf, b'\n') => Chunk::Done,
+        _ => return Err(()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_end(framing: Framing, input: &[u8], step: usize) -> Result<usize, ()> {
+        let mut f = Framer::new(framing);
+        let mut total = 0;
+        for piece in input.chunks(step) {
+            let n = f.feed(piece)?;
+            total += n;
+            if f.done() {
+                break;
+            }
+            assert_eq!(n, piece.len(), "a body that is not done takes all it is given");
+        }
+        if !f.done() && !matches!(f, Framer::UntilClose) {
+            return Err(());
+        }
+        Ok(total)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"4\r\nWiki\r\n5;name=value\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
+        let next = b"HTTP/1.1 200 OK\r\n";
+        let input = [&body[..], next].concat();
+        for step in [1, 2, 3, 7, 1000] {
+            assert_eq!(body_end(Framing::Chunked, &input, step), Ok(body.len()), "step {step}");
+        }
+        let empty = b"0\r\n\r\n";
+        assert_eq!(body_end(Framing::Chunked, empty, 1), Ok(empty.len()));
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error_not_a_guess() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"4\r\nWikiXX",
+            b"4\nWiki\r\n",
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nbad\nheader\r\n\r\n",
+        ] {
+            assert_eq!(body_end(Framing::Chunked, bad, 1), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn length_bodies_take_exactly_their_length() {
+        assert_eq!(body_end(Framing::Length(5), b"helloHTTP", 3), Ok(5));
+        assert_eq!(body_end(Framing::Empty, b"HTTP", 3), Ok(0));
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let framing = |head: &str, head_request: bool| {
+            parse_response(head.as_bytes(), head_request)
+                .ok()
+                .flatten()
+                .map(|h| (h.framing, h.app_closes))
+        };
+        let ok = "HTTP/1.1 200 OK\r\n";
+        assert_eq!(
+            framing(&format!("{ok}Content-Length: 3\r\n\r\n"), false),
+            Some((Framing::Length(3), false))
+        );
+        assert_eq!(
+            framing(&format!("{ok}Content-Length: 3\r\n\r\n"), true),
+            Some((Framing::Empty, false))
+        );
+        assert_eq!(
+            framing(&format!("{ok}Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"), false),
+            Some((Framing::Chunked, false))
+        );
+        assert_eq!(framing(&format!("{ok}\r\n"), false), Some((Framing::UntilClose, true)));
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n", false), Some((Framing::Empty, false)));
+        assert_eq!(
+            framing(&format!("{ok}Connection: close\r\nContent-Length: 0\r\n\r\n"), false),
+            Some((Framing::Length(0), true))
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            Some((Framing::Length(0), true))
+        );
+        assert!(parse_response(format!("{ok}Content-Length: 3\r\nContent-Length: 4\r\n\r\n").as_bytes(), false).is_err());
+        assert!(parse_response(format!("{ok}Content-Length: -3\r\n\r\n").as_bytes(), false).is_err());
+        // Hop-by-hop headers do not reach the client; the ones Connection names neither.
+        let head = parse_response(
+            format!("{ok}Connection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            false,
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        let out = String::from_utf8(head.out).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_length(b"42"), Some(42));
+        for bad in [&b""[..], b"+4", b"4 2", b"0x10", b"1,1", b"9999999999999999999"] {
+            assert_eq!(parse_length(bad), None);
+        }
+    }
+}
