@@ -246,13 +246,12 @@ enum Parsed {
 /// Request headers the application never gets from the client as they are: hop-by-hop ones (RFC 9110
 /// §7.6.1) and the ones the proxy sets.
 fn request_header_dropped(name: &str) -> bool {
-    const DROPPED: [&str; 8] = [
+    const DROPPED: [&str; 7] = [
         "connection",
         "keep-alive",
         "proxy-connection",
         "trailer",
         "traceparent",
-        "tracestate",
         "x-forwarded-for",
         "upgrade",
     ];
@@ -355,6 +354,8 @@ fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr) -> Parsed {
     for h in req.headers.iter() {
         if request_header_dropped(h.name)
             || named.iter().any(|t| h.name.eq_ignore_ascii_case(t))
+            // A continued trace keeps its vendor state (every tracestate header); a new one owns none.
+            || (!continued && h.name.eq_ignore_ascii_case("tracestate"))
             // `TE: trailers` is the one TE value kept (gRPC requires it).
             || (h.name.eq_ignore_ascii_case("te") && h.value != b"trailers")
         {
@@ -363,9 +364,6 @@ fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr) -> Parsed {
         header(&mut head, h.name, h.value);
     }
     header(&mut head, "traceparent", context.as_bytes());
-    if let (true, Some(ts)) = (continued, tracestate) {
-        header(&mut head, "tracestate", ts);
-    }
     // X-Forwarded-For with the client's address appended, X-Forwarded-Proto if absent (as Envoy, nginx).
     head.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prior) = xff {
@@ -565,6 +563,9 @@ async fn send_and_read_head(app: &mut TcpStream, request: &[u8], rbuf: &mut Byte
                 }
                 interim.extend_from_slice(&head.out);
                 rbuf.advance(head.len);
+                if interim.len() > MAX_RESPONSE_HEAD {
+                    return Err(Failure::Invalid(format!("interim responses over {MAX_RESPONSE_HEAD} bytes")));
+                }
                 continue;
             }
             Some(mut head) => {
@@ -657,7 +658,12 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>
         let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     }
     for h in resp.headers.iter() {
-        if response_header_dropped(h.name) || named.iter().any(|t| h.name.eq_ignore_ascii_case(t)) {
+        if response_header_dropped(h.name)
+            || named.iter().any(|t| h.name.eq_ignore_ascii_case(t))
+            // With Transfer-Encoding, Content-Length means nothing and must not reach the client
+            // (RFC 9112 §6.3).
+            || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"))
+        {
             continue;
         }
         header(&mut out, h.name, h.value);
@@ -892,6 +898,18 @@ mod tests {
         .unwrap();
         let out = String::from_utf8(head.out).unwrap();
         assert_eq!(out, "HTTP/1.1 200 OK\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n");
+        // Chunked wins over Content-Length, which the client does not get.
+        let head = parse_response(
+            format!("{ok}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+            false,
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(head.out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]
