@@ -149,15 +149,37 @@ pub fn extract(traceparent: &[u8], tracestate: Option<&[u8]>) -> Option<SpanCont
     sc.is_valid().then_some(sc)
 }
 
-/// The `traceparent` header value for a span context (W3C Trace Context version 00), written directly:
-/// this runs once per produced record. The test below checks it against `TraceContextPropagator`.
-pub fn traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()
-    )
+/// A `traceparent` header value: `00-{trace id}-{span id}-{flags}`, 55 ASCII bytes.
+#[derive(Clone, Copy)]
+pub struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and dashes are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// The `traceparent` header value for a span context (W3C Trace Context version 00), written directly
+/// into a fixed array (no formatting machinery, no allocation): this runs once per produced record and
+/// per HTTP request. The test below checks it against `TraceContextPropagator`.
+pub fn traceparent(context: &SpanContext) -> Traceparent {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[(b >> 4) as usize];
+            pair[1] = HEX[(b & 0x0f) as usize];
+        }
+    }
+    let mut v = [b'-'; 55];
+    v[..2].copy_from_slice(b"00");
+    hex(&mut v[3..35], &context.trace_id().to_bytes());
+    hex(&mut v[36..52], &context.span_id().to_bytes());
+    hex(&mut v[53..55], &[context.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()]);
+    Traceparent(v)
 }
 
 impl Tracer {
@@ -377,7 +399,7 @@ mod tests {
             "the same as OpenTelemetry's propagator"
         );
         let unsampled = SpanContext::new(sc.trace_id(), sc.span_id(), TraceFlags::default(), false, Default::default());
-        assert!(traceparent(&unsampled).ends_with("-00"));
+        assert!(traceparent(&unsampled).as_str().ends_with("-00"));
         for bad in [
             &b"00-00000000000000000000000000000000-b7ad6b7169203331-01"[..],
             b"garbage",

@@ -144,6 +144,9 @@ pub async fn serve(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Rewind> {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
+    // The application's response bytes, reused from request to request.
+    let mut rbuf = BytesMut::new();
+    let peer_ip = peer.ip().to_string();
     let mut first = true;
     loop {
         if *shutdown.borrow() {
@@ -151,7 +154,7 @@ pub async fn serve(
         }
         let plan = loop {
             if !buf.is_empty() {
-                match plan(proxy, &buf, peer) {
+                match plan(proxy, &buf, peer, &peer_ip) {
                     Parsed::Ready(p) => break p,
                     Parsed::Partial if buf.len() <= proxy.settings.max_header_bytes => {}
                     _ => return Some(Rewind::new(client, buf.freeze())),
@@ -201,7 +204,11 @@ pub async fn serve(
         let mut request = plan.head;
         request.extend_from_slice(&buf[plan.head_len..total]);
         buf.advance(total);
-        let keep_open = exchange(proxy, &mut client, request, plan.done, plan.method_kind).await;
+        let keep_open = exchange(proxy, &mut client, &mut rbuf, request, plan.done, plan.method_kind).await;
+        if rbuf.capacity() > 4 * READ_SIZE {
+            // A large response head grew it: idle connections keep only the usual size.
+            rbuf = BytesMut::new();
+        }
         if !keep_open || plan.close {
             return None;
         }
@@ -258,7 +265,7 @@ fn request_header_dropped(name: &str) -> bool {
     DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
 }
 
-fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr) -> Parsed {
+fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr, peer_ip: &str) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -370,10 +377,8 @@ fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr) -> Parsed {
         head.extend_from_slice(prior.as_bytes());
         head.extend_from_slice(b", ");
     }
-    {
-        use std::io::Write;
-        let _ = write!(head, "{}\r\n", peer.ip());
-    }
+    head.extend_from_slice(peer_ip.as_bytes());
+    head.extend_from_slice(b"\r\n");
     if !has_proto {
         head.extend_from_slice(b"x-forwarded-proto: http\r\n");
     }
@@ -438,9 +443,15 @@ enum Failure {
 
 /// Sends `request` to the application and relays its response to the client (502 or 504 of its own if
 /// the application fails); false when the client connection must close.
-async fn exchange(proxy: &Arc<HttpProxy>, client: &mut TcpStream, request: Vec<u8>, mut done: Completion, method_kind: MethodKind) -> bool {
+async fn exchange(
+    proxy: &Arc<HttpProxy>,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    request: Vec<u8>,
+    mut done: Completion,
+    method_kind: MethodKind,
+) -> bool {
     let target = &proxy.settings.upstream;
-    let mut rbuf = BytesMut::with_capacity(READ_SIZE);
     let mut retried = false;
     let (mut app, head) = loop {
         let pooled = if retried { None } else { proxy.pool.take() };
@@ -460,7 +471,7 @@ async fn exchange(proxy: &Arc<HttpProxy>, client: &mut TcpStream, request: Vec<u
         rbuf.clear();
         let sent = tokio::time::timeout(
             proxy.settings.response_timeout,
-            send_and_read_head(&mut app, &request, &mut rbuf, method_kind == MethodKind::Head),
+            send_and_read_head(&mut app, &request, rbuf, method_kind == MethodKind::Head),
         )
         .await;
         match sent {
@@ -508,8 +519,8 @@ async fn exchange(proxy: &Arc<HttpProxy>, client: &mut TcpStream, request: Vec<u
     let mut client_gone = false;
     while !framer.done() {
         rbuf.clear();
-        rbuf.reserve(READ_SIZE.max(16 * 1024));
-        match app.read_buf(&mut rbuf).await {
+        rbuf.reserve(READ_SIZE);
+        match app.read_buf(rbuf).await {
             Ok(0) if head.framing == Framing::UntilClose => break,
             Ok(0) | Err(_) => {
                 aborted = true;
@@ -517,7 +528,7 @@ async fn exchange(proxy: &Arc<HttpProxy>, client: &mut TcpStream, request: Vec<u
             }
             Ok(_) => {}
         }
-        let Ok(take) = framer.feed(&rbuf) else {
+        let Ok(take) = framer.feed(rbuf) else {
             aborted = true;
             break;
         };

@@ -288,7 +288,7 @@ impl HttpProxy {
     /// trace-context counter and the SERVER span. Returns what records the request once it is over, the
     /// `traceparent` the application gets, and whether the client's context was continued (only then does
     /// its `tracestate` go on).
-    fn begin(self: &Arc<Self>, r: &Inbound<'_>, peer: SocketAddr) -> (Completion, String, bool) {
+    fn begin(self: &Arc<Self>, r: &Inbound<'_>, peer: SocketAddr) -> (Completion, crate::traces::Traceparent, bool) {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let method = method_label(r.method);
@@ -352,7 +352,7 @@ impl HttpProxy {
         let host = (!req.headers().contains_key(HOST))
             .then(|| authority_or_host.map(String::from))
             .flatten();
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        if let Ok(v) = HeaderValue::from_bytes(traceparent.as_bytes()) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
         if !continued {
@@ -525,7 +525,7 @@ impl HttpProxy {
             // Only plain HTTP can carry trace context; HTTPS goes through CONNECT.
             return Ok(done.local(StatusCode::BAD_REQUEST));
         }
-        if let Ok(v) = HeaderValue::from_str(&crate::traces::traceparent(&span.context)) {
+        if let Ok(v) = HeaderValue::from_bytes(crate::traces::traceparent(&span.context).as_bytes()) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
         if !continued {
@@ -706,12 +706,13 @@ impl Completion {
     fn complete(mut self, aborted: bool) {
         let p = &self.proxy;
         let service = p.settings.service.as_str();
-        let status = self.status.to_string();
+        let mut status_text = itoa::Buffer::new();
+        let status = status_text.format(self.status);
         let (requests, duration, kind) = match self.direction {
             Direction::Inbound => (&p.metrics.requests, &p.metrics.duration, SpanKind::Server),
             Direction::Outbound => (&p.metrics.client_requests, &p.metrics.client_duration, SpanKind::Client),
         };
-        requests.with_label_values(&[service, self.method, &self.route, &status]).inc();
+        requests.with_label_values(&[service, self.method, &self.route, status]).inc();
         duration
             .with_label_values(&[service, self.method, &self.route])
             .observe(self.started.elapsed().as_secs_f64());
@@ -729,7 +730,13 @@ impl Completion {
             Direction::Inbound => self.status >= 500,
             Direction::Outbound => self.status >= 400,
         };
-        let error = (failed_status || aborted).then(|| if aborted { "response_aborted".to_string() } else { status.clone() });
+        let error = (failed_status || aborted).then(|| {
+            if aborted {
+                "response_aborted".to_string()
+            } else {
+                status.to_string()
+            }
+        });
         if let Some(e) = &error {
             attributes.push(KeyValue::new("error.type", e.clone()));
         }
