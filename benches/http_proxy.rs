@@ -8,7 +8,7 @@
 //!   schedule, each request timed in microseconds; p50 and p99;
 //! - RSS of the proxy at the end (eventscope: its /metrics; nginx: master + worker from /proc).
 //!
-//! The paths run in rotating order over three rounds; medians are reported.
+//! The paths run in rotating order over three rounds (`BENCH_ROUNDS`); medians are reported.
 //!
 //! Run: `cargo bench --bench http_proxy`. Results: docs/benchmarks.md.
 
@@ -105,7 +105,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 1 } else { 10 });
-    let rounds = if smoke { 1 } else { 3 };
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 3 });
     let (app_port, nginx_port) = (free_port(), free_port());
     let _app = Nginx::start(
         &format!("  server {{ listen 127.0.0.1:{app_port}; location / {{ return 200 \"ok\\n\"; }} }}"),
