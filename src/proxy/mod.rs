@@ -51,27 +51,6 @@ const STREAM_ABOVE: usize = 64 * 1024;
 /// runtime thread that relays every connection.
 const REWRITE_OFF_THREAD_ABOVE: usize = 64 * 1024;
 
-/// Requests read ahead of the one being written (rewritten, for a large Produce), per connection, and the
-/// bytes they may hold: enough to keep a producer's in-flight window moving while one batch is rewritten,
-/// small beside the frame limit.
-const PIPELINE_FRAMES: usize = 16;
-const PIPELINE_BYTES: u32 = 8 * 1024 * 1024;
-
-/// A request read and prepared, waiting for its turn to be written.
-struct Prepared {
-    correlation: i32,
-    key: i16,
-    version: i16,
-    work: Work,
-}
-
-/// What the broker gets for a request, and what its response is matched with: at once, or once the
-/// blocking pool has rewritten it.
-enum Work {
-    Ready((Ask, Bytes)),
-    Rewriting(tokio::task::JoinHandle<(Ask, Bytes)>),
-}
-
 /// Read buffer per direction and connection.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -89,55 +68,6 @@ struct Pending {
 /// Bytes of relayed responses waiting to be observed, at most (each counts its length + 256, a larger
 /// one the whole budget): beyond it, responses are relayed but not observed, and counted.
 const OBSERVE_BUDGET: u32 = 16 * 1024 * 1024;
-
-/// Buffers for the observer's copies of large responses, given back once observed. Copying a 50 MB Fetch
-/// response into fresh memory costs a page fault and a zeroed page per 4 KiB, on the thread that relays:
-/// measured with perf, more CPU than relaying the bytes (`clear_page_erms` the sidecar's top symbol).
-/// Warm memory costs only the copy. At most [`RECYCLE_KEEP`] buffers are kept, each dropped after
-/// [`RECYCLE_IDLE`] unused, so memory falls back once large responses stop.
-struct Recycler {
-    free: Mutex<Vec<(BytesMut, Instant)>>,
-}
-
-/// Copies at least this large are recycled; smaller ones come from malloc's own free lists.
-const RECYCLE_ABOVE: usize = 1024 * 1024;
-const RECYCLE_KEEP: usize = 2;
-const RECYCLE_IDLE: Duration = Duration::from_secs(2);
-
-impl Recycler {
-    /// An empty buffer of at least `capacity` bytes: a warm one if one is free.
-    fn take(&self, capacity: usize) -> BytesMut {
-        if capacity >= RECYCLE_ABOVE {
-            let mut free = self.free.lock().expect("recycler lock");
-            if let Some(i) = free.iter().position(|(b, _)| b.capacity() >= capacity) {
-                return free.swap_remove(i).0;
-            }
-        }
-        BytesMut::with_capacity(capacity)
-    }
-
-    /// Takes back an observed copy, if nothing else holds it.
-    fn give(&self, frame: Bytes) {
-        if frame.len() < RECYCLE_ABOVE {
-            return;
-        }
-        if let Ok(mut b) = frame.try_into_mut() {
-            b.clear();
-            let mut free = self.free.lock().expect("recycler lock");
-            if free.len() < RECYCLE_KEEP {
-                free.push((b, Instant::now()));
-            }
-        }
-    }
-
-    /// Drops buffers unused for [`RECYCLE_IDLE`].
-    fn trim(&self) {
-        self.free
-            .lock()
-            .expect("recycler lock")
-            .retain(|(_, since)| since.elapsed() < RECYCLE_IDLE);
-    }
-}
 
 /// A relayed response to read for what it tells (offsets acknowledged, records delivered, commits).
 struct Observation {
@@ -198,7 +128,6 @@ pub struct Proxy {
     consumption: consume::Consumption,
     observations: std::sync::mpsc::Sender<Observation>,
     observe_budget: Arc<Semaphore>,
-    recycler: Recycler,
     routes: Mutex<HashMap<i32, BrokerRoute>>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -218,9 +147,6 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             observations,
             observe_budget: Arc::new(Semaphore::new(OBSERVE_BUDGET as usize)),
-            recycler: Recycler {
-                free: Mutex::new(Vec::new()),
-            },
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             consumption: consume::Consumption::new(metrics.clone(), tracer.clone(), settings.cluster.clone(), settings.max_frame_bytes),
             tracer,
@@ -250,10 +176,7 @@ impl Proxy {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    self.consumption.refresh();
-                    self.recycler.trim();
-                }
+                _ = tick.tick() => self.consumption.refresh(),
                 _ = shutdown.changed() => return,
             }
         }
@@ -277,7 +200,6 @@ impl Proxy {
                 Ask::Fetch(ask) => self.consumption.fetch_response(&o.frame, o.version, ask, o.sent_at + o.latency),
                 Ask::Commit(ask) => self.consumption.commit_response(&o.frame, o.version, ask, o.sent_at + o.latency),
             }
-            self.recycler.give(o.frame);
         }
     }
 
@@ -367,96 +289,55 @@ impl Proxy {
     }
 
     /// Client → broker: frames relayed as they are, each request's API and version remembered.
-    ///
-    /// Two stages joined by a queue, so that reading the next requests overlaps rewriting a large Produce
-    /// (on the blocking pool) and writing the previous ones: the reader reads and prepares frames, the
-    /// writer sends them in the order they came. At most [`PIPELINE_BYTES`] of requests are between the
-    /// two (a larger frame alone).
     async fn relay_requests(self: Arc<Self>, mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Prepared, tokio::sync::OwnedSemaphorePermit)>(PIPELINE_FRAMES);
-        let budget = Arc::new(Semaphore::new(PIPELINE_BYTES as usize));
-        let reader = async {
-            // Owned here: the queue closes when the reader ends, and the writer then ends after it.
-            let tx = tx;
-            loop {
-                let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 8).await {
-                    Ok(f) => f,
-                    Err(FrameError::Closed) => return,
-                    Err(FrameError::Bad(kind, why)) => {
-                        self.metrics.error(kind, &format!("request: {why}"));
-                        return;
-                    }
-                };
-                let key = i16::from_be_bytes([frame[4], frame[5]]);
-                let version = i16::from_be_bytes([frame[6], frame[7]]);
-                let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
-                let api = api_label(key);
-                self.metrics.requests.with_label_values(&[api]).inc();
-                self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
-                let cost = u32::try_from(frame.len()).unwrap_or(u32::MAX).min(PIPELINE_BYTES);
-                let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
-                    return;
-                };
-                // Rewriting a large Produce request (decompress, add headers, recompress) takes
-                // milliseconds: it runs on the blocking pool, so the runtime thread keeps relaying.
-                let work = if key == ApiKey::Produce as i16
-                    && frame.len() > REWRITE_OFF_THREAD_ABOVE
-                    && self.settings.trace_mode != TraceMode::Off
-                {
-                    let proxy = self.clone();
-                    Work::Rewriting(tokio::task::spawn_blocking(move || proxy.read_request(frame, key, version)))
-                } else {
-                    Work::Ready(self.read_request(frame, key, version))
-                };
-                let prepared = Prepared {
-                    correlation,
-                    key,
-                    version,
-                    work,
-                };
-                if tx.send((prepared, permit)).await.is_err() {
+        loop {
+            let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 8).await {
+                Ok(f) => f,
+                Err(FrameError::Closed) => return,
+                Err(FrameError::Bad(kind, why)) => {
+                    self.metrics.error(kind, &format!("request: {why}"));
                     return;
                 }
-            }
-        };
-        let writer = async {
-            while let Some((p, _permit)) = rx.recv().await {
-                let (ask, frame) = match p.work {
-                    Work::Ready(r) => r,
-                    Work::Rewriting(task) => match task.await {
+            };
+            let key = i16::from_be_bytes([frame[4], frame[5]]);
+            let version = i16::from_be_bytes([frame[6], frame[7]]);
+            let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            let api = api_label(key);
+            self.metrics.requests.with_label_values(&[api]).inc();
+            self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
+            // Rewriting a large Produce request (decompress, add headers, recompress) takes milliseconds:
+            // it runs on the blocking pool, so the runtime thread keeps relaying other connections.
+            let (ask, frame) =
+                if key == ApiKey::Produce as i16 && frame.len() > REWRITE_OFF_THREAD_ABOVE && self.settings.trace_mode != TraceMode::Off {
+                    let proxy = self.clone();
+                    match tokio::task::spawn_blocking(move || proxy.read_request(frame, key, version)).await {
                         Ok(r) => r,
                         Err(e) => {
                             self.metrics
                                 .error(ProxyErrorKind::RecordsUnreadable, &format!("produce rewrite: {e}"));
                             return;
                         }
-                    },
-                };
-                {
-                    let mut q = inflight.lock().expect("inflight lock");
-                    if q.len() >= MAX_TRACKED {
-                        q.pop_front();
                     }
-                    q.push_back(Pending {
-                        correlation: p.correlation,
-                        key: p.key,
-                        version: p.version,
-                        sent: Instant::now(),
-                        sent_at: SystemTime::now(),
-                        ask,
-                    });
+                } else {
+                    self.read_request(frame, key, version)
+                };
+            {
+                let mut q = inflight.lock().expect("inflight lock");
+                if q.len() >= MAX_TRACKED {
+                    q.pop_front();
                 }
-                if to.write_all(&frame).await.is_err() {
-                    return;
-                }
+                q.push_back(Pending {
+                    correlation,
+                    key,
+                    version,
+                    sent: Instant::now(),
+                    sent_at: SystemTime::now(),
+                    ask,
+                });
             }
-        };
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            // The client is done sending: what it sent still goes to the broker.
-            _ = &mut reader => writer.await,
-            // The broker's side is gone: nothing more can be sent.
-            _ = &mut writer => {}
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -559,7 +440,7 @@ impl Proxy {
                 permit.is_some().then_some(frame)
             } else {
                 let mut copy = permit.as_ref().map(|_| {
-                    let mut b = self.recycler.take(4 + n as usize);
+                    let mut b = BytesMut::with_capacity(4 + n as usize);
                     b.extend_from_slice(&head);
                     b
                 });
