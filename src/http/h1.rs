@@ -1006,6 +1006,47 @@ mod tests {
         assert!(again.elapsed() < Duration::from_secs(60));
     }
 
+    /// The application's bytes are untrusted too: arbitrary input never panics the response parser or
+    /// the chunked decoder (a deterministic stream of random and mutated well-formed inputs).
+    #[test]
+    fn arbitrary_response_bytes_never_panic() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.0 103 Early\r\nConnection: close, x\r\nX: 1\r\n\r\n",
+            b"ffffffffffffffff\r\n\r\n",
+        ];
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => input.insert(at, next() as u8),
+                    _ => {
+                        input.remove(at);
+                    }
+                }
+                if input.is_empty() {
+                    input.push(b'0');
+                }
+            }
+            let _ = parse_response(&input, i % 2 == 0);
+            let mut f = Framer::new(Framing::Chunked);
+            for piece in input.chunks(1 + (next() as usize) % 7) {
+                if f.feed(piece).is_err() || f.done() {
+                    break;
+                }
+            }
+        }
+    }
+
     #[test]
     fn content_length_is_digits_only() {
         assert_eq!(parse_length(b"42"), Some(42));
