@@ -50,7 +50,6 @@ fn alert_named<'a>(n: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
 /// variables set to match everything, as Grafana's "All" does.
 fn panel_queries() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    let variable = regex::Regex::new(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?").unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("dashboards"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -61,14 +60,7 @@ fn panel_queries() -> Vec<(String, String, String)> {
         let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().into_iter().flatten() {
-                let expr = t["expr"]
-                    .as_str()
-                    .unwrap()
-                    .replace("$__rate_interval", "1m")
-                    .replace("${__range}", "1h")
-                    .replace("$__range", "1h")
-                    .replace("$__interval", "15s");
-                let expr = variable.replace_all(&expr, ".*").to_string();
+                let expr = support::grafana::grafana_expr(t["expr"].as_str().unwrap(), "1m", "15s", ".*");
                 out.push((
                     f.file_name().unwrap().to_string_lossy().to_string(),
                     p["title"].as_str().unwrap().to_string(),

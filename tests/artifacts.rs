@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use promql_parser::parser::{self, Expr};
+
+#[path = "support/grafana.rs"]
+mod grafana;
 use promql_parser::util::{walk_expr, ExprVisitor};
 
 fn root() -> PathBuf {
@@ -81,17 +84,7 @@ fn rules() -> Vec<(PathBuf, serde_yaml::Value)> {
 
 /// Grafana's variables replaced by values PromQL accepts.
 fn substitute(expr: &str) -> String {
-    let mut s = expr.to_string();
-    for (var, val) in [
-        ("$__rate_interval", "5m"),
-        ("$__interval", "1m"),
-        ("$__range", "1h"),
-        ("${__range}", "1h"),
-    ] {
-        s = s.replace(var, val);
-    }
-    let re = regex::Regex::new(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?").unwrap();
-    re.replace_all(&s, "x").into_owned()
+    grafana::grafana_expr(expr, "5m", "1m", "x")
 }
 
 /// Every PromQL expression of every dashboard (panel targets, and the metric inside `label_values(...)`).

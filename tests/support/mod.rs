@@ -3,6 +3,7 @@
 //! committing with librdkafka (rdkafka).
 #![allow(dead_code)]
 
+pub mod grafana;
 pub mod otlp;
 pub mod prom;
 
