@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{local_text, Completion, HttpProxy, Inbound, SeriesCache};
+use super::{connection_tokens, is_hop_by_hop, local_text, Completion, HttpProxy, Inbound, SeriesCache};
 use crate::metrics::HttpErrorKind;
 
 /// Headers per message, as hyper's server allows.
@@ -212,16 +212,14 @@ pub async fn serve(
             } else {
                 proxy.settings.header_read_timeout
             };
-            head_deadline.set(wait);
-            let read = tokio::select! {
-                r = read_some(&mut client, &mut buf) => Some(r),
-                _ = head_deadline.expired() => None,
+            let got = tokio::select! {
+                g = read_within(&mut client, &mut buf, &mut head_deadline, wait) => g,
                 _ = shutdown.changed(), if buf.is_empty() => return None,
             };
-            match read {
-                Some(Ok(0)) | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-                None => {
+            match got {
+                Got::Bytes => {}
+                Got::Closed => return None,
+                Got::TimedOut => {
                     if first || !buf.is_empty() {
                         proxy
                             .metrics
@@ -235,15 +233,10 @@ pub async fn serve(
         // The body, bounded by MAX_FAST_BODY, then the whole request to the application.
         let total = plan.head_len + plan.body_len;
         while buf.len() < total {
-            head_deadline.set(proxy.settings.header_read_timeout);
-            let read = tokio::select! {
-                r = read_some(&mut client, &mut buf) => Some(r),
-                _ = head_deadline.expired() => None,
-            };
-            match read {
-                Some(Ok(0)) | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-                None => {
+            match read_within(&mut client, &mut buf, &mut head_deadline, proxy.settings.header_read_timeout).await {
+                Got::Bytes => {}
+                Got::Closed => return None,
+                Got::TimedOut => {
                     proxy
                         .metrics
                         .error(HttpErrorKind::ClientTimeout, &format!("{peer}: request body stalled"));
@@ -271,9 +264,25 @@ pub async fn serve(
     }
 }
 
-async fn read_some(s: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+/// What reading the client within a deadline gave.
+enum Got {
+    Bytes,
+    /// The client closed its side, or the connection failed.
+    Closed,
+    TimedOut,
+}
+
+/// Reads what the client sends next into `buf`, giving up `after` from now.
+async fn read_within(s: &mut TcpStream, buf: &mut BytesMut, deadline: &mut Deadline, after: Duration) -> Got {
+    deadline.set(after);
     buf.reserve(READ_SIZE);
-    s.read_buf(buf).await
+    tokio::select! {
+        r = s.read_buf(buf) => match r {
+            Ok(0) | Err(_) => Got::Closed,
+            Ok(_) => Got::Bytes,
+        },
+        _ = deadline.expired() => Got::TimedOut,
+    }
 }
 
 /// What an exchange uses of its client connection.
@@ -319,16 +328,7 @@ enum Parsed {
 /// Request headers the application never gets from the client as they are: hop-by-hop ones (RFC 9110
 /// §7.6.1) and the ones the proxy sets.
 fn request_header_dropped(name: &str) -> bool {
-    const DROPPED: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "trailer",
-        "traceparent",
-        "x-forwarded-for",
-        "upgrade",
-    ];
-    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+    is_hop_by_hop(name) || name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("x-forwarded-for")
 }
 
 fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr, peer_ip: &str) -> Parsed {
@@ -371,7 +371,7 @@ fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr, peer_ip: &str) -> 
             let Ok(v) = std::str::from_utf8(h.value) else {
                 return Parsed::Other;
             };
-            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            for token in connection_tokens(v) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case("upgrade") {
@@ -674,8 +674,7 @@ async fn send_and_read_head(app: &mut TcpStream, request: &[u8], rbuf: &mut Byte
 /// Response headers the client never gets: hop-by-hop ones (`Transfer-Encoding` stays: the body is
 /// relayed as it came).
 fn response_header_dropped(name: &str) -> bool {
-    const DROPPED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
-    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+    is_hop_by_hop(name) || name.eq_ignore_ascii_case("te")
 }
 
 /// The response head in `buf`, if complete; its framing by RFC 9112 §6.3.
@@ -707,7 +706,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = std::str::from_utf8(h.value).unwrap_or_default();
-            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            for token in connection_tokens(v) {
                 if token.eq_ignore_ascii_case("close") {
                     app_closes = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
@@ -1010,13 +1009,7 @@ mod tests {
     /// the chunked decoder (a deterministic stream of random and mutated well-formed inputs).
     #[test]
     fn arbitrary_response_bytes_never_panic() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let seeds: [&[u8]; 3] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
             b"HTTP/1.0 103 Early\r\nConnection: close, x\r\nX: 1\r\n\r\n",

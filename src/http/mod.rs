@@ -596,13 +596,26 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that no hop passes on as they came, besides those a `Connection`
+/// header names. `Transfer-Encoding` and `TE` are left to each path: their rules differ by direction.
+const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "trailer", "upgrade"];
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The tokens of a `Connection` header value (`close`, `upgrade`, names of hop-by-hop headers).
+fn connection_tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
 /// An HTTP/1.1 upgrade request (`Connection: upgrade` with an `Upgrade` header).
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req.headers().get_all(CONNECTION).iter().any(|v| {
             v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .is_ok_and(|s| connection_tokens(s).any(|t| t.eq_ignore_ascii_case("upgrade")))
         })
 }
 
@@ -616,26 +629,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(connection_tokens)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == UPGRADE))
             .collect()
     };
     for n in named {
         headers.remove(n);
     }
-    for n in ["keep-alive", "proxy-connection", "trailer", "transfer-encoding"] {
-        headers.remove(n);
+    for n in HOP_BY_HOP {
+        // An upgrade keeps its `Upgrade`, and `Connection` is set to it below.
+        if !(keep_upgrade && (n == "connection" || n == "upgrade")) {
+            headers.remove(n);
+        }
     }
+    headers.remove(http::header::TRANSFER_ENCODING);
     // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC requires it: keep it, drop the others.
     if headers.get("te").is_some_and(|v| v != "trailers") {
         headers.remove("te");
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
     }
 }
 
