@@ -166,22 +166,16 @@ fn main() {
         r[2],
         r[2] / r[0]
     );
-    println!(
-        "| p50 at 1,000 requests/s | {:.3} ms | {:.3} ms (+{:.3} ms) | {:.3} ms (+{:.3} ms) |",
-        l50[0],
-        l50[1],
-        l50[1] - l50[0],
-        l50[2],
-        l50[2] - l50[0]
-    );
-    println!(
-        "| p99 at 1,000 requests/s | {:.3} ms | {:.3} ms (**+{:.3} ms**) | {:.3} ms (+{:.3} ms) |",
-        l99[0],
-        l99[1],
-        l99[1] - l99[0],
-        l99[2],
-        l99[2] - l99[0]
-    );
+    for (name, l, mark) in [("p50", &l50, ""), ("p99", &l99, "**")] {
+        println!(
+            "| {name} at 1,000 requests/s | {:.3} ms | {:.3} ms ({mark}+{:.3} ms{mark}) | {:.3} ms (+{:.3} ms) |",
+            l[0],
+            l[1],
+            l[1] - l[0],
+            l[2],
+            l[2] - l[0]
+        );
+    }
     let m = es.scrape();
     println!(
         "| proxy RSS at the end | | {:.1} MB | {:.1} MB (master + worker) |",

@@ -271,16 +271,9 @@ mod tests {
         corrupt[57..61].copy_from_slice(&i32::MAX.to_be_bytes()); // the record count
         let r = find_record_time(&corrupt, 1, &mut Vec::new()).unwrap();
         assert!(!r.exact);
-        let mut x = 0x1234_5678u32;
+        let mut next = crate::testing::xorshift(0x1234_5678);
         for _ in 0..2000 {
-            let junk: Vec<u8> = (0..200)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
+            let junk: Vec<u8> = (0..200).map(|_| next() as u8).collect();
             let _ = find_record_time(&junk, 0, &mut Vec::new());
         }
     }

@@ -22,3 +22,18 @@ pub mod proxy;
 pub mod run;
 pub mod status;
 pub mod traces;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A deterministic xorshift64 stream, for tests that feed arbitrary bytes to a parser.
+    pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+}

@@ -353,13 +353,7 @@ mod tests {
     /// decodes; they are errors (or, rarely, a nonsense value that the callers bound-check).
     #[test]
     fn garbage_responses_never_panic() {
-        let mut x = 0x2545_f491u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491u64);
         for round in 0..3000 {
             let len = (next() % 300) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
