@@ -3,7 +3,8 @@
 //! through `eventscope sidecar`, uncompressed and lz4; the added latency of acknowledged produces (p50,
 //! p99); the sidecar's CPU and RSS from its own /metrics.
 //!
-//! Run: `cargo bench --bench sidecar_throughput`. Results: docs/benchmarks.md.
+//! Run: `cargo bench --bench sidecar_throughput`. Results: docs/benchmarks.md. `BENCH_ROUNDS` (default 3),
+//! `BENCH_RECORDS` (default 200,000), `BENCH_PASSES` (times each topic is consumed, default 5) and `BENCH_CODECS` (default `none,lz4`) narrow a run to one case.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -72,33 +73,52 @@ fn produce(bootstrap: &str, topic: &str, n: usize, codec: &str) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-fn consume(bootstrap: &str, topic: &str, n: usize) -> f64 {
+/// Consumes the topic's `n` records `passes` times over, from the beginning each time, with one consumer
+/// that has its partitions assigned (no group join between passes; auto-commit on, so the sidecar sees
+/// OffsetCommit as with any consumer group). Timed from the first record to the last: one pass of the
+/// mock's topic is only a few 50 MB Fetch responses, too few to time alone.
+fn consume(bootstrap: &str, topic: &str, n: usize, passes: usize) -> f64 {
+    use rdkafka::{Offset, TopicPartitionList};
     let c: BaseConsumer = client_config(
         bootstrap,
-        &[("group.id", &format!("bench-{}", now_ms())), ("auto.offset.reset", "earliest")],
+        &[
+            ("group.id", &format!("bench-{}", now_ms())),
+            // An empty fetch left outstanding at the end of a pass would hold the connection this long.
+            ("fetch.wait.max.ms", "10"),
+            // By default a consumer whose local queue is full (64 MB) stops fetching for a whole second:
+            // on a run this short that second, not the path, decides the rate, and it falls on whichever
+            // path is fastest. librdkafka's documentation suggests lowering it.
+            ("fetch.queue.backoff.ms", "10"),
+        ],
     )
     .create()
     .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let mut got = 0;
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while got < n && Instant::now() < deadline {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            started.get_or_insert_with(Instant::now);
-            got += 1;
-        }
-    }
-    if got != n {
-        let mut total = 0;
+    for _ in 0..passes {
+        let mut from_start = TopicPartitionList::new();
         for p in 0..PARTITIONS {
-            let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
-            eprintln!("{topic}[{p}] watermarks {lo}..{hi}");
-            total += hi - lo;
+            from_start.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
-        panic!("{topic}: consumed {got} of {n}; the log holds {total}");
+        c.assign(&from_start).unwrap();
+        let mut got = 0;
+        while got < n && Instant::now() < deadline {
+            if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+                started.get_or_insert_with(Instant::now);
+                got += 1;
+            }
+        }
+        if got != n {
+            let mut total = 0;
+            for p in 0..PARTITIONS {
+                let (lo, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
+                eprintln!("{topic}[{p}] watermarks {lo}..{hi}");
+                total += hi - lo;
+            }
+            panic!("{topic}: consumed {got} of {n}; the log holds {total}");
+        }
     }
-    n as f64 / started.unwrap().elapsed().as_secs_f64()
+    (n * passes) as f64 / started.unwrap().elapsed().as_secs_f64()
 }
 
 /// Acknowledged-produce latencies (one record at a time, acks=all, awaiting each delivery), in
@@ -185,9 +205,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 2_000 } else { 200_000 });
     let lat_n = if smoke { 100 } else { 3_000 };
+    // Each consume case reads its topic this many times (`BENCH_PASSES`).
+    let passes: usize = std::env::var("BENCH_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 5 })
+        .max(1);
     let receiver = support::otlp::OtlpReceiver::grpc();
     println!(
-        "sidecar_throughput: {n} records of 1 KiB per case{}{}",
+        "sidecar_throughput: {n} records of 1 KiB per case, consumed {passes} times{}{}",
         if smoke { " (smoke run under cargo test)" } else { "" },
         std::env::var("BENCH_SIDECAR_NICE")
             .map(|n| format!(", sidecars at nice {n}"))
@@ -196,9 +222,14 @@ fn main() {
     println!();
     println!("| case | direct | sidecar, tracing off | ratio | sidecar, inject + export | ratio |");
     println!("|---|---|---|---|---|---|");
-    // Three rounds, each on a fresh broker and fresh sidecars, the three paths in rotating order; the
-    // median of each case is reported.
-    const ROUNDS: usize = 3;
+    // Rounds (three by default), each on a fresh broker and fresh sidecars, the three paths in rotating
+    // order; the median of each case is reported.
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let codecs: Vec<String> = std::env::var("BENCH_CODECS")
+        .unwrap_or_else(|_| "none,lz4".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -208,12 +239,12 @@ fn main() {
     let mut results: std::collections::BTreeMap<(usize, usize, usize), Vec<f64>> = Default::default();
     let (mut cpu_off, mut cpu_inject, mut secs) = (0.0, 0.0, 0.0);
     let mut last = None;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let r = Round::start(&receiver);
         let paths = r.paths();
         let (c_off, c_inject, wall) = (r.off.0.cpu_seconds(), r.inject.0.cpu_seconds(), Instant::now());
         let order: Vec<usize> = (0..3).map(|k| (k + round) % 3).collect();
-        for (c, codec) in ["none", "lz4"].iter().enumerate() {
+        for (c, codec) in codecs.iter().enumerate() {
             for &i in &order {
                 // The mock keeps at most 5 MB per partition: 64 partitions hold every record of a case.
                 let topic = format!("bench-{codec}-{}", NAMES[i]);
@@ -221,7 +252,7 @@ fn main() {
                 results.entry((c, 0, i)).or_default().push(produce(&paths[i], &topic, n, codec));
             }
             for &i in &order {
-                let rate = consume(&paths[i], &format!("bench-{codec}-{}", NAMES[i]), n);
+                let rate = consume(&paths[i], &format!("bench-{codec}-{}", NAMES[i]), n, passes);
                 results.entry((c, 1, i)).or_default().push(rate);
             }
         }
@@ -230,11 +261,11 @@ fn main() {
         secs += wall.elapsed().as_secs_f64();
         last = Some(r);
     }
-    for (c, codec) in ["none", "lz4"].iter().enumerate() {
+    for (c, codec) in codecs.iter().enumerate() {
         for (w, what) in ["produce", "consume"].iter().enumerate() {
             let m: Vec<f64> = (0..3).map(|i| median(results[&(c, w, i)].clone())).collect();
             println!(
-                "| {what}, {codec} (records/s, median of {ROUNDS}) | {:.0} | {:.0} | **{:.3}** | {:.0} | **{:.3}** |",
+                "| {what}, {codec} (records/s, median of {rounds}) | {:.0} | {:.0} | **{:.3}** | {:.0} | **{:.3}** |",
                 m[0],
                 m[1],
                 m[1] / m[0],
@@ -287,6 +318,11 @@ fn main() {
         "| sidecar RSS at the end (last round) | | {:.1} MB | | {:.1} MB | |",
         m_off.get("process_resident_memory_bytes", &[]).unwrap() / 1e6,
         m.get("process_resident_memory_bytes", &[]).unwrap() / 1e6
+    );
+    println!(
+        "| sidecar peak RSS (last round) | | {:.1} MB | | {:.1} MB | |",
+        r.off.0.peak_rss() / 1e6,
+        r.inject.0.peak_rss() / 1e6
     );
     println!(
         "| spans exported / dropped / failed (last round) | | | | {:.0} / {:.0} / {:.0} | |",

@@ -17,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod lag;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod run;

@@ -40,6 +40,7 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let mut tasks = collector::spawn_all(&config, &shared, &rx);
     tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone(), rx.clone())));
+    tasks.push(crate::memory::spawn_release(rx.clone()));
     tracing::info!(%addr, clusters = config.clusters.len(), "collector running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
@@ -64,7 +65,10 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let export = crate::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let (tracer, export_task) = crate::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
-    let mut tasks = vec![tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone())),
+        crate::memory::spawn_release(rx.clone()),
+    ];
     tasks.extend(export_task);
 
     let mut _kafka = None;

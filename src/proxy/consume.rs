@@ -10,9 +10,11 @@
 //! - a `process {topic}` span per record that carries `traceparent`, from delivery to the commit covering it.
 //!
 //! Fetch requests carry no group: records are kept per client id (`client.id`, which Kafka clients send in
-//! every request header) and matched with the commits of the same client id. Memory is bounded: at most
-//! [`MAX_TRACKED_RECORDS`] delivered-but-uncommitted records in all (more are counted, not tracked), and
-//! partitions unseen for [`IDLE_EXPIRY`] are forgotten along with their series.
+//! every request header) and matched with the commits of the same client id. Delivered records are kept
+//! as runs (consecutive offsets, one append timestamp: one entry for hundreds of records at high rates),
+//! so every record's window is measured however many a consumer holds between commits. Memory is
+//! bounded: at most [`MAX_TRACKED_ENTRIES`] runs and sampled spans in all (records beyond are counted,
+//! not tracked), and partitions unseen for [`IDLE_EXPIRY`] are forgotten along with their series.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,27 +32,128 @@ use crate::kafka::{batch, records};
 use crate::metrics::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
 use crate::traces::{SpanStart, Tracer};
 
-/// Delivered records awaiting their commit, in all partitions together. At ~40 bytes each (more with a
-/// trace context): about 4 MB.
-pub const MAX_TRACKED_RECORDS: usize = 100_000;
+/// Entries awaiting their commit, in all partitions together: runs of delivered records (24 bytes each)
+/// and sampled `process` spans (about 100 bytes each). About 3 MB for runs. librdkafka stamps records in
+/// milliseconds, so at 1 million records/s a run holds about a thousand of them and this covers minutes
+/// between commits; at low rates, where a run may hold one record, it still covers 100,000 records.
+pub const MAX_TRACKED_ENTRIES: usize = 100_000;
 /// A partition not fetched or committed for this long is forgotten (its consumer moved or stopped).
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
 
 type Key = (String, String, i32);
 
-struct Delivered {
-    offset: i64,
+/// Delivered records with consecutive offsets and one append timestamp.
+#[derive(Debug, PartialEq)]
+struct Run {
+    first: i64,
+    count: u32,
     /// Append timestamp (ms since the epoch).
     appended_ms: i64,
+}
+
+impl Run {
+    fn end(&self) -> i64 {
+        self.first + self.count as i64
+    }
+}
+
+/// A partition's delivered, uncommitted records in offset order, as runs.
+#[derive(Default)]
+struct Runs(VecDeque<Run>);
+
+impl Runs {
+    /// Adds the record at `offset` (after every record held): into the last run when it continues it,
+    /// else as a new run if `room`. Whether it is tracked.
+    fn push(&mut self, offset: i64, appended_ms: i64, room: bool) -> Option<Tracked> {
+        if let Some(last) = self.0.back_mut() {
+            if last.end() == offset && last.appended_ms == appended_ms && last.count < u32::MAX {
+                last.count += 1;
+                return Some(Tracked::InRun);
+            }
+        }
+        room.then(|| {
+            self.0.push_back(Run {
+                first: offset,
+                count: 1,
+                appended_ms,
+            });
+            Tracked::NewRun
+        })
+    }
+
+    /// Takes the records before `offset` out, handing each run's share to `each(count, appended_ms)`;
+    /// the number of runs removed.
+    fn commit(&mut self, offset: i64, mut each: impl FnMut(u32, i64)) -> usize {
+        let mut removed = 0;
+        while let Some(run) = self.0.front_mut() {
+            if run.first >= offset {
+                break;
+            }
+            let n = (offset - run.first).min(run.count as i64) as u32;
+            each(n, run.appended_ms);
+            if n == run.count {
+                self.0.pop_front();
+                removed += 1;
+            } else {
+                run.first += n as i64;
+                run.count -= n;
+            }
+        }
+        removed
+    }
+
+    /// Forgets the records at or after `from` (the consumer seeked back); the number of runs removed.
+    fn truncate(&mut self, from: i64) -> usize {
+        let mut removed = 0;
+        while let Some(run) = self.0.back_mut() {
+            if run.first >= from {
+                self.0.pop_back();
+                removed += 1;
+                continue;
+            }
+            if run.end() > from {
+                run.count = (from - run.first) as u32;
+            }
+            break;
+        }
+        removed
+    }
+
+    /// The append timestamp of the first record held at or after `offset`.
+    fn appended_from(&self, offset: i64) -> Option<i64> {
+        self.0.iter().find(|r| r.end() > offset).map(|r| r.appended_ms)
+    }
+
+    fn last(&self) -> Option<i64> {
+        self.0.back().map(|r| r.end() - 1)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Tracked {
+    InRun,
+    NewRun,
+}
+
+/// A sampled `process` span of a delivered record, ended by the commit that covers it.
+struct PendingSpan {
+    offset: i64,
     delivered: SystemTime,
-    trace: Option<Box<SpanStart>>,
+    start: Box<SpanStart>,
 }
 
 #[derive(Default)]
 struct Partition {
-    records: VecDeque<Delivered>,
+    runs: Runs,
+    spans: VecDeque<PendingSpan>,
     last_offset: Option<i64>,
     seen: Option<Instant>,
+}
+
+impl Partition {
+    fn entries(&self) -> usize {
+        self.runs.0.len() + self.spans.len()
+    }
 }
 
 struct Committed {
@@ -182,16 +285,21 @@ impl Consumption {
                     .copied()
                     .or(part.last_offset.map(|o| o + 1))
                     .unwrap_or(i64::MIN);
-                if part.last_offset.is_some_and(|last| from <= last) {
-                    // The consumer seeked back: what it had is no longer pending.
-                    part.records.retain(|r| r.offset < from);
-                    part.last_offset = part.records.back().map(|r| r.offset);
-                }
                 let mut added = 0usize;
-                // Metric handles once per partition, counts added once (not per record).
-                let latency = self.m().delivery_latency.with_label_values(&[&label]);
+                let mut removed = 0usize;
+                if part.last_offset.is_some_and(|last| from <= last) {
+                    // The consumer seeked back: what it had from there on is no longer pending.
+                    let spans = part.spans.len();
+                    part.spans.retain(|s| s.offset < from);
+                    removed = spans - part.spans.len() + part.runs.truncate(from);
+                    part.last_offset = part.runs.last();
+                }
+                // Metric handles once per partition, counts added once (not per record); the histogram
+                // buffered locally and flushed once, when it goes out of scope.
+                let latency = self.m().delivery_latency.with_label_values(&[&label]).local();
                 let mut by_timestamp = [0u64; 2];
                 let mut by_context = [0u64; 3];
+                let mut untracked = 0u64;
                 for b in batch::batches(records) {
                     if !b.complete || b.control || b.last_offset < from {
                         continue;
@@ -232,24 +340,34 @@ impl Consumption {
                             (None, _) => 2,
                         }] += 1;
                         part.last_offset = Some(offset);
-                        if tracked + added >= MAX_TRACKED_RECORDS {
-                            self.m().untracked.inc();
-                            continue;
+                        let room = tracked + added < MAX_TRACKED_ENTRIES + removed;
+                        match part.runs.push(offset, appended_ms, room) {
+                            Some(Tracked::InRun) => {}
+                            Some(Tracked::NewRun) => added += 1,
+                            None => {
+                                untracked += 1;
+                                continue;
+                            }
                         }
-                        let trace = parent
+                        let span = parent
                             .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
-                            .filter(|s| s.context.is_sampled())
-                            .map(Box::new);
-                        part.records.push_back(Delivered {
-                            offset,
-                            appended_ms,
-                            delivered: delivered_at,
-                            trace,
-                        });
-                        added += 1;
+                            .filter(|s| s.context.is_sampled());
+                        if let Some(start) = span {
+                            if tracked + added < MAX_TRACKED_ENTRIES + removed {
+                                part.spans.push_back(PendingSpan {
+                                    offset,
+                                    delivered: delivered_at,
+                                    start: Box::new(start),
+                                });
+                                added += 1;
+                            }
+                        }
                     }
                 }
-                state.tracked += added;
+                state.tracked = (state.tracked + added).saturating_sub(removed);
+                if untracked > 0 {
+                    self.m().untracked.inc_by(untracked);
+                }
                 for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
                     if by_timestamp[i] > 0 {
                         self.m()
@@ -289,7 +407,8 @@ impl Consumption {
             let window = self
                 .m()
                 .consistency
-                .with_label_values(&[&self.cluster, &ask.group, &label, "sidecar"]);
+                .with_label_values(&[&self.cluster, &ask.group, &label, "sidecar"])
+                .local();
             for p in &t.partitions {
                 let Some(&offset) = ask.offsets.get(&(topic.clone(), p.partition_index)) else {
                     continue;
@@ -309,33 +428,35 @@ impl Consumption {
                     continue;
                 };
                 part.seen = Some(now);
-                let mut done = 0usize;
-                while part.records.front().is_some_and(|r| r.offset < offset) {
-                    let r = part.records.pop_front().expect("front exists");
-                    done += 1;
-                    window.observe((commit_ms.saturating_sub(r.appended_ms)).max(0) as f64 / 1000.0);
-                    if let Some(start) = r.trace {
-                        self.tracer.finish(
-                            *start,
-                            SpanKind::Consumer,
-                            format!("process {topic}"),
-                            r.delivered,
-                            committed_at,
-                            vec![
-                                KeyValue::new("messaging.system", "kafka"),
-                                KeyValue::new("messaging.operation.name", "process"),
-                                KeyValue::new("messaging.operation.type", "process"),
-                                KeyValue::new("messaging.destination.name", topic.clone()),
-                                KeyValue::new("messaging.destination.partition.id", p.partition_index.to_string()),
-                                KeyValue::new("messaging.consumer.group.name", ask.group.clone()),
-                                KeyValue::new("messaging.client.id", ask.client.clone()),
-                                KeyValue::new("messaging.kafka.offset", r.offset),
-                            ],
-                            None,
-                        );
+                let mut done = part.runs.commit(offset, |n, appended_ms| {
+                    let seconds = (commit_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0;
+                    for _ in 0..n {
+                        window.observe(seconds);
                     }
+                });
+                while part.spans.front().is_some_and(|s| s.offset < offset) {
+                    let s = part.spans.pop_front().expect("front exists");
+                    done += 1;
+                    self.tracer.finish(
+                        *s.start,
+                        SpanKind::Consumer,
+                        format!("process {topic}"),
+                        s.delivered,
+                        committed_at,
+                        vec![
+                            KeyValue::new("messaging.system", "kafka"),
+                            KeyValue::new("messaging.operation.name", "process"),
+                            KeyValue::new("messaging.operation.type", "process"),
+                            KeyValue::new("messaging.destination.name", topic.clone()),
+                            KeyValue::new("messaging.destination.partition.id", p.partition_index.to_string()),
+                            KeyValue::new("messaging.consumer.group.name", ask.group.clone()),
+                            KeyValue::new("messaging.client.id", ask.client.clone()),
+                            KeyValue::new("messaging.kafka.offset", s.offset),
+                        ],
+                        None,
+                    );
                 }
-                state.tracked -= done;
+                state.tracked = state.tracked.saturating_sub(done);
             }
         }
         drop(state);
@@ -356,7 +477,7 @@ impl Consumption {
         delivered.retain(|_, p| {
             let keep = p.seen.is_some_and(|s| now.duration_since(s) < IDLE_EXPIRY);
             if !keep {
-                *tracked -= p.records.len();
+                *tracked -= p.entries();
             }
             keep
         });
@@ -383,8 +504,8 @@ impl Consumption {
             } else {
                 delivered
                     .get(&(c.client.clone(), topic.clone(), *partition))
-                    .and_then(|p| p.records.iter().find(|r| r.offset >= c.offset))
-                    .map(|r| (now_ms.saturating_sub(r.appended_ms)).max(0) as f64 / 1000.0)
+                    .and_then(|p| p.runs.appended_from(c.offset))
+                    .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0)
             };
             match seconds {
                 Some(s) => m.lag_seconds.with_label_values(&labels).set(s),
@@ -394,5 +515,75 @@ impl Consumption {
             }
             true
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(r: &Runs) -> Vec<(i64, u32, i64)> {
+        r.0.iter().map(|r| (r.first, r.count, r.appended_ms)).collect()
+    }
+
+    #[test]
+    fn consecutive_records_with_one_timestamp_share_a_run() {
+        let mut r = Runs::default();
+        assert_eq!(r.push(10, 1000, true), Some(Tracked::NewRun));
+        assert_eq!(r.push(11, 1000, true), Some(Tracked::InRun));
+        // Continuing a run needs no room.
+        assert_eq!(r.push(12, 1000, false), Some(Tracked::InRun));
+        // A new timestamp or an offset gap (compaction, a transaction marker) starts a run.
+        assert_eq!(r.push(13, 1001, true), Some(Tracked::NewRun));
+        assert_eq!(r.push(15, 1001, true), Some(Tracked::NewRun));
+        assert_eq!(r.push(17, 1001, false), None);
+        assert_eq!(runs(&r), vec![(10, 3, 1000), (13, 1, 1001), (15, 1, 1001)]);
+        assert_eq!(r.last(), Some(15));
+        assert_eq!(r.appended_from(0), Some(1000));
+        assert_eq!(r.appended_from(13), Some(1001));
+        assert_eq!(r.appended_from(16), None);
+    }
+
+    #[test]
+    fn a_commit_takes_every_record_before_it_once_and_splits_a_run() {
+        let mut r = Runs::default();
+        for o in 0..5 {
+            r.push(o, 7, true);
+        }
+        for o in 5..8 {
+            r.push(o, 9, true);
+        }
+        let mut seen = Vec::new();
+        // Kafka commits the next offset to read: offset 3 covers records 0, 1 and 2.
+        assert_eq!(r.commit(3, |n, t| seen.push((n, t))), 0);
+        assert_eq!(seen, vec![(3, 7)]);
+        assert_eq!(runs(&r), vec![(3, 2, 7), (5, 3, 9)]);
+        seen.clear();
+        assert_eq!(r.commit(7, |n, t| seen.push((n, t))), 1);
+        assert_eq!(seen, vec![(2, 7), (2, 9)]);
+        // A commit at or behind what is held takes nothing.
+        seen.clear();
+        assert_eq!(r.commit(7, |n, t| seen.push((n, t))), 0);
+        assert!(seen.is_empty());
+        assert_eq!(r.commit(100, |n, t| seen.push((n, t))), 1);
+        assert_eq!(seen, vec![(1, 9)]);
+        assert!(r.0.is_empty());
+    }
+
+    #[test]
+    fn seeking_back_forgets_what_follows() {
+        let mut r = Runs::default();
+        for o in 0..4 {
+            r.push(o, 1, true);
+        }
+        for o in 4..8 {
+            r.push(o, 2, true);
+        }
+        assert_eq!(r.truncate(6), 0);
+        assert_eq!(runs(&r), vec![(0, 4, 1), (4, 2, 2)]);
+        assert_eq!(r.truncate(4), 1);
+        assert_eq!(runs(&r), vec![(0, 4, 1)]);
+        assert_eq!(r.truncate(0), 1);
+        assert_eq!(r.last(), None);
     }
 }

@@ -27,8 +27,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BufMut;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -274,8 +275,8 @@ impl Proxy {
         let (client_read, client_write) = client.into_split();
         let (upstream_read, upstream_write) = tokio::io::split(upstream);
         // Buffered reads: a small frame's length and body usually arrive in one read.
-        let client_read = tokio::io::BufReader::with_capacity(READ_BUFFER, client_read);
-        let upstream_read = tokio::io::BufReader::with_capacity(READ_BUFFER, upstream_read);
+        let client_read = BufReader::with_capacity(READ_BUFFER, client_read);
+        let upstream_read = BufReader::with_capacity(READ_BUFFER, upstream_read);
         let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
         let requests = self.clone().relay_requests(client_read, upstream_write, inflight.clone());
         let responses = self.clone().relay_responses(upstream_read, client_write, inflight);
@@ -344,7 +345,12 @@ impl Proxy {
     /// Broker → client. Responses that name brokers or versions are read whole and rewritten; all others
     /// are streamed through as they arrive (no store-and-forward delay on large Fetch responses), with a
     /// copy kept for the observer when it wants one and its budget allows.
-    async fn relay_responses(self: Arc<Self>, mut from: impl AsyncBufRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
+    async fn relay_responses<R: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        mut from: BufReader<R>,
+        mut to: impl AsyncWrite + Unpin,
+        inflight: Inflight,
+    ) {
         let max = self.settings.max_frame_bytes;
         loop {
             let mut head = [0u8; 8];
@@ -464,7 +470,7 @@ impl Proxy {
 }
 
 /// The whole frame whose length prefix and correlation id are `head` and whose length is `n`.
-async fn read_rest(from: &mut (impl AsyncBufRead + Unpin), head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
+async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
     let mut frame = BytesMut::with_capacity(4 + n);
     frame.extend_from_slice(head);
     stream(from, &mut tokio::io::sink(), n - 4, Some(&mut frame)).await?;
@@ -490,25 +496,50 @@ pub(crate) fn decode_request<R: kafka_protocol::protocol::Decodable>(
     Some((header, request))
 }
 
-/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given.
-async fn stream(
-    from: &mut (impl AsyncBufRead + Unpin),
+/// Most bytes moved per read when streaming a response. A read this large takes whatever the socket holds
+/// (up to 16 of the 64 KiB read buffers at 1.5 GB/s on loopback), so a 50 MB Fetch response costs the
+/// proxy tens of system calls and client wake-ups, not hundreds.
+const STREAM_CHUNK: usize = 1024 * 1024;
+
+/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given: what the
+/// read buffer holds first, then reads straight into `copy` (or a scratch buffer) past the read buffer.
+async fn stream<R: AsyncRead + Unpin>(
+    from: &mut BufReader<R>,
     to: &mut (impl AsyncWrite + Unpin),
     mut n: usize,
     mut copy: Option<&mut BytesMut>,
 ) -> std::io::Result<()> {
+    let buffered = from.buffer().len().min(n);
+    if buffered > 0 {
+        to.write_all(&from.buffer()[..buffered]).await?;
+        if let Some(c) = copy.as_deref_mut() {
+            c.extend_from_slice(&from.buffer()[..buffered]);
+        }
+        std::pin::Pin::new(&mut *from).consume(buffered);
+        n -= buffered;
+    }
+    let mut scratch = Vec::new();
     while n > 0 {
-        let buf = from.fill_buf().await?;
-        if buf.is_empty() {
+        let want = n.min(STREAM_CHUNK);
+        let got = match copy.as_deref_mut() {
+            Some(c) => {
+                let at = c.len();
+                c.reserve(want);
+                let got = from.read_buf(&mut (&mut *c).limit(want)).await?;
+                to.write_all(&c[at..at + got]).await?;
+                got
+            }
+            None => {
+                scratch.resize(want.max(scratch.len()), 0);
+                let got = from.read(&mut scratch[..want]).await?;
+                to.write_all(&scratch[..got]).await?;
+                got
+            }
+        };
+        if got == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let k = buf.len().min(n);
-        to.write_all(&buf[..k]).await?;
-        if let Some(c) = copy.as_deref_mut() {
-            c.extend_from_slice(&buf[..k]);
-        }
-        from.consume(k);
-        n -= k;
+        n -= got;
     }
     Ok(())
 }
