@@ -7,6 +7,7 @@ use eventscope::cli::{Cli, Command};
 use eventscope::config::{Config, ConfigErrors, Role, EXIT_CONFIG};
 
 fn main() -> ExitCode {
+    eventscope::memory::configure();
     let cli = Cli::parse();
     let config = match &cli.command {
         Command::Collector { config } => Config::load_file(config, &[Role::Collector]).map(Some),

@@ -3,8 +3,13 @@
 //! glibc's allocator keeps in its heaps what a burst of traffic freed: 1 MiB relay buffers, rewritten
 //! Produce requests and decoded responses, freed between small allocations that stay live. After the Kafka
 //! benchmark's bursts of 50 MB Fetch responses a sidecar held 25 to 50 MB resident of which 3 to 5 MB was
-//! live (docs/benchmarks.md). `malloc_trim` gives the free pages back; it runs every [`RELEASE_EVERY`],
-//! on the blocking pool, never on a thread that relays traffic.
+//! live (docs/benchmarks.md). Two settings keep resident memory close to what is live:
+//!
+//! - [`configure`], at start: blocks of [`OWN_PAGES_FROM`] and more get pages of their own, unmapped when
+//!   freed. glibc otherwise raises that threshold to the largest block freed (up to 32 MiB), after which
+//!   a freed 20 MB copy of a Fetch response stays in the heap;
+//! - [`release`] (`malloc_trim`) every [`RELEASE_EVERY`], on the blocking pool, never on a thread that
+//!   relays traffic: the free pages inside the heaps go back.
 
 use std::time::Duration;
 
@@ -14,6 +19,21 @@ use tokio::sync::watch;
 /// steady load keeps reusing are faulted back in at most once per period (a few MB: well under a
 /// millisecond of CPU).
 pub const RELEASE_EVERY: Duration = Duration::from_secs(5);
+
+/// Blocks this large and larger are mapped on their own and unmapped when freed: copies of large Fetch
+/// responses for the observer. Smaller ones, which a steady load reuses (1 MiB relay buffers, Produce
+/// requests of librdkafka's default 1 MB batches), stay in the heap and cost no page faults each time.
+pub const OWN_PAGES_FROM: usize = 4 * 1024 * 1024;
+
+/// Sets the allocator up (glibc; elsewhere nothing to do). Call before starting threads.
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` takes two integers and changes only glibc's own tuning; it is sound to call at any
+    // time, and is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM as libc::c_int);
+    }
+}
 
 /// Returns the allocator's free pages to the system (glibc; elsewhere nothing to do).
 pub fn release() {
