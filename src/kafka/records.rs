@@ -94,8 +94,9 @@ pub fn checked_section<'a>(batch: &Batch<'a>, limit: usize) -> Result<std::borro
 
 /// Decompresses a records section, refusing to produce more than `limit` bytes.
 pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, RecordError> {
-    fn read_limited(r: impl Read, limit: usize) -> Result<Vec<u8>, RecordError> {
-        let mut out = Vec::new();
+    fn read_limited(r: impl Read, limit: usize, hint: usize) -> Result<Vec<u8>, RecordError> {
+        // Sized for a typical ratio up front, so that the output is not copied each time it doubles.
+        let mut out = Vec::with_capacity(hint.saturating_mul(4).min(limit.saturating_add(1)));
         r.take(limit as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| RecordError::Decompress(e.to_string()))?;
@@ -106,11 +107,16 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<std::
     }
     let out = match codec {
         Compression::None => return Ok(std::borrow::Cow::Borrowed(data)),
-        Compression::Gzip => read_limited(flate2::read::GzDecoder::new(data), limit)?,
-        Compression::Lz4 => read_limited(lz4::Decoder::new(data).map_err(|e| RecordError::Decompress(e.to_string()))?, limit)?,
+        Compression::Gzip => read_limited(flate2::read::GzDecoder::new(data), limit, data.len())?,
+        Compression::Lz4 => read_limited(
+            lz4::Decoder::new(data).map_err(|e| RecordError::Decompress(e.to_string()))?,
+            limit,
+            data.len(),
+        )?,
         Compression::Zstd => read_limited(
             zstd::stream::read::Decoder::new(data).map_err(|e| RecordError::Decompress(e.to_string()))?,
             limit,
+            data.len(),
         )?,
         Compression::Snappy => snappy(data, limit)?,
     };
@@ -152,6 +158,14 @@ fn snappy(data: &[u8], limit: usize) -> Result<Vec<u8>, RecordError> {
 
 /// Compresses a records section with a codec, as Kafka clients frame it.
 pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let mut out = Vec::new();
+    compress_into(codec, data, &mut out)?;
+    Ok(out)
+}
+
+/// Appends a records section compressed with a codec to `out` (lz4 and no compression write there
+/// directly; the other codecs' output is copied in).
+fn compress_into(codec: Compression, data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     fn with<C: Compressor<BytesMut, BufMut = BytesMut>>(data: &[u8]) -> Result<Vec<u8>, RecordError> {
         let mut out = BytesMut::new();
         C::compress(&mut out, |buf| {
@@ -162,31 +176,32 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, RecordError>
         Ok(out.to_vec())
     }
     match codec {
-        Compression::None => Ok(data.to_vec()),
-        Compression::Gzip => with::<Gzip>(data),
-        Compression::Snappy => with::<Snappy>(data),
-        Compression::Lz4 => lz4_fast(data),
-        Compression::Zstd => with::<Zstd>(data),
+        Compression::None => out.extend_from_slice(data),
+        Compression::Gzip => out.extend_from_slice(&with::<Gzip>(data)?),
+        Compression::Snappy => out.extend_from_slice(&with::<Snappy>(data)?),
+        Compression::Lz4 => lz4_fast(data, out)?,
+        Compression::Zstd => out.extend_from_slice(&with::<Zstd>(data)?),
     }
+    Ok(())
 }
 
 /// LZ4 frames as librdkafka writes them: the fast level (`kafka-protocol`'s Lz4 compressor uses level 4,
 /// which is LZ4-HC and several times slower), independent blocks, and no content or block checksums (the
 /// lz4 crate's defaults add both: two XXH32 passes over every batch, which the batch's own CRC-32C
 /// already covers).
-fn lz4_fast(data: &[u8]) -> Result<Vec<u8>, RecordError> {
+fn lz4_fast(data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     use std::io::Write;
+    out.reserve(data.len() / 2 + 64);
     let mut encoder = lz4::EncoderBuilder::new()
         .level(0)
         .checksum(lz4::ContentChecksum::NoChecksum)
         .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
         .block_mode(lz4::BlockMode::Independent)
-        .build(Vec::with_capacity(data.len() / 2 + 64))
+        .build(out)
         .map_err(|e| RecordError::Compress(e.to_string()))?;
     encoder.write_all(data).map_err(|e| RecordError::Compress(e.to_string()))?;
-    let (out, result) = encoder.finish();
-    result.map_err(|e| RecordError::Compress(e.to_string()))?;
-    Ok(out)
+    let (_, result) = encoder.finish();
+    result.map_err(|e| RecordError::Compress(e.to_string()))
 }
 
 /// A zigzag varint (Kafka's `varint`/`varlong`) at `*at`, advancing it.
@@ -332,18 +347,26 @@ fn varint_len(v: i64) -> usize {
     (64 - z.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// A batch with a new (uncompressed) records section: the header copied, compressed with the batch's
-/// own codec, length and CRC recomputed.
-pub fn rebuild(batch: &Batch<'_>, section: &[u8]) -> Result<Vec<u8>, RecordError> {
-    let compressed = compress(codec(batch)?, section)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
-    out.extend_from_slice(&batch.bytes[..HEADER_LEN]);
-    out.extend_from_slice(&compressed);
-    let length = i32::try_from(out.len() - 12).map_err(|_| RecordError::Compress("batch too large".into()))?;
-    out[OFF_LENGTH..OFF_LENGTH + 4].copy_from_slice(&length.to_be_bytes());
-    let crc = crc32c::crc32c(&out[OFF_ATTRIBUTES..]);
-    out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
-    Ok(out)
+/// Appends to `out` the batch with a new (uncompressed) records section: the header copied, the section
+/// compressed with the batch's own codec straight after it, length and CRC recomputed. Returns the
+/// batch's length; on an error `out` is as it was.
+pub fn rebuild_into(batch: &Batch<'_>, section: &[u8], out: &mut Vec<u8>) -> Result<usize, RecordError> {
+    let start = out.len();
+    let built = (|| {
+        let codec = codec(batch)?;
+        out.extend_from_slice(&batch.bytes[..HEADER_LEN]);
+        compress_into(codec, section, out)?;
+        let batch = &mut out[start..];
+        let length = i32::try_from(batch.len() - 12).map_err(|_| RecordError::Compress("batch too large".into()))?;
+        batch[OFF_LENGTH..OFF_LENGTH + 4].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[OFF_ATTRIBUTES..]);
+        batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        Ok(batch.len())
+    })();
+    if built.is_err() {
+        out.truncate(start);
+    }
+    built
 }
 
 #[cfg(test)]
@@ -396,7 +419,10 @@ mod tests {
         for r in records(&section, batch.record_count).unwrap() {
             put_with_traceparent(&mut out, &r, value.as_bytes());
         }
-        rebuild(&batch, &out).unwrap()
+        let mut rebuilt = b"before".to_vec();
+        rebuild_into(&batch, &out, &mut rebuilt).unwrap();
+        assert!(rebuilt.starts_with(b"before"), "appended after what the buffer held");
+        rebuilt.split_off(6)
     }
 
     #[test]

@@ -166,18 +166,18 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
         if work.mode != TraceMode::Inject {
             continue;
         }
-        match records::rebuild(&b, &section_out) {
-            Ok(rebuilt) if rebuilt.len() > work.max_batch_bytes => {
+        // Built straight into the request's records, taken back out if too large.
+        let at = out.len();
+        match records::rebuild_into(&b, &section_out, &mut out) {
+            Ok(len) if len > work.max_batch_bytes => {
                 // Too large with the headers: the records go as they came, without send spans.
+                out.truncate(at);
                 spans.truncate(spans_before);
                 contexts = contexts_before;
                 contexts[4] += list.len() as u64;
                 out.extend_from_slice(b.bytes);
             }
-            Ok(rebuilt) => {
-                out.extend_from_slice(&rebuilt);
-                changed = true;
-            }
+            Ok(_) => changed = true,
             Err(e) => {
                 unreadable(e.to_string());
                 out.extend_from_slice(b.bytes);
