@@ -5,7 +5,8 @@
 //! Through the sidecar, each arrives with its `traceparent` pointing at the sidecar's `send` span (same
 //! trace id when it had one), every other header and byte unchanged; the receiver gets a `send` span per
 //! record (child of the producer's context) and a `process` span per committed record (child of `send`,
-//! with the group's name); the consistency window and lag match the test's own ground truth.
+//! with the group's name); the consistency window and lag match the test's own ground truth. A consumer
+//! holding 150,000 records between commits (librdkafka's mock broker) gets a window for every one.
 
 mod support;
 
@@ -14,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::Message;
 use support::otlp::{ids, OtlpReceiver, KIND_CONSUMER, KIND_PRODUCER};
 use support::*;
@@ -462,4 +464,66 @@ fn rebalancing_group_is_measured_once_per_committed_record() {
         let labels = [("consumergroup", "stock-view"), ("topic", "stock"), ("source", "sidecar")];
         (m.get("eventscope_consistency_window_seconds_count", &labels) == Some(40.0)).then_some(())
     });
+}
+
+/// A consumer that holds 150,000 records between two commits, more than the 100,000 entries the sidecar
+/// keeps: records with consecutive offsets and one append timestamp share an entry, so every record still
+/// gets its window, and none goes untracked. Reading the topic again from the start (a seek back, then a
+/// second commit) is measured again, in full.
+#[test]
+fn every_record_held_between_commits_is_measured() {
+    use rdkafka::{Offset, TopicPartitionList};
+    const N: usize = 150_000;
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    mock.create_topic("ledger", 2, 1).unwrap();
+    let p: BaseProducer = client_config(
+        &mock.bootstrap_servers(),
+        &[("linger.ms", "20"), ("queue.buffering.max.messages", "1000000")],
+    )
+    .create()
+    .unwrap();
+    for i in 0..N {
+        let payload = format!("entry {i}");
+        while p
+            .send(BaseRecord::<(), _>::to("ledger").partition((i % 2) as i32).payload(&payload))
+            .is_err()
+        {
+            p.poll(Duration::from_millis(5));
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
+    let c: BaseConsumer = client_config(
+        &format!("127.0.0.1:{port}"),
+        &[("group.id", "ledger-view"), ("enable.auto.commit", "false")],
+    )
+    .create()
+    .unwrap();
+    let labels = [("consumergroup", "ledger-view"), ("topic", "ledger"), ("source", "sidecar")];
+    for pass in 1..=2 {
+        let mut from_start = TopicPartitionList::new();
+        for partition in 0..2 {
+            from_start.add_partition_offset("ledger", partition, Offset::Beginning).unwrap();
+        }
+        c.assign(&from_start).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut got = 0;
+        while got < N && std::time::Instant::now() < deadline {
+            if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+                got += 1;
+            }
+        }
+        assert_eq!(got, N, "pass {pass}: every record consumed");
+        // One commit of both partitions at their positions: every record read is done.
+        c.commit(&c.position().unwrap(), CommitMode::Sync).unwrap();
+        es.wait_metrics("one window per committed record", |m| {
+            (m.get("eventscope_consistency_window_seconds_count", &labels) == Some((pass * N) as f64)).then_some(())
+        });
+    }
+    let m = es.scrape();
+    assert_eq!(m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0), 0.0);
+    for partition in ["0", "1"] {
+        let lag = [("consumergroup", "ledger-view"), ("topic", "ledger"), ("partition", partition)];
+        assert_eq!(m.get("kafka_consumergroup_lag", &lag), Some(0.0), "partition {partition}");
+    }
 }
