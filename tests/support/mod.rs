@@ -184,12 +184,7 @@ impl Eventscope {
 
     /// The process's peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb * 1024.0)
+        proc_status_bytes(&self.child.id().to_string(), "VmHWM:").unwrap_or(0.0)
     }
 
     pub fn scrape(&self) -> Metrics {
@@ -373,16 +368,15 @@ impl Nginx {
         if let Ok(out) = Command::new("pgrep").args(["-P", &self.child.id().to_string()]).output() {
             pids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from));
         }
-        pids.iter()
-            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .filter_map(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
-            })
-            .sum::<f64>()
-            * 1024.0
+        pids.iter().filter_map(|pid| proc_status_bytes(pid, "VmRSS:")).sum()
     }
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`; given there in kB), in bytes.
+fn proc_status_bytes(pid: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?;
+    kb.parse::<f64>().ok().map(|kb| kb * 1024.0)
 }
 
 impl Drop for Nginx {
