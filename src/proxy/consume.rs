@@ -300,6 +300,8 @@ impl Consumption {
                 let mut by_timestamp = [0u64; 2];
                 let mut by_context = [0u64; 3];
                 let mut untracked = 0u64;
+                // Whether one more entry fits, with `added` ones added so far in this response.
+                let room = |added: usize| tracked + added < MAX_TRACKED_ENTRIES + removed;
                 for b in batch::batches(records) {
                     if !b.complete || b.control || b.last_offset < from {
                         continue;
@@ -340,8 +342,7 @@ impl Consumption {
                             (None, _) => 2,
                         }] += 1;
                         part.last_offset = Some(offset);
-                        let room = tracked + added < MAX_TRACKED_ENTRIES + removed;
-                        match part.runs.push(offset, appended_ms, room) {
+                        match part.runs.push(offset, appended_ms, room(added)) {
                             Some(Tracked::InRun) => {}
                             Some(Tracked::NewRun) => added += 1,
                             None => {
@@ -352,15 +353,13 @@ impl Consumption {
                         let span = parent
                             .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
                             .filter(|s| s.context.is_sampled());
-                        if let Some(start) = span {
-                            if tracked + added < MAX_TRACKED_ENTRIES + removed {
-                                part.spans.push_back(PendingSpan {
-                                    offset,
-                                    delivered: delivered_at,
-                                    start: Box::new(start),
-                                });
-                                added += 1;
-                            }
+                        if let Some(start) = span.filter(|_| room(added)) {
+                            part.spans.push_back(PendingSpan {
+                                offset,
+                                delivered: delivered_at,
+                                start: Box::new(start),
+                            });
+                            added += 1;
                         }
                     }
                 }
@@ -526,6 +525,17 @@ mod tests {
         r.0.iter().map(|r| (r.first, r.count, r.appended_ms)).collect()
     }
 
+    /// Runs holding each range of offsets with its append timestamp, pushed record by record.
+    fn held(ranges: &[(std::ops::Range<i64>, i64)]) -> Runs {
+        let mut r = Runs::default();
+        for (offsets, appended_ms) in ranges {
+            for o in offsets.clone() {
+                r.push(o, *appended_ms, true);
+            }
+        }
+        r
+    }
+
     #[test]
     fn consecutive_records_with_one_timestamp_share_a_run() {
         let mut r = Runs::default();
@@ -546,13 +556,8 @@ mod tests {
 
     #[test]
     fn a_commit_takes_every_record_before_it_once_and_splits_a_run() {
-        let mut r = Runs::default();
-        for o in 0..5 {
-            r.push(o, 7, true);
-        }
-        for o in 5..8 {
-            r.push(o, 9, true);
-        }
+        let mut r = held(&[(0..5, 7), (5..8, 9)]);
+        assert_eq!(runs(&r), vec![(0, 5, 7), (5, 3, 9)]);
         let mut seen = Vec::new();
         // Kafka commits the next offset to read: offset 3 covers records 0, 1 and 2.
         assert_eq!(r.commit(3, |n, t| seen.push((n, t))), 0);
@@ -572,13 +577,7 @@ mod tests {
 
     #[test]
     fn seeking_back_forgets_what_follows() {
-        let mut r = Runs::default();
-        for o in 0..4 {
-            r.push(o, 1, true);
-        }
-        for o in 4..8 {
-            r.push(o, 2, true);
-        }
+        let mut r = held(&[(0..4, 1), (4..8, 2)]);
         assert_eq!(r.truncate(6), 0);
         assert_eq!(runs(&r), vec![(0, 4, 1), (4, 2, 2)]);
         assert_eq!(r.truncate(4), 1);
