@@ -1,9 +1,19 @@
-//! The admin HTTP server (hyper): `/metrics` in the Prometheus text format, `/healthz` (the process is
-//! alive) and `/readyz` (every cluster has had one successful collection).
+//! The admin HTTP server (hyper), apart from the data path: `/metrics` in the Prometheus text format,
+//! `/healthz` (the process is alive) and `/readyz` (every cluster has had one successful collection).
+//!
+//! It has a state of its own, [`State`]: the process registry (every role's registered series) and, in
+//! the collector role, the [`Collection`] whose snapshots it renders. It knows no role.
+//!
+//! - A scrape never calls a broker: it renders what the process already holds, on the blocking pool.
+//! - A render that panics answers 500 (Prometheus then marks the target down), never 200 with an empty
+//!   body that would look like a healthy target without series.
+//! - Connections are limited ([`MAX_CONNECTIONS`]); a failed accept (EMFILE) backs off instead of
+//!   spinning.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -14,12 +24,45 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::collector::Shared;
+use tokio::sync::{watch, Semaphore};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Admin connections at once: scrapers and probes are few; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Series a role renders itself rather than registering them (the collector's snapshots).
+pub trait Collection: Send + Sync + 'static {
+    /// The series in the text format.
+    fn render(&self) -> Bytes;
+    /// What readiness still waits for (empty: ready).
+    fn waiting(&self) -> Vec<String>;
+}
+
+/// What the admin server serves.
+#[derive(Clone)]
+pub struct State {
+    registry: Registry,
+    collection: Option<Arc<dyn Collection>>,
+}
+
+impl State {
+    pub fn new(registry: Registry, collection: Option<Arc<dyn Collection>>) -> State {
+        State { registry, collection }
+    }
+
+    /// The whole `/metrics` body in two parts: the collection's series and the registry's.
+    pub fn render(&self) -> (Bytes, Bytes) {
+        let collection = self.collection.as_ref().map(|c| c.render()).unwrap_or_default();
+        (collection, Bytes::from(crate::telemetry::render_registry(&self.registry)))
+    }
+
+    fn waiting(&self) -> Vec<String> {
+        self.collection.as_ref().map(|c| c.waiting()).unwrap_or_default()
+    }
+}
 
 /// Binds the admin address. Done before anything else starts, so a taken port fails fast.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -27,25 +70,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` turns true, then stops accepting; open connections finish their request.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let shared = shared.clone();
+pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refused = |peer| tracing::warn!(%peer, "admin: over {MAX_CONNECTIONS} connections; closed");
+    while let Some((stream, _, permit)) = crate::accept::next(&listener, &permits, &mut shutdown, "admin", refused).await {
+        let state = state.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, shared.clone()));
+            let _permit = permit;
+            let service = service_fn(move |req| handle(req, state.clone()));
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -59,28 +95,31 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
     }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
+async fn handle(req: Request<Incoming>, state: State) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let (series, own) = tokio::task::spawn_blocking(move || shared.render_metrics())
-                .await
-                .unwrap_or_default();
-            let frames = vec![Ok::<_, Infallible>(Frame::data(series)), Ok(Frame::data(Bytes::from(own)))];
-            Response::builder()
-                .header("content-type", TEXT_FORMAT)
-                .body(StreamBody::new(futures::stream::iter(frames)).boxed())
+            let render = state.clone();
+            match tokio::task::spawn_blocking(move || render.render()).await {
+                Ok((series, own)) => {
+                    let frames = vec![Ok::<_, Infallible>(Frame::data(series)), Ok(Frame::data(own))];
+                    Response::builder()
+                        .header("content-type", TEXT_FORMAT)
+                        .body(StreamBody::new(futures::stream::iter(frames)).boxed())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rendering /metrics failed");
+                    Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(full(Bytes::from_static(b"rendering the metrics failed; see the log\n")))
+                }
+            }
         }
         (&Method::GET, "/healthz") => Response::builder().body(full(Bytes::from_static(b"ok\n"))),
         (&Method::GET, "/readyz") => {
-            if shared.ready() {
+            let waiting = state.waiting();
+            if waiting.is_empty() {
                 Response::builder().body(full(Bytes::from_static(b"ready\n")))
             } else {
-                let waiting: Vec<&str> = shared
-                    .clusters
-                    .iter()
-                    .filter(|c| !c.ready.load(std::sync::atomic::Ordering::Relaxed))
-                    .map(|c| c.name.as_str())
-                    .collect();
                 Response::builder()
                     .status(StatusCode::SERVICE_UNAVAILABLE)
                     .body(full(Bytes::from(format!(
@@ -99,4 +138,76 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
 
 fn full(b: Bytes) -> BoxBody<Bytes, Infallible> {
     Full::new(b).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Panics;
+
+    impl Collection for Panics {
+        fn render(&self) -> Bytes {
+            panic!("a bug in rendering")
+        }
+        fn waiting(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Defect 6: a render that panicked used to answer 200 with an empty body.
+    #[tokio::test]
+    async fn a_render_that_panics_answers_500() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, State::new(Registry::new(), Some(Arc::new(Panics))), rx));
+        let answer = get(addr, "/metrics").await;
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        // The server itself carries on.
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    }
+
+    /// Defect 7: connections over the limit are closed at once; the ones under it are served.
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, State::new(Registry::new(), None), rx));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection over the limit stays open: {read:?}"
+        );
+        drop(idle);
+        // Once the idle ones are gone, scrapes are served again.
+        let mut served = false;
+        for _ in 0..50 {
+            if get(addr, "/healthz").await.starts_with("HTTP/1.1 200") {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served);
+    }
 }

@@ -78,7 +78,7 @@ pub struct SidecarConfig {
     /// Trace context in records: `inject` (set `traceparent` to the sidecar's `send` span), `observe`
     /// (spans only for records that carry one; records never change) or `off`.
     #[serde(default)]
-    pub trace_mode: crate::traces::TraceMode,
+    pub trace_mode: crate::telemetry::traces::TraceMode,
     /// The `cluster` label of the lag and consistency series the sidecar measures: the collector's
     /// `[[clusters]] name` for the same cluster, so one dashboard shows both.
     #[serde(default = "default_sidecar_cluster")]
@@ -473,7 +473,7 @@ impl Config {
             if roles.contains(&Role::Sidecar) {
                 // The OTLP export settings: standard OTEL_* variables, checked with the rest.
                 let otel: std::collections::HashMap<String, String> = env.iter().filter(|(k, _)| k.starts_with("OTEL_")).cloned().collect();
-                if let Err(problems) = crate::traces::ExportSettings::from_env(&otel) {
+                if let Err(problems) = crate::telemetry::traces::ExportSettings::from_env(&otel) {
                     issues.extend(problems.into_iter().map(|(key, reason)| ConfigIssue { key, reason }));
                 }
             }
@@ -571,7 +571,7 @@ impl Config {
                 );
             }
             for (i, r) in h.routes.iter().enumerate() {
-                if let Err(why) = crate::http::route::Template::parse(r) {
+                if let Err(why) = crate::telemetry::route::Template::parse(r) {
                     push(format!("sidecar.http.routes[{i}]"), format!("{r:?}: {why}"));
                 }
             }

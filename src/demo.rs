@@ -20,10 +20,10 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::Message;
 use tokio::sync::watch;
 
-use crate::collector::{ClusterCollector, Shared, Snapshot};
+use crate::collector::consistency::Histogram;
+use crate::collector::{ClusterCollector, Published, Snapshot};
 use crate::config::{ClusterConfig, CollectorConfig};
-use crate::consistency::Histogram;
-use crate::metrics::SelfMetrics;
+use crate::telemetry::collector::CollectorMetrics;
 
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
@@ -84,11 +84,14 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
         status_window: 5,
         ..CollectorConfig::default()
     };
-    let shared = Shared::new(vec!["demo".into()], SelfMetrics::new());
+    let registry = prometheus::Registry::new();
+    crate::telemetry::register_process(&registry);
+    let shared = Published::new(vec!["demo".into()], CollectorMetrics::new(&registry));
+    let admin = crate::admin::State::new(registry, Some(shared.clone()));
     let (tx, rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(ClusterCollector::new(0, cluster, settings, shared.clone()).run(rx.clone())),
-        tokio::spawn(crate::admin::serve(listener, shared.clone(), rx.clone())),
+        tokio::spawn(crate::admin::serve(listener, admin, rx.clone())),
     ];
     println!("eventscope demo: librdkafka mock cluster on {bootstrap}; metrics on http://{addr}/metrics; Ctrl-C to stop");
     println!("groups: inventory-service keeps up, order-readmodel is slow (lag passes 10,000), payment-notifier stops at 20 s\n");

@@ -1,28 +1,27 @@
 //! eventscope: an observability sidecar and collector for Kafka-based event-driven microservices.
 //!
-//! This crate holds the `collector` role: consumer lag in messages and seconds, Burrow-style status and
-//! end-to-end consistency windows for every consumer group of one or more clusters, exported on
-//! `/metrics`. See README.md for the map of modules.
+//! The modules are the architecture (`docs/architecture.md` draws it):
+//! - [`collector`]: the cluster-wide role: poll loop, snapshot, lag, status, consistency windows;
+//! - [`sidecar`]: the in-pod role: the Kafka protocol proxy ([`sidecar::kafka`]) and the HTTP reverse
+//!   proxy ([`sidecar::http`]);
+//! - [`kafka`]: the Kafka client both roles use (connections, security, record batches);
+//! - [`telemetry`]: the metric contract, its exposition, trace context and OTLP export;
+//! - [`admin`]: the admin server (`/metrics`, `/healthz`, `/readyz`) with a state of its own;
+//! - [`config`], [`cli`], [`run`] (wiring: build, spawn, wait for SIGTERM, drain), [`demo`].
 
 pub mod accept;
 pub mod admin;
 pub mod cli;
 pub mod collector;
 pub mod config;
-pub mod consistency;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod exposition;
-pub mod http;
 pub mod kafka;
-pub mod lag;
 pub mod logging;
 pub mod memory;
-pub mod metrics;
-pub mod proxy;
 pub mod run;
-pub mod status;
-pub mod traces;
+pub mod sidecar;
+pub mod telemetry;
 
 /// Helpers of the unit tests.
 #[cfg(test)]

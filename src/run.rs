@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::collector::{self, Shared};
+use crate::collector::{self, Published};
 use crate::config::Config;
-use crate::metrics::SelfMetrics;
+use crate::telemetry::collector::CollectorMetrics;
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
@@ -36,10 +36,16 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     let listener = crate::admin::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let shared = Shared::new(config.clusters.iter().map(|c| c.name.clone()).collect(), SelfMetrics::new());
+    let registry = prometheus::Registry::new();
+    crate::telemetry::register_process(&registry);
+    let shared = Published::new(
+        config.clusters.iter().map(|c| c.name.clone()).collect(),
+        CollectorMetrics::new(&registry),
+    );
     let (tx, rx) = watch::channel(false);
     let mut tasks = collector::spawn_all(&config, &shared, &rx);
-    tasks.push(tokio::spawn(crate::admin::serve(listener, shared.clone(), rx.clone())));
+    let admin = crate::admin::State::new(registry, Some(shared.clone()));
+    tasks.push(tokio::spawn(crate::admin::serve(listener, admin, rx.clone())));
     tasks.push(crate::memory::spawn_release(rx.clone()));
     tracing::info!(%addr, clusters = config.clusters.len(), "collector running");
     shutdown_signal().await;
@@ -58,15 +64,19 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let admin_listener = crate::admin::bind(admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin}: {e}"))?;
-    let shared = Shared::new(Vec::new(), SelfMetrics::new());
-    let registry = &shared.self_metrics.registry;
+    let registry = &prometheus::Registry::new();
+    crate::telemetry::register_process(registry);
     let (tx, rx) = watch::channel(false);
-    let trace_metrics = crate::metrics::TraceMetrics::new(registry);
+    let trace_metrics = crate::telemetry::traces::TraceMetrics::new(registry);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let export = crate::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let (tracer, export_task) = crate::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
+    let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
     let mut tasks = vec![
-        tokio::spawn(crate::admin::serve(admin_listener, shared.clone(), rx.clone())),
+        tokio::spawn(crate::admin::serve(
+            admin_listener,
+            crate::admin::State::new(registry.clone(), None),
+            rx.clone(),
+        )),
         crate::memory::spawn_release(rx.clone()),
     ];
     tasks.extend(export_task);
@@ -75,10 +85,10 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     if !sc.kafka_bootstrap.is_empty() {
         let listen: SocketAddr = sc.kafka_listen.parse()?;
         let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
-        let settings = crate::proxy::ProxySettings {
+        let settings = crate::sidecar::kafka::ProxySettings {
             listen,
             advertised_host: if sc.kafka_advertised_host.is_empty() {
-                crate::proxy::default_advertised_host(&listen)
+                crate::sidecar::kafka::default_advertised_host(&listen)
             } else {
                 sc.kafka_advertised_host.clone()
             },
@@ -92,14 +102,14 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             cluster: sc.cluster.clone(),
         };
         // trace_mode = "off" turns off the Kafka side's spans; the HTTP side still traces.
-        let kafka_tracer = if sc.trace_mode == crate::traces::TraceMode::Off {
-            crate::traces::Tracer::disabled(trace_metrics.clone())
+        let kafka_tracer = if sc.trace_mode == crate::telemetry::traces::TraceMode::Off {
+            crate::telemetry::traces::Tracer::disabled(trace_metrics.clone())
         } else {
             tracer.clone()
         };
-        let proxy_metrics = crate::metrics::ProxyMetrics::new(registry);
+        let proxy_metrics = crate::telemetry::kafka::ProxyMetrics::new(registry);
         _kafka = Some(
-            crate::proxy::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
+            crate::sidecar::kafka::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?,
         );
@@ -107,7 +117,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     }
     if sc.http.enabled() {
         let h = &sc.http;
-        let settings = crate::http::HttpSettings {
+        let settings = crate::sidecar::http::HttpSettings {
             listen: h.listen.parse()?,
             upstream: h.upstream.clone(),
             service: service_name(&h.service, &env),
@@ -126,8 +136,8 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             },
             upstream_protocol: h.upstream_protocol,
         };
-        let metrics = crate::metrics::HttpMetrics::new(registry);
-        let (_, task) = crate::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;
+        let metrics = crate::telemetry::http::HttpMetrics::new(registry);
+        let (_, task) = crate::sidecar::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;
         tasks.push(task);
     }
     tracing::info!(%admin, "sidecar running");

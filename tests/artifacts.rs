@@ -145,8 +145,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[test]
 fn alerts_and_dashboards_use_only_exported_metrics() {
-    let exported: BTreeSet<String> = eventscope::metrics::exported_names().into_iter().map(String::from).collect();
-    let histograms = eventscope::metrics::HISTOGRAMS;
+    let exported: BTreeSet<String> = eventscope::telemetry::contract::exported_names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let histograms = eventscope::telemetry::contract::HISTOGRAMS;
     let recorded: BTreeSet<String> = rules()
         .iter()
         .filter_map(|(_, r)| r.get("record").and_then(|x| x.as_str()).map(String::from))
@@ -253,7 +256,7 @@ fn dashboards_are_well_formed() {
 #[test]
 fn metrics_doc_documents_every_metric() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md")).unwrap();
-    for name in eventscope::metrics::exported_names() {
+    for name in eventscope::telemetry::contract::exported_names() {
         assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md does not document {name}");
     }
 }

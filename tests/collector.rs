@@ -85,7 +85,7 @@ fn lag_offsets_and_lag_seconds_are_exact_at_rest() {
     assert_eq!(g("kafka_consumergroup_lag_seconds", "1"), Some(0.0));
 
     // Every metric of the contract that this scenario can produce is exported.
-    m.assert_exports(&eventscope::metrics::collector_names(), "the collector");
+    m.assert_exports(&eventscope::telemetry::contract::collector_names(), "the collector");
     assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
 
     // A rewind to offset 0: lag seconds is the true age of record 0 (about 100 s), not years.

@@ -472,7 +472,7 @@ fn load_from_hey_is_counted_exactly() {
     );
     assert_eq!(m.get("eventscope_http_connections", &[]), Some(0.0));
     // The contract: every HTTP metric that dashboards and alerts may use is exported.
-    m.assert_exports(&eventscope::metrics::http_names(), "the HTTP sidecar");
+    m.assert_exports(&eventscope::telemetry::contract::http_names(), "the HTTP sidecar");
 }
 
 const KIND_CLIENT: i32 = 3;
@@ -533,7 +533,7 @@ fn outbound_calls_through_http_proxy_carry_a_client_span() {
     assert_eq!(count("GET", &dead, "502"), Some(1.0));
     // Outbound calls are not the service's own SLIs.
     assert_eq!(m.get("http_requests_total", &[("service", "orders")]), None);
-    m.assert_exports(&eventscope::metrics::http_outbound_names(), "the outbound proxy");
+    m.assert_exports(&eventscope::telemetry::contract::http_outbound_names(), "the outbound proxy");
 }
 
 /// `upstream_protocol = "http2"`: requests reach an HTTP/2-only application (nginx, h2c prior knowledge,

@@ -411,7 +411,7 @@ fn sidecar_exports_its_whole_contract() {
     }
     es.wait_metrics("lag measured", |m| m.has("kafka_consumergroup_lag").then_some(()));
     let m = es.scrape();
-    m.assert_exports(&eventscope::metrics::sidecar_names(), "the sidecar");
+    m.assert_exports(&eventscope::telemetry::contract::sidecar_names(), "the sidecar");
 }
 
 /// A broker goes down under load and comes back: the clients recover through the sidecar and every

@@ -7,9 +7,9 @@
 #![no_main]
 
 use bytes::{BufMut, Bytes, BytesMut};
-use eventscope::metrics::ProxyMetrics;
-use eventscope::proxy::{consume, observe};
-use eventscope::traces::{TraceMode, Tracer};
+use eventscope::telemetry::kafka::ProxyMetrics;
+use eventscope::sidecar::kafka::{consume, produce};
+use eventscope::telemetry::traces::{TraceMode, Tracer};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         let registry = prometheus::Registry::new();
         (
             ProxyMetrics::new(&registry),
-            Tracer::disabled(eventscope::metrics::TraceMetrics::new(&registry)),
+            Tracer::disabled(eventscope::telemetry::traces::TraceMetrics::new(&registry)),
         )
     });
 
@@ -62,14 +62,14 @@ fuzz_target!(|data: &[u8]| {
             .unwrap();
     });
     for mode in [TraceMode::Inject, TraceMode::Observe] {
-        let work = observe::TraceWork {
+        let work = produce::TraceWork {
             tracer,
             mode,
             metrics,
             decompress_limit: 1 << 20,
             max_batch_bytes: 1 << 20,
         };
-        let _ = observe::produce_request(&produce, 9, Some(work));
+        let _ = produce::produce_request(&produce, 9, Some(work));
     }
 
     let fetch = frame(|b| {

@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use eventscope::proxy::rewrite::{rewrite, AddressMap};
+use eventscope::sidecar::kafka::rewrite::{rewrite, AddressMap};
 use libfuzzer_sys::fuzz_target;
 
 struct Local;
@@ -27,6 +27,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = rewrite(key, version, &body, &Local);
     let mut anchors = Vec::new();
     let target = i64::from(data[0]) * 7;
-    let _ = eventscope::lag::find_record_time(&data[2..], target, &mut anchors);
+    let _ = eventscope::collector::lag::find_record_time(&data[2..], target, &mut anchors);
     assert!(anchors.len() <= data.len());
 });

@@ -11,7 +11,7 @@ pub mod conn;
 pub mod records;
 pub mod security;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
@@ -69,6 +69,16 @@ pub fn check_code(code: i16) -> Result<(), KafkaError> {
     } else {
         Err(KafkaError::from_code(code))
     }
+}
+
+/// Now, in milliseconds since the Unix epoch: the unit of Kafka's record timestamps.
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Splits `host:port` (and `[v6]:port`); `None` if it is not of that form.

@@ -457,7 +457,7 @@ impl Metrics {
     /// Asserts that every metric of a contract list is present (a histogram by its `_count`).
     pub fn assert_exports(&self, names: &[&str], who: &str) {
         for name in names {
-            let name = if eventscope::metrics::HISTOGRAMS.contains(name) {
+            let name = if eventscope::telemetry::contract::HISTOGRAMS.contains(name) {
                 format!("{name}_count")
             } else {
                 name.to_string()

@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(interpolate((0, i64::MIN), (10, i64::MAX), 5), 0);
         assert_eq!(interpolate((i64::MIN, 0), (i64::MAX, 10), 0), 5);
         assert_eq!(age_seconds(i64::MAX, i64::MIN), i64::MAX as f64 / 1000.0);
-        let crash = include_bytes!("../fuzz/regressions/lag-interpolate-overflow.bin");
+        let crash = include_bytes!("../../fuzz/regressions/lag-interpolate-overflow.bin");
         let _ = find_record_time(&crash[2..], i64::from(crash[0]) * 7, &mut Vec::new());
     }
 

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::collector::unix_ms;
+use crate::kafka::unix_ms;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse, ResponseHeader};
@@ -29,8 +29,8 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
-use crate::metrics::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
-use crate::traces::{SpanStart, Tracer};
+use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
+use crate::telemetry::traces::{SpanStart, Tracer};
 
 /// Entries awaiting their commit, in all partitions together: runs of delivered records (24 bytes each)
 /// and sampled `process` spans (about 100 bytes each). About 3 MB for runs. librdkafka stamps records in
@@ -335,7 +335,7 @@ impl Consumption {
                         };
                         by_timestamp[b.log_append_time as usize] += 1;
                         latency.observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
-                        let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
+                        let parent = r.traceparent.and_then(|tp| crate::telemetry::traces::extract(tp, r.tracestate));
                         by_context[match (r.traceparent, &parent) {
                             (Some(_), Some(_)) => 0,
                             (Some(_), None) => 1,
@@ -465,7 +465,7 @@ impl Consumption {
     /// Recomputes lag gauges, forgets idle partitions. Called after commits and once a second.
     pub fn refresh(&self) {
         let now = Instant::now();
-        let now_ms = crate::collector::now_ms();
+        let now_ms = crate::kafka::now_ms();
         let mut state = self.state.lock().expect("consumption lock");
         let State {
             delivered,

@@ -9,40 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::collector::Snapshot;
-use crate::metrics::{self as m, Family};
-use crate::status::Status;
-
-/// Appends a label value, escaped as the text format requires.
-fn escaped(out: &mut Vec<u8>, v: &str) {
-    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.extend_from_slice(v.as_bytes());
-        return;
-    }
-    for b in v.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b => out.push(b),
-        }
-    }
-}
-
-/// `name=\"value\"` pairs, escaped, without braces.
-fn label_set(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b"=\"");
-        escaped(&mut out, v);
-        out.push(b'"');
-    }
-    out
-}
+use super::snapshot::{GroupTopicRow, Snapshot};
+use super::status::Status;
+use crate::telemetry::contract::{self as m, Family};
+use crate::telemetry::text::{escape_into as escaped, label_set, write_header, write_value};
 
 struct Writer {
     out: Vec<u8>,
@@ -52,7 +22,7 @@ struct Writer {
 impl Writer {
     fn header(&mut self, f: &Family) {
         let mut s = String::new();
-        m::write_header(&mut s, f);
+        write_header(&mut s, f);
         self.out.extend_from_slice(s.as_bytes());
     }
 
@@ -74,7 +44,7 @@ impl Writer {
             Value::Int(i) => self.out.extend_from_slice(self.ints.format(i).as_bytes()),
             Value::Float(f) => {
                 let mut s = String::new();
-                m::write_value(&mut s, f);
+                write_value(&mut s, f);
                 self.out.extend_from_slice(s.as_bytes());
             }
         }
@@ -190,14 +160,7 @@ pub fn render(snaps: &[Arc<Snapshot>]) -> Bytes {
     Bytes::from(w.out)
 }
 
-fn group_topic_family(
-    w: &mut Writer,
-    fam: &Family,
-    t: &crate::collector::GroupTopicRow,
-    tl: &[u8],
-    bucket_bounds: &[String],
-    pbuf: &mut itoa::Buffer,
-) {
+fn group_topic_family(w: &mut Writer, fam: &Family, t: &GroupTopicRow, tl: &[u8], bucket_bounds: &[String], pbuf: &mut itoa::Buffer) {
     let n = fam.name;
     if n == m::GROUP_STATUS.name {
         for st in Status::ALL {
@@ -238,15 +201,9 @@ fn group_topic_family(
 
 #[cfg(test)]
 mod tests {
+    use super::super::consistency::Histogram;
+    use super::super::snapshot::{GroupRow, PartitionRow, TopicRow};
     use super::*;
-    use crate::collector::{GroupRow, GroupTopicRow, PartitionRow, TopicRow};
-    use crate::consistency::Histogram;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label_set(&[("a", "x\"y\\z\nw")]), b"a=\"x\\\"y\\\\z\\nw\"");
-        assert_eq!(label_set(&[("le", "+Inf"), ("b", "plain")]), b"le=\"+Inf\",b=\"plain\"");
-    }
 
     #[test]
     fn renders_every_family_once_with_escaped_labels() {

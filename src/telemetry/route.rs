@@ -6,7 +6,7 @@
 //! after `max_routes` distinct fallbacks every new one is `_other`. So however hostile the paths, the
 //! label has at most `templates + max_routes + 1` values.
 
-use crate::metrics::BoundedLabel;
+use crate::telemetry::labels::BoundedLabel;
 
 /// Segments a fallback route keeps; deeper paths end in `/*`.
 pub const MAX_SEGMENTS: usize = 4;
@@ -147,7 +147,7 @@ mod tests {
             labels.insert(r.label(&format!("/r{i}z/q")).0);
         }
         assert!(labels.len() <= 6, "{labels:?}");
-        assert!(labels.contains(crate::metrics::OTHER_LABEL));
+        assert!(labels.contains(crate::telemetry::labels::OTHER_LABEL));
         assert_eq!(r.label("/orders/7").0, "/orders/{id}");
     }
 

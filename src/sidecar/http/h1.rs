@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{connection_tokens, is_hop_by_hop, local_text, Completion, HttpProxy, Inbound, SeriesCache};
-use crate::metrics::HttpErrorKind;
+use crate::telemetry::http::HttpErrorKind;
 
 /// Headers per message, as hyper's server allows.
 const MAX_HEADERS: usize = 100;

@@ -23,7 +23,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks};
 use tokio::sync::mpsc;
 
-use crate::metrics::TraceMetrics;
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::telemetry::contract::{L_OUTCOME, TRACE_SPANS};
 
 /// What the sidecar does with trace context in records it relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -438,5 +440,33 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         let ok = ExportSettings::from_env(&HashMap::from([("OTEL_EXPORTER_OTLP_PROTOCOL".to_string(), "grpc".to_string())])).unwrap();
         assert!(ok.grpc && ok.enabled && ok.queue == 2048 && ok.batch == 512);
+    }
+}
+
+/// Spans handed to the OTLP exporter, by outcome.
+#[derive(Clone)]
+pub struct TraceMetrics {
+    pub exported: prometheus::IntCounter,
+    pub dropped: prometheus::IntCounter,
+    pub failed: prometheus::IntCounter,
+}
+
+impl TraceMetrics {
+    pub fn new(registry: &Registry) -> TraceMetrics {
+        let spans = IntCounterVec::new(
+            Opts::new(
+                TRACE_SPANS,
+                "Spans by outcome: exported, dropped (export queue full), failed (the OTLP endpoint refused or timed out).",
+            ),
+            &[L_OUTCOME],
+        )
+        .expect("valid metric");
+        // A second registration (several sidecars in one test process) keeps the first.
+        let _ = registry.register(Box::new(spans.clone()));
+        TraceMetrics {
+            exported: spans.with_label_values(&["exported"]),
+            dropped: spans.with_label_values(&["dropped"]),
+            failed: spans.with_label_values(&["failed"]),
+        }
     }
 }

@@ -22,7 +22,6 @@
 //!   not send a head within `header_read_timeout` are closed; all counted. Connections are limited.
 
 mod h1;
-pub mod route;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,9 +46,9 @@ use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::metrics::{method_label, HttpErrorKind, HttpMetrics};
-use crate::traces::{SpanStart, Tracer};
-use route::Routes;
+use crate::telemetry::http::{method_label, HttpErrorKind, HttpMetrics};
+use crate::telemetry::route::Routes;
+use crate::telemetry::traces::{SpanStart, Tracer};
 
 /// What the HTTP proxy needs to run (from `[sidecar.http]`).
 #[derive(Debug, Clone)]
@@ -103,7 +102,7 @@ pub struct HttpProxy {
     /// HTTP/2 with prior knowledge (h2c), for applications that speak it (gRPC).
     h2_client: Client<HttpConnector, Incoming>,
     routes: Routes,
-    destinations: crate::metrics::BoundedLabel,
+    destinations: crate::telemetry::labels::BoundedLabel,
     /// `eventscope_http_trace_context_requests_total` for this service: continued, invalid, absent.
     context_counters: [prometheus::IntCounter; 3],
     metrics: HttpMetrics,
@@ -145,7 +144,7 @@ impl HttpProxy {
             .build(connector);
         let proxy = Arc::new(HttpProxy {
             routes: Routes::new(&settings.routes, settings.max_routes),
-            destinations: crate::metrics::BoundedLabel::new(crate::metrics::MAX_DESTINATIONS),
+            destinations: crate::telemetry::labels::BoundedLabel::new(crate::telemetry::contract::MAX_DESTINATIONS),
             context_counters: ["continued", "invalid", "absent"]
                 .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -288,13 +287,13 @@ impl HttpProxy {
     /// trace-context counter and the SERVER span. Returns what records the request once it is over, the
     /// `traceparent` the application gets, and whether the client's context was continued (only then does
     /// its `tracestate` go on).
-    fn begin(self: &Arc<Self>, r: &Inbound<'_>, peer: SocketAddr) -> (Completion, crate::traces::Traceparent, bool) {
+    fn begin(self: &Arc<Self>, r: &Inbound<'_>, peer: SocketAddr) -> (Completion, crate::telemetry::traces::Traceparent, bool) {
         let started = Instant::now();
         let method = method_label(r.method);
         let (route, _templated) = self.routes.label(r.path);
 
         // W3C trace context: continue a valid one, start a new trace otherwise; never fail the request.
-        let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
+        let parent = r.traceparent.and_then(|tp| crate::telemetry::traces::extract(tp, r.tracestate));
         // Index into context_counters: continued, invalid, absent.
         self.context_counters[match (r.traceparent.is_some(), parent.is_some()) {
             (true, true) => 0,
@@ -304,7 +303,7 @@ impl HttpProxy {
         .inc();
         let continued = parent.is_some();
         let span = self.tracer.start_span(parent, method, SpanKind::Server);
-        let traceparent = crate::traces::traceparent(&span.context);
+        let traceparent = crate::telemetry::traces::traceparent(&span.context);
 
         // Attributes only for spans that will be exported (the span's context is propagated regardless).
         let recorded = span.context.is_sampled() && self.tracer.exporting();
@@ -473,7 +472,7 @@ impl HttpProxy {
         let parent = req
             .headers()
             .get(TRACEPARENT)
-            .and_then(|tp| crate::traces::extract(tp.as_bytes(), req.headers().get(TRACESTATE).map(|v| v.as_bytes())));
+            .and_then(|tp| crate::telemetry::traces::extract(tp.as_bytes(), req.headers().get(TRACESTATE).map(|v| v.as_bytes())));
         let continued = parent.is_some();
         let span = self.tracer.start_span(parent, method, SpanKind::Client);
         let recorded = span.context.is_sampled() && self.tracer.exporting();
@@ -526,7 +525,7 @@ impl HttpProxy {
             // Only plain HTTP can carry trace context; HTTPS goes through CONNECT.
             return Ok(done.local(StatusCode::BAD_REQUEST));
         }
-        if let Ok(v) = HeaderValue::from_bytes(crate::traces::traceparent(&span.context).as_bytes()) {
+        if let Ok(v) = HeaderValue::from_bytes(crate::telemetry::traces::traceparent(&span.context).as_bytes()) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
         if !continued {

@@ -2,7 +2,7 @@
 //! their committed offsets, state and members, read every partition's log-start and log-end offsets, and
 //! turn them into lag, lag seconds, Burrow-style status and consistency windows.
 //!
-//! Each poll ends in a [`Snapshot`] published to [`Shared`]; `/metrics` renders from snapshots only.
+//! Each poll ends in a [`Snapshot`] published to [`Published`]; `/metrics` renders from snapshots only.
 //!
 //! **An unreachable cluster** (Metadata fails on every known broker and the bootstrap list): its snapshot
 //! is withdrawn at once, so its lag series disappear from `/metrics` rather than being served stale
@@ -11,23 +11,27 @@
 //! `eventscope_collector_errors_total` counts each failure by kind. Connections are re-dialled on the next
 //! poll, so collection recovers by itself. A group whose offsets cannot be read reports status ERR.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+pub mod consistency;
+pub mod exposition;
+pub mod lag;
+pub mod snapshot;
+pub mod status;
 
-use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures::{stream, StreamExt};
 use regex::Regex;
 use tokio::sync::watch;
 
 use crate::config::{ClusterConfig, CollectorConfig, LagSecondsMethod};
-use crate::consistency::{observe_commit, Histogram};
 use crate::kafka::client::{ClusterMetadata, GroupDescription, Tp, EARLIEST, LATEST};
-use crate::kafka::{ClusterClient, KafkaError};
-use crate::lag::{age_seconds, find_record_time, RecordTime, Timeline};
-use crate::metrics::SelfMetrics;
-use crate::status::{Observation, Status, Window};
+use crate::kafka::{now_ms, ClusterClient, KafkaError};
+use consistency::{observe_commit, Histogram};
+use lag::{age_seconds, find_record_time, RecordTime, Timeline};
+pub use snapshot::{GroupRow, GroupTopicRow, PartitionRow, Published, Snapshot, TopicRow};
+use status::{Observation, Status, Window};
 
 /// Groups per DescribeGroups + OffsetFetch job (one batched request each where the broker allows).
 const GROUP_JOB: usize = 100;
@@ -37,131 +41,6 @@ const LIST_OFFSETS_BATCH: usize = 1000;
 /// whole first batch of a partition if it is larger; later partitions' batches may be cut, see `lag`).
 const FETCH_BATCH: usize = 100;
 const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
-
-pub fn now_ms() -> i64 {
-    unix_ms(SystemTime::now())
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// One partition of a group in a snapshot.
-#[derive(Debug, Clone)]
-pub struct PartitionRow {
-    pub partition: i32,
-    pub committed: i64,
-    /// `None` when the partition's log-end offset could not be read this poll.
-    pub lag: Option<u64>,
-    pub lag_seconds: Option<f64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct GroupTopicRow {
-    pub topic: Arc<str>,
-    pub status: Status,
-    pub partitions: Vec<PartitionRow>,
-    pub consistency: Histogram,
-}
-
-#[derive(Debug, Clone)]
-pub struct GroupRow {
-    pub group: String,
-    pub members: Option<usize>,
-    pub topics: Vec<GroupTopicRow>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TopicRow {
-    pub topic: Arc<str>,
-    /// Partition, log-start offset, log-end offset.
-    pub partitions: Vec<(i32, Option<i64>, Option<i64>)>,
-}
-
-/// The result of one successful poll of one cluster.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub cluster: String,
-    pub taken_at_ms: i64,
-    pub topics: Vec<TopicRow>,
-    pub groups: Vec<GroupRow>,
-}
-
-/// A cluster's published state.
-pub struct ClusterSlot {
-    pub name: String,
-    pub snapshot: Mutex<Option<Arc<Snapshot>>>,
-    pub ready: AtomicBool,
-}
-
-/// What the collectors publish and the admin server reads.
-pub struct Shared {
-    pub self_metrics: SelfMetrics,
-    pub clusters: Vec<ClusterSlot>,
-    version: AtomicU64,
-    cache: Mutex<(u64, Bytes)>,
-}
-
-impl Shared {
-    pub fn new(names: Vec<String>, self_metrics: SelfMetrics) -> Arc<Shared> {
-        for n in &names {
-            self_metrics.init_cluster(n);
-        }
-        Arc::new(Shared {
-            self_metrics,
-            clusters: names
-                .into_iter()
-                .map(|name| ClusterSlot {
-                    name,
-                    snapshot: Mutex::new(None),
-                    ready: AtomicBool::new(false),
-                })
-                .collect(),
-            version: AtomicU64::new(1),
-            cache: Mutex::new((0, Bytes::new())),
-        })
-    }
-
-    fn publish(&self, index: usize, snapshot: Option<Arc<Snapshot>>) {
-        let slot = &self.clusters[index];
-        if snapshot.is_some() {
-            slot.ready.store(true, Ordering::Relaxed);
-        }
-        *slot.snapshot.lock().expect("snapshot lock") = snapshot;
-        self.version.fetch_add(1, Ordering::Release);
-    }
-
-    pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
-        self.clusters
-            .iter()
-            .filter_map(|c| c.snapshot.lock().expect("snapshot lock").clone())
-            .collect()
-    }
-
-    /// Ready once every cluster has had one successful collection.
-    pub fn ready(&self) -> bool {
-        self.clusters.iter().all(|c| c.ready.load(Ordering::Relaxed))
-    }
-
-    /// The `/metrics` body in two parts: the snapshot series (rendered once per new snapshot, then shared
-    /// by every scrape without a copy) and eventscope's own metrics.
-    pub fn render_metrics(&self) -> (Bytes, String) {
-        let version = self.version.load(Ordering::Acquire);
-        let snapshot_text = {
-            let mut cache = self.cache.lock().expect("render cache lock");
-            if cache.0 != version {
-                let started = Instant::now();
-                *cache = (version, crate::exposition::render(&self.snapshots()));
-                self.self_metrics.render_duration.observe(started.elapsed().as_secs_f64());
-            }
-            cache.1.clone()
-        };
-        let mut own = String::with_capacity(8192);
-        self.self_metrics.render(&mut own);
-        (snapshot_text, own)
-    }
-}
 
 /// Compiled group and topic filters of a cluster.
 struct Filters {
@@ -219,11 +98,11 @@ pub struct ClusterCollector {
     client: ClusterClient,
     filters: Filters,
     state: State,
-    shared: Arc<Shared>,
+    shared: Arc<Published>,
 }
 
 impl ClusterCollector {
-    pub fn new(index: usize, cfg: ClusterConfig, settings: CollectorConfig, shared: Arc<Shared>) -> ClusterCollector {
+    pub fn new(index: usize, cfg: ClusterConfig, settings: CollectorConfig, shared: Arc<Published>) -> ClusterCollector {
         // Validation has already checked the properties; a failure here can only be a file changed since.
         let security = crate::kafka::Security::from_properties(&cfg.kafka).unwrap_or_else(|problems| {
             tracing::error!(cluster = %cfg.name, ?problems, "security settings unusable; connecting without them");
@@ -253,7 +132,7 @@ impl ClusterCollector {
     }
 
     fn error(&self, step: &str, e: &KafkaError) {
-        self.shared.self_metrics.collection_error(&self.cfg.name, step, e);
+        self.shared.metrics().collection_error(&self.cfg.name, step, e);
     }
 
     /// Polls until `shutdown` turns true.
@@ -276,7 +155,7 @@ impl ClusterCollector {
     /// One collection; publishes its snapshot (or withdraws it on failure).
     pub async fn poll_once(&mut self) {
         let started = Instant::now();
-        let sm = self.shared.self_metrics.clone();
+        let sm = self.shared.metrics().clone();
         let name = self.cfg.name.clone();
         match self.poll().await {
             Ok(snapshot) => {
@@ -746,7 +625,7 @@ impl ClusterCollector {
 /// Spawns one collector per cluster; returns their join handles.
 pub fn spawn_all(
     config: &crate::config::Config,
-    shared: &Arc<Shared>,
+    shared: &Arc<Published>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     config

@@ -19,7 +19,7 @@
 //! are refused the same way. Other connections carry on.
 
 pub mod consume;
-pub mod observe;
+pub mod produce;
 pub mod rewrite;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,8 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::kafka::Security;
-use crate::metrics::{api_label, ProxyErrorKind, ProxyMetrics};
-use crate::traces::{TraceMode, Tracer};
+use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
+use crate::telemetry::traces::{TraceMode, Tracer};
 use kafka_protocol::messages::ApiKey;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
@@ -85,7 +85,7 @@ struct Observation {
 /// What the proxy reads from a request to make sense of its response.
 enum Ask {
     None,
-    Produce(observe::ProduceAsk),
+    Produce(produce::ProduceAsk),
     Fetch(consume::FetchAsk),
     Commit(consume::CommitAsk),
 }
@@ -584,14 +584,14 @@ impl Proxy {
     fn read_request(&self, frame: Bytes, key: i16, version: i16) -> (Ask, Bytes) {
         match ApiKey::try_from(key) {
             Ok(ApiKey::Produce) => {
-                let work = (self.settings.trace_mode != TraceMode::Off).then_some(observe::TraceWork {
+                let work = (self.settings.trace_mode != TraceMode::Off).then_some(produce::TraceWork {
                     tracer: &self.tracer,
                     mode: self.settings.trace_mode,
                     metrics: &self.metrics,
                     decompress_limit: self.settings.max_frame_bytes,
                     max_batch_bytes: self.settings.max_batch_bytes,
                 });
-                match observe::produce_request(&frame, version, work) {
+                match produce::produce_request(&frame, version, work) {
                     Some((ask, Some(rewritten))) if rewritten.len() <= self.settings.max_frame_bytes => (Ask::Produce(ask), rewritten),
                     Some((ask, _)) => (Ask::Produce(ask), frame),
                     None => (Ask::None, frame),
@@ -604,8 +604,8 @@ impl Proxy {
     }
 
     /// Producer-side metrics and `send` spans from a Produce response and what its request held.
-    fn observe_produce(&self, frame: &Bytes, version: i16, latency: Duration, sent_at: SystemTime, ask: observe::ProduceAsk) {
-        let Some(outcomes) = observe::produce_response(frame, version) else {
+    fn observe_produce(&self, frame: &Bytes, version: i16, latency: Duration, sent_at: SystemTime, ask: produce::ProduceAsk) {
+        let Some(outcomes) = produce::produce_response(frame, version) else {
             return;
         };
         let acked_at = sent_at + latency;
@@ -624,7 +624,7 @@ impl Proxy {
                     KeyValue::new("messaging.destination.partition.id", partition.to_string()),
                     KeyValue::new("messaging.client.id", ask.client.clone()),
                 ];
-                let failure = (*error != 0).then(|| observe::error_label(*error));
+                let failure = (*error != 0).then(|| produce::error_label(*error));
                 match &failure {
                     None => attributes.push(KeyValue::new("messaging.kafka.offset", base_offset.saturating_add(s.index))),
                     Some(e) => attributes.push(KeyValue::new("error.type", e.clone())),
@@ -650,7 +650,7 @@ impl Proxy {
             if error != 0 {
                 self.metrics
                     .produce_errors
-                    .with_label_values(&[&label, &observe::error_label(error)])
+                    .with_label_values(&[&label, &produce::error_label(error)])
                     .inc();
                 continue;
             }

@@ -3,10 +3,10 @@
 //!
 //! The collector sees commits at poll time, so a window is accurate to one `poll_interval` (the sidecar,
 //! which sees each commit as it happens, is exact). Append times come from the partition's
-//! [`crate::lag::Timeline`]: exact where a record was read, interpolated between log-end samples elsewhere.
+//! [`crate::collector::lag::Timeline`]: exact where a record was read, interpolated between log-end samples elsewhere.
 //! Counts are exact: a commit that moves from offset `a` to `b` observes `b − a` records.
 
-use crate::metrics::CONSISTENCY_BUCKETS;
+use crate::telemetry::contract::CONSISTENCY_BUCKETS;
 
 /// Above this many records per partition and poll, records are observed in equal strides (each stride
 /// observed once with its record count), so a huge catch-up costs bounded work and counts stay exact.

@@ -13,8 +13,8 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use opentelemetry::trace::SpanKind;
 
 use crate::kafka::{batch, records};
-use crate::metrics::{ProxyErrorKind, ProxyMetrics};
-use crate::traces::{SpanStart, TraceMode, Tracer};
+use crate::telemetry::kafka::{ProxyErrorKind, ProxyMetrics};
+use crate::telemetry::traces::{SpanStart, TraceMode, Tracer};
 
 /// A `send` span decided when the request was relayed: its record is the `index`-th of the partition's
 /// records in the request, so its offset is the response's base offset + `index`.
@@ -139,7 +139,7 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
         let spans_before = spans.len();
         let contexts_before = contexts;
         for r in &list {
-            let parent = r.traceparent.and_then(|tp| crate::traces::extract(tp, r.tracestate));
+            let parent = r.traceparent.and_then(|tp| crate::telemetry::traces::extract(tp, r.tracestate));
             contexts[match (r.traceparent, &parent) {
                 (Some(_), Some(_)) => 0,
                 (Some(_), None) => 1,
@@ -151,7 +151,11 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             }
             let start = work.tracer.start_span(parent, "send", SpanKind::Producer);
             if work.mode == TraceMode::Inject {
-                records::put_with_traceparent(&mut section_out, r, crate::traces::traceparent(&start.context).as_bytes());
+                records::put_with_traceparent(
+                    &mut section_out,
+                    r,
+                    crate::telemetry::traces::traceparent(&start.context).as_bytes(),
+                );
             }
             // Only sampled spans are exported; the others exist only in the header.
             if start.context.is_sampled() {
