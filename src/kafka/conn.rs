@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader};
+use kafka_protocol::protocol::{Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -288,23 +288,12 @@ impl Connection {
     }
 }
 
-/// Decodes a response. The codec is not expected to panic on malformed input, but the bytes are untrusted:
-/// a panic is caught and becomes a protocol error, so it can never end a collection task.
+/// Decodes a response body (untrusted bytes, decoded contained: see [`super::decode`]).
 fn decode_response<R: Request>(body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
-    std::panic::catch_unwind(move || decode_response_inner::<R>(body, version)).unwrap_or_else(|_| {
-        Err(KafkaError::Protocol(format!(
-            "{:?} v{version} response: decoder panicked",
-            api_key(R::KEY)
-        )))
-    })
-}
-
-fn decode_response_inner<R: Request>(mut body: Bytes, version: i16) -> Result<R::Response, KafkaError> {
     let header_version = <R::Response as HeaderVersion>::header_version(version);
-    ResponseHeader::decode(&mut body, header_version).map_err(|e| KafkaError::Protocol(format!("response header: {e}")))?;
-    let response = R::Response::decode(&mut body, version)
-        .map_err(|e| KafkaError::Protocol(format!("{:?} v{version} response: {e}", api_key(R::KEY))))?;
-    Ok(response)
+    super::decode::response_body::<R::Response>(body, header_version, version)
+        .map(|(_, response)| response)
+        .map_err(|e| KafkaError::Protocol(format!("{:?} v{version} response: {e}", api_key(R::KEY))))
 }
 
 fn api_key(key: i16) -> ApiKey {
@@ -365,7 +354,7 @@ mod tests {
             macro_rules! no_panic {
                 ($($req:ty => $v:expr),*) => {$(
                     let input = b.clone();
-                    let outcome = std::panic::catch_unwind(move || decode_response_inner::<$req>(input, $v).is_ok());
+                    let outcome = std::panic::catch_unwind(move || decode_response::<$req>(input, $v).is_ok());
                     assert!(outcome.is_ok(), "{} v{} panicked on {:?}", stringify!($req), $v, b);
                 )*};
             }

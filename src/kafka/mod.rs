@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod client;
 pub mod conn;
+pub mod decode;
 pub mod records;
 pub mod security;
 

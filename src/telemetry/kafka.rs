@@ -23,16 +23,20 @@ pub enum ProxyErrorKind {
     RewriteFailed,
     /// A record batch that could not be read (bad CRC, codec, compression, records): relayed unchanged.
     RecordsUnreadable,
+    /// The observer panicked while measuring a response (or its thread ended): the consumer
+    /// measurements it held are withdrawn and start again; the traffic is not affected.
+    ObserverPanic,
 }
 
 impl ProxyErrorKind {
-    pub const ALL: [ProxyErrorKind; 6] = [
+    pub const ALL: [ProxyErrorKind; 7] = [
         ProxyErrorKind::OversizedFrame,
         ProxyErrorKind::MalformedFrame,
         ProxyErrorKind::UpstreamUnreachable,
         ProxyErrorKind::ConnectionLimit,
         ProxyErrorKind::RewriteFailed,
         ProxyErrorKind::RecordsUnreadable,
+        ProxyErrorKind::ObserverPanic,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -43,6 +47,7 @@ impl ProxyErrorKind {
             ProxyErrorKind::ConnectionLimit => "connection_limit",
             ProxyErrorKind::RewriteFailed => "rewrite_failed",
             ProxyErrorKind::RecordsUnreadable => "records_unreadable",
+            ProxyErrorKind::ObserverPanic => "observer_panic",
         }
     }
 }

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::kafka::unix_ms;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
+use crate::telemetry::labels::BoundedLabel;
 use crate::telemetry::traces::{SpanStart, Tracer};
 
 /// Entries awaiting their commit, in all partitions together: runs of delivered records (24 bytes each)
@@ -64,6 +64,7 @@ struct Runs(VecDeque<Run>);
 impl Runs {
     /// Adds the record at `offset` (after every record held): into the last run when it continues it,
     /// else as a new run if `room`. Whether it is tracked.
+    #[cfg(test)]
     fn push(&mut self, offset: i64, appended_ms: i64, room: bool) -> Option<Tracked> {
         if let Some(last) = self.0.back_mut() {
             if last.end() == offset && last.appended_ms == appended_ms && last.count < u32::MAX {
@@ -129,6 +130,7 @@ impl Runs {
     }
 }
 
+#[cfg(test)]
 #[derive(Debug, PartialEq)]
 enum Tracked {
     InRun,
@@ -171,6 +173,8 @@ struct State {
     /// (topic, partition) → high watermark from the latest Fetch response, and when.
     high_watermarks: HashMap<(String, i32), (i64, Instant)>,
     tracked: usize,
+    /// (group label, topic label) → when a commit last fed its consistency series.
+    windows_seen: HashMap<(String, String), Instant>,
 }
 
 /// A Fetch request's partitions and the offsets asked for, kept until its response.
@@ -188,7 +192,7 @@ pub struct CommitAsk {
 
 /// Reads a Fetch request frame (length prefix included).
 pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
-    let (header, request) = super::decode_request::<FetchRequest>(frame, ApiKey::Fetch, version)?;
+    let (header, request) = crate::kafka::decode::request::<FetchRequest>(frame, ApiKey::Fetch, version)?;
     let offsets = request
         .topics
         .iter()
@@ -199,14 +203,14 @@ pub fn fetch_request(frame: &Bytes, version: i16) -> Option<FetchAsk> {
         })
         .collect();
     Some(FetchAsk {
-        client: super::client_id(&header),
+        client: super::frame::client_id(&header),
         offsets,
     })
 }
 
 /// Reads an OffsetCommit request frame (length prefix included).
 pub fn commit_request(frame: &Bytes, version: i16) -> Option<CommitAsk> {
-    let (header, request) = super::decode_request::<OffsetCommitRequest>(frame, ApiKey::OffsetCommit, version)?;
+    let (header, request) = crate::kafka::decode::request::<OffsetCommitRequest>(frame, ApiKey::OffsetCommit, version)?;
     let offsets = request
         .topics
         .iter()
@@ -217,19 +221,68 @@ pub fn commit_request(frame: &Bytes, version: i16) -> Option<CommitAsk> {
         })
         .collect();
     Some(CommitAsk {
-        client: super::client_id(&header),
+        client: super::frame::client_id(&header),
         group: request.group_id.0.to_string(),
         offsets,
     })
 }
 
+/// Distinct `consumergroup` values the sidecar reports before it folds the rest into `_other` (group ids
+/// come from client requests).
+pub const MAX_GROUP_LABELS: usize = 256;
+/// (group, topic, partition) commits tracked at most, and so lag series at most: partitions come from
+/// client requests. Commits for further partitions are not measured until idle ones expire.
+pub const MAX_COMMITTED_PARTITIONS: usize = 10_000;
+
 /// Consumption state of one sidecar.
 pub struct Consumption {
     state: Mutex<State>,
     metrics: ProxyMetrics,
+    groups: BoundedLabel,
     tracer: Tracer,
     cluster: String,
     decompress_limit: usize,
+    /// Called while a batch is decoded (tests: to check that nothing waits on the observer meanwhile).
+    #[cfg(test)]
+    decode_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
+}
+
+/// What one partition of a Fetch response delivered, read without the state's lock.
+#[derive(Default)]
+struct Delivered {
+    runs: Vec<Run>,
+    spans: Vec<PendingSpan>,
+    last: Option<i64>,
+    by_timestamp: [u64; 2],
+    by_context: [u64; 3],
+}
+
+impl Delivered {
+    fn push(&mut self, offset: i64, appended_ms: i64) {
+        self.last = Some(offset);
+        if let Some(run) = self.runs.last_mut() {
+            if run.end() == offset && run.appended_ms == appended_ms && run.count < u32::MAX {
+                run.count += 1;
+                return;
+            }
+        }
+        self.runs.push(Run {
+            first: offset,
+            count: 1,
+            appended_ms,
+        });
+    }
+}
+
+/// A lag series to set (or remove) once the state's lock is released.
+enum Gauge {
+    Set {
+        labels: [String; 3],
+        offset: i64,
+        lag: Option<i64>,
+        seconds: Option<f64>,
+    },
+    Remove([String; 3]),
 }
 
 impl Consumption {
@@ -237,9 +290,12 @@ impl Consumption {
         Consumption {
             state: Mutex::new(State::default()),
             metrics,
+            groups: BoundedLabel::new(MAX_GROUP_LABELS),
             tracer,
             cluster,
             decompress_limit,
+            #[cfg(test)]
+            decode_hook: Mutex::new(None),
         }
     }
 
@@ -247,19 +303,32 @@ impl Consumption {
         &self.metrics.consume
     }
 
+    /// The state, also after a panic while it was held: [`Consumption::reset`] follows such a panic.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets everything measured and withdraws the series built from it: after the observer panicked
+    /// (the state may be half-updated) or stopped (nothing would update the series any more). Later
+    /// traffic builds them again.
+    pub fn reset(&self) {
+        *self.lock() = State::default();
+        let m = self.m();
+        m.lag.reset();
+        m.lag_seconds.reset();
+        m.current_offset.reset();
+        m.consistency.reset();
+    }
+
     /// A Fetch response (length prefix included) for `ask`, relayed at `delivered_at`: high watermarks and
-    /// the records delivered.
+    /// the records delivered. Batches are decompressed and read without the state's lock, which is taken
+    /// twice per partition, briefly: to learn where its delivered records end, and to add the new ones.
     pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: FetchAsk, delivered_at: SystemTime) {
-        let mut buf = frame.slice(4..);
-        let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(version)) else {
-            return;
-        };
-        let Ok(response) = FetchResponse::decode(&mut buf, version) else {
+        let Some(response) = crate::kafka::decode::response::<FetchResponse>(frame, ApiKey::Fetch, version) else {
             return;
         };
         let now = Instant::now();
         let now_ms = unix_ms(delivered_at);
-        let mut state = self.state.lock().expect("consumption lock");
         for t in &response.responses {
             let topic = t.topic.0.to_string();
             let label = self.metrics.topic_label(&topic);
@@ -267,146 +336,203 @@ impl Consumption {
                 if p.error_code != 0 {
                     continue;
                 }
-                state
-                    .high_watermarks
-                    .insert((topic.clone(), p.partition_index), (p.high_watermark, now));
+                let key = (ask.client.clone(), topic.clone(), p.partition_index);
+                let last = {
+                    let mut state = self.lock();
+                    state
+                        .high_watermarks
+                        .insert((topic.clone(), p.partition_index), (p.high_watermark, now));
+                    state.delivered.get(&key).and_then(|part| part.last_offset)
+                };
                 let Some(records) = p.records.as_deref().filter(|r| !r.is_empty()) else {
                     continue;
                 };
-                let key = (ask.client.clone(), topic.clone(), p.partition_index);
-                let tracked = state.tracked;
-                let part = state.delivered.entry(key).or_default();
-                part.seen = Some(now);
                 // Records before the fetch position (a batch starts earlier) are not delivered to the
                 // application; neither are ones delivered before (a re-fetch).
                 let from = ask
                     .offsets
                     .get(&(topic.clone(), p.partition_index))
                     .copied()
-                    .or(part.last_offset.map(|o| o + 1))
+                    .or(last.map(|o| o + 1))
                     .unwrap_or(i64::MIN);
-                let mut added = 0usize;
-                let mut removed = 0usize;
-                if part.last_offset.is_some_and(|last| from <= last) {
-                    // The consumer seeked back: what it had from there on is no longer pending.
-                    let spans = part.spans.len();
-                    part.spans.retain(|s| s.offset < from);
-                    removed = spans - part.spans.len() + part.runs.truncate(from);
-                    part.last_offset = part.runs.last();
-                }
-                // Metric handles once per partition, counts added once (not per record); the histogram
-                // buffered locally and flushed once, when it goes out of scope.
-                let latency = self.m().delivery_latency.with_label_values(&[&label]).local();
-                let mut by_timestamp = [0u64; 2];
-                let mut by_context = [0u64; 3];
-                let mut untracked = 0u64;
-                // Whether one more entry fits, with `added` ones added so far in this response.
-                let room = |added: usize| tracked + added < MAX_TRACKED_ENTRIES + removed;
-                for b in batch::batches(records) {
-                    if !b.complete || b.control || b.last_offset < from {
-                        continue;
-                    }
-                    let section = match records::records_section(&b, self.decompress_limit) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            self.metrics.error(
-                                ProxyErrorKind::RecordsUnreadable,
-                                &format!("fetch {topic}/{}: {e}", p.partition_index),
-                            );
-                            continue;
-                        }
-                    };
-                    let Ok(list) = records::records(&section, b.record_count) else {
-                        self.metrics.error(
-                            ProxyErrorKind::RecordsUnreadable,
-                            &format!("fetch {topic}/{}: malformed records", p.partition_index),
-                        );
-                        continue;
-                    };
-                    for r in list {
-                        let offset = b.base_offset.saturating_add(r.offset_delta as i64);
-                        if offset < from || part.last_offset.is_some_and(|l| offset <= l) {
-                            continue;
-                        }
-                        let appended_ms = if b.log_append_time {
-                            b.max_timestamp
-                        } else {
-                            b.base_timestamp.saturating_add(r.timestamp_delta)
-                        };
-                        by_timestamp[b.log_append_time as usize] += 1;
-                        latency.observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
-                        let parent = r.traceparent.and_then(|tp| crate::telemetry::traces::extract(tp, r.tracestate));
-                        by_context[match (r.traceparent, &parent) {
-                            (Some(_), Some(_)) => 0,
-                            (Some(_), None) => 1,
-                            (None, _) => 2,
-                        }] += 1;
-                        part.last_offset = Some(offset);
-                        match part.runs.push(offset, appended_ms, room(added)) {
-                            Some(Tracked::InRun) => {}
-                            Some(Tracked::NewRun) => added += 1,
-                            None => {
-                                untracked += 1;
-                                continue;
-                            }
-                        }
-                        let span = parent
-                            .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
-                            .filter(|s| s.context.is_sampled());
-                        if let Some(start) = span.filter(|_| room(added)) {
-                            part.spans.push_back(PendingSpan {
-                                offset,
-                                delivered: delivered_at,
-                                start: Box::new(start),
-                            });
-                            added += 1;
-                        }
-                    }
-                }
-                state.tracked = (state.tracked + added).saturating_sub(removed);
+                let delivered = self.read_delivered(records, from, now_ms, delivered_at, &label, &topic, p.partition_index);
+                let untracked = self.add_delivered(key, from, now, delivered.runs, delivered.spans, delivered.last);
                 if untracked > 0 {
                     self.m().untracked.inc_by(untracked);
                 }
                 for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
-                    if by_timestamp[i] > 0 {
+                    if delivered.by_timestamp[i] > 0 {
                         self.m()
                             .delivered
                             .with_label_values(&[label.as_str(), timestamp_type])
-                            .inc_by(by_timestamp[i]);
+                            .inc_by(delivered.by_timestamp[i]);
                     }
                 }
                 for (i, context) in ["continued", "invalid", "absent"].iter().enumerate() {
-                    if by_context[i] > 0 {
+                    if delivered.by_context[i] > 0 {
                         self.m()
                             .trace_context
                             .with_label_values(&[label.as_str(), "consume", context])
-                            .inc_by(by_context[i]);
+                            .inc_by(delivered.by_context[i]);
                     }
                 }
             }
         }
     }
 
+    /// The records at or after `from` in a partition's record batches: runs, sampled spans, counts. Holds
+    /// no lock; at most [`MAX_TRACKED_ENTRIES`] runs and spans are kept (the rest are counted untracked).
+    #[allow(clippy::too_many_arguments)]
+    fn read_delivered(
+        &self,
+        records: &[u8],
+        from: i64,
+        now_ms: i64,
+        delivered_at: SystemTime,
+        label: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Delivered {
+        let mut out = Delivered::default();
+        // The histogram buffered locally and flushed once, when it goes out of scope.
+        let latency = self.m().delivery_latency.with_label_values(&[label]).local();
+        for b in batch::batches(records) {
+            if !b.complete || b.control || b.last_offset < from {
+                continue;
+            }
+            #[cfg(test)]
+            if let Some(hook) = self.decode_hook.lock().expect("hook lock").as_ref() {
+                hook();
+            }
+            let section = match records::records_section(&b, self.decompress_limit) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics
+                        .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch {topic}/{partition}: {e}"));
+                    continue;
+                }
+            };
+            let Ok(list) = records::records(&section, b.record_count) else {
+                self.metrics.error(
+                    ProxyErrorKind::RecordsUnreadable,
+                    &format!("fetch {topic}/{partition}: malformed records"),
+                );
+                continue;
+            };
+            for r in list {
+                let offset = b.base_offset.saturating_add(r.offset_delta as i64);
+                if offset < from || out.last.is_some_and(|l| offset <= l) {
+                    continue;
+                }
+                let appended_ms = if b.log_append_time {
+                    b.max_timestamp
+                } else {
+                    b.base_timestamp.saturating_add(r.timestamp_delta)
+                };
+                out.by_timestamp[b.log_append_time as usize] += 1;
+                latency.observe((now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0);
+                let parent = r.traceparent.and_then(|tp| crate::telemetry::traces::extract(tp, r.tracestate));
+                out.by_context[match (r.traceparent, &parent) {
+                    (Some(_), Some(_)) => 0,
+                    (Some(_), None) => 1,
+                    (None, _) => 2,
+                }] += 1;
+                out.push(offset, appended_ms);
+                if out.spans.len() < MAX_TRACKED_ENTRIES {
+                    let span = parent
+                        .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
+                        .filter(|s| s.context.is_sampled());
+                    if let Some(start) = span {
+                        out.spans.push(PendingSpan {
+                            offset,
+                            delivered: delivered_at,
+                            start: Box::new(start),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds what a Fetch response delivered to its partition's records awaiting a commit, within
+    /// [`MAX_TRACKED_ENTRIES`]; the number of records that did not fit.
+    fn add_delivered(&self, key: Key, from: i64, now: Instant, runs: Vec<Run>, spans: Vec<PendingSpan>, last: Option<i64>) -> u64 {
+        let mut state = self.lock();
+        let tracked = state.tracked;
+        let part = state.delivered.entry(key).or_default();
+        part.seen = Some(now);
+        let mut removed = 0usize;
+        if part.last_offset.is_some_and(|l| from <= l) {
+            // The consumer seeked back: what it had from there on is no longer pending.
+            let held = part.spans.len();
+            part.spans.retain(|s| s.offset < from);
+            removed = held - part.spans.len() + part.runs.truncate(from);
+            part.last_offset = part.runs.last();
+        }
+        let mut added = 0usize;
+        // Whether one more entry fits, with `added` ones added so far in this response; once one does
+        // not, none after it does.
+        let room = |added: usize| tracked + added < MAX_TRACKED_ENTRIES + removed;
+        let mut untracked = 0u64;
+        let mut untracked_from = i64::MAX;
+        for run in runs {
+            let start = match part.last_offset {
+                Some(l) if run.end() <= l + 1 => continue,
+                Some(l) if run.first <= l => l + 1,
+                _ => run.first,
+            };
+            let count = (run.end() - start) as u32;
+            let continues = part
+                .runs
+                .0
+                .back()
+                .is_some_and(|b| b.end() == start && b.appended_ms == run.appended_ms && b.count.checked_add(count).is_some());
+            if continues {
+                part.runs.0.back_mut().expect("a last run").count += count;
+            } else if untracked_from == i64::MAX && room(added) {
+                part.runs.0.push_back(Run {
+                    first: start,
+                    count,
+                    appended_ms: run.appended_ms,
+                });
+                added += 1;
+            } else {
+                untracked_from = untracked_from.min(start);
+                untracked += count as u64;
+            }
+        }
+        for span in spans {
+            if span.offset < untracked_from && part.last_offset.is_none_or(|l| span.offset > l) && room(added) {
+                part.spans.push_back(span);
+                added += 1;
+            }
+        }
+        if let Some(l) = last {
+            part.last_offset = Some(part.last_offset.map_or(l, |p| p.max(l)));
+        }
+        state.tracked = (state.tracked + added).saturating_sub(removed);
+        untracked
+    }
+
     /// An OffsetCommit response for `ask`, received at `committed_at`: every committed partition's records
     /// are done.
     pub fn commit_response(&self, frame: &Bytes, version: i16, ask: CommitAsk, committed_at: SystemTime) {
-        let mut buf = frame.slice(4..);
-        let Ok(_) = ResponseHeader::decode(&mut buf, ApiKey::OffsetCommit.response_header_version(version)) else {
-            return;
-        };
-        let Ok(response) = OffsetCommitResponse::decode(&mut buf, version) else {
+        let Some(response) = crate::kafka::decode::response::<OffsetCommitResponse>(frame, ApiKey::OffsetCommit, version) else {
             return;
         };
         let commit_ms = unix_ms(committed_at);
         let now = Instant::now();
-        let mut state = self.state.lock().expect("consumption lock");
+        let group = self.groups.label(&ask.group);
+        let mut state = self.lock();
         for t in &response.topics {
             let topic = t.name.0.to_string();
             let label = self.metrics.topic_label(&topic);
+            state.windows_seen.insert((group.clone(), label.clone()), now);
             let window = self
                 .m()
                 .consistency
-                .with_label_values(&[&self.cluster, &ask.group, &label, "sidecar"])
+                .with_label_values(&[&self.cluster, &group, &label, "sidecar"])
                 .local();
             for p in &t.partitions {
                 let Some(&offset) = ask.offsets.get(&(topic.clone(), p.partition_index)) else {
@@ -415,14 +541,17 @@ impl Consumption {
                 if p.error_code != 0 || offset < 0 {
                     continue;
                 }
-                state.committed.insert(
-                    (ask.group.clone(), topic.clone(), p.partition_index),
-                    Committed {
-                        offset,
-                        client: ask.client.clone(),
-                        seen: now,
-                    },
-                );
+                let key = (ask.group.clone(), topic.clone(), p.partition_index);
+                if state.committed.len() < MAX_COMMITTED_PARTITIONS || state.committed.contains_key(&key) {
+                    state.committed.insert(
+                        key,
+                        Committed {
+                            offset,
+                            client: ask.client.clone(),
+                            seen: now,
+                        },
+                    );
+                }
                 let Some(part) = state.delivered.get_mut(&(ask.client.clone(), topic.clone(), p.partition_index)) else {
                     continue;
                 };
@@ -462,58 +591,102 @@ impl Consumption {
         self.refresh();
     }
 
-    /// Recomputes lag gauges, forgets idle partitions. Called after commits and once a second.
+    /// Recomputes lag gauges, forgets idle partitions and removes their series. Called after commits and
+    /// once a second.
     pub fn refresh(&self) {
-        let now = Instant::now();
-        let now_ms = crate::kafka::now_ms();
-        let mut state = self.state.lock().expect("consumption lock");
-        let State {
-            delivered,
-            committed,
-            high_watermarks,
-            tracked,
-        } = &mut *state;
-        delivered.retain(|_, p| {
-            let keep = p.seen.is_some_and(|s| now.duration_since(s) < IDLE_EXPIRY);
-            if !keep {
-                *tracked -= p.entries();
-            }
-            keep
-        });
-        high_watermarks.retain(|_, (_, seen)| now.duration_since(*seen) < IDLE_EXPIRY);
+        self.refresh_at(Instant::now(), crate::kafka::now_ms());
+    }
+
+    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock; the series
+    /// are looked up and set after it is released.
+    fn refresh_at(&self, now: Instant, now_ms: i64) {
+        let mut gauges = Vec::new();
+        let mut idle_windows = Vec::new();
+        {
+            let mut state = self.lock();
+            let State {
+                delivered,
+                committed,
+                high_watermarks,
+                tracked,
+                windows_seen,
+            } = &mut *state;
+            delivered.retain(|_, p| {
+                let keep = p.seen.is_some_and(|s| now.duration_since(s) < IDLE_EXPIRY);
+                if !keep {
+                    *tracked -= p.entries();
+                }
+                keep
+            });
+            high_watermarks.retain(|_, (_, seen)| now.duration_since(*seen) < IDLE_EXPIRY);
+            windows_seen.retain(|k, seen| {
+                let keep = now.duration_since(*seen) < IDLE_EXPIRY;
+                if !keep {
+                    idle_windows.push(k.clone());
+                }
+                keep
+            });
+            committed.retain(|(group, topic, partition), c| {
+                let labels = [group.clone(), topic.clone(), partition.to_string()];
+                if now.duration_since(c.seen) >= IDLE_EXPIRY {
+                    gauges.push(Gauge::Remove(labels));
+                    return false;
+                }
+                let lag = high_watermarks.get(&(topic.clone(), *partition)).map(|(hw, _)| (hw - c.offset).max(0));
+                let seconds = match lag {
+                    Some(0) => Some(0.0),
+                    Some(_) => delivered
+                        .get(&(c.client.clone(), topic.clone(), *partition))
+                        .and_then(|p| p.runs.appended_from(c.offset))
+                        .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0),
+                    None => None,
+                };
+                gauges.push(Gauge::Set {
+                    labels,
+                    offset: c.offset,
+                    lag,
+                    seconds,
+                });
+                true
+            });
+        }
         let m = self.m();
-        committed.retain(|(group, topic, partition), c| {
-            let label = self.metrics.topic_label(topic);
-            let part = partition.to_string();
-            let labels = [self.cluster.as_str(), group.as_str(), label.as_str(), part.as_str(), "sidecar"];
-            if now.duration_since(c.seen) >= IDLE_EXPIRY {
-                let _ = m.lag.remove_label_values(&labels);
-                let _ = m.lag_seconds.remove_label_values(&labels);
-                let _ = m.current_offset.remove_label_values(&labels);
-                return false;
-            }
-            m.current_offset.with_label_values(&labels).set(c.offset);
-            let Some((hw, _)) = high_watermarks.get(&(topic.clone(), *partition)) else {
-                return true;
+        for g in gauges {
+            let ([group, topic, partition], set) = match g {
+                Gauge::Set {
+                    labels,
+                    offset,
+                    lag,
+                    seconds,
+                } => (labels, Some((offset, lag, seconds))),
+                Gauge::Remove(labels) => (labels, None),
             };
-            let lag = (hw - c.offset).max(0);
-            m.lag.with_label_values(&labels).set(lag);
-            let seconds = if lag == 0 {
-                Some(0.0)
-            } else {
-                delivered
-                    .get(&(c.client.clone(), topic.clone(), *partition))
-                    .and_then(|p| p.runs.appended_from(c.offset))
-                    .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0)
-            };
-            match seconds {
-                Some(s) => m.lag_seconds.with_label_values(&labels).set(s),
+            let (group, topic) = (self.groups.label(&group), self.metrics.topic_label(&topic));
+            let labels = [self.cluster.as_str(), group.as_str(), topic.as_str(), partition.as_str(), "sidecar"];
+            match set {
                 None => {
+                    let _ = m.lag.remove_label_values(&labels);
                     let _ = m.lag_seconds.remove_label_values(&labels);
+                    let _ = m.current_offset.remove_label_values(&labels);
+                }
+                Some((offset, lag, seconds)) => {
+                    m.current_offset.with_label_values(&labels).set(offset);
+                    if let Some(lag) = lag {
+                        m.lag.with_label_values(&labels).set(lag);
+                    }
+                    match (lag, seconds) {
+                        (None, _) => {}
+                        (Some(_), Some(s)) => m.lag_seconds.with_label_values(&labels).set(s),
+                        (Some(_), None) => {
+                            let _ = m.lag_seconds.remove_label_values(&labels);
+                        }
+                    }
                 }
             }
-            true
-        });
+        }
+        for (group, topic) in idle_windows {
+            let _ = m.consistency.remove_label_values(&[&self.cluster, &group, &topic, "sidecar"]);
+        }
     }
 }
 
@@ -584,5 +757,177 @@ mod tests {
         assert_eq!(runs(&r), vec![(0, 4, 1)]);
         assert_eq!(r.truncate(0), 1);
         assert_eq!(r.last(), None);
+    }
+
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+    use kafka_protocol::messages::{ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::records::Compression;
+
+    fn consumption() -> (Consumption, prometheus::Registry) {
+        let registry = prometheus::Registry::new();
+        let metrics = ProxyMetrics::new(&registry);
+        let tracer = Tracer::disabled(crate::telemetry::traces::TraceMetrics::new(&registry));
+        (Consumption::new(metrics, tracer, "c".into(), 1 << 20), registry)
+    }
+
+    fn framed(key: ApiKey, version: i16, body: impl Fn(&mut BytesMut)) -> Bytes {
+        let mut f = BytesMut::new();
+        f.put_i32(0);
+        ResponseHeader::default()
+            .encode(&mut f, key.response_header_version(version))
+            .unwrap();
+        body(&mut f);
+        let n = f.len() as i32 - 4;
+        f[..4].copy_from_slice(&n.to_be_bytes());
+        f.freeze()
+    }
+
+    /// A Fetch response (v12) delivering `timestamps.len()` records of `topic`/0 from offset `base`.
+    fn fetch(topic: &'static str, base: i64, timestamps: &[i64], high_watermark: i64) -> Bytes {
+        let batch = Bytes::from(crate::kafka::batch::test_batch(base, timestamps, Compression::Lz4));
+        let response = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![PartitionData::default()
+                .with_partition_index(0)
+                .with_high_watermark(high_watermark)
+                .with_records(Some(batch))])]);
+        framed(ApiKey::Fetch, 12, |f| response.encode(f, 12).unwrap())
+    }
+
+    fn fetch_ask(topic: &str, offset: i64) -> FetchAsk {
+        FetchAsk {
+            client: "app".into(),
+            offsets: [((topic.to_string(), 0), offset)].into(),
+        }
+    }
+
+    fn commit(c: &Consumption, group: &str, topic: &'static str, offset: i64, at: SystemTime) {
+        let response = OffsetCommitResponse::default().with_topics(vec![OffsetCommitResponseTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![OffsetCommitResponsePartition::default().with_partition_index(0)])]);
+        let frame = framed(ApiKey::OffsetCommit, 8, |f| response.encode(f, 8).unwrap());
+        let ask = CommitAsk {
+            client: "app".into(),
+            group: group.into(),
+            offsets: [((topic.to_string(), 0), offset)].into(),
+        };
+        c.commit_response(&frame, 8, ask, at);
+    }
+
+    fn series(registry: &prometheus::Registry, name: &str, label: &str) -> std::collections::BTreeSet<String> {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter_map(|m| m.get_label().iter().find(|l| l.name() == label).map(|l| l.value().to_string()))
+            .collect()
+    }
+
+    /// Delivered records are measured at their commit: lag, lag seconds and a window per record.
+    #[test]
+    fn a_fetch_then_a_commit_measures_each_record() {
+        let (c, registry) = consumption();
+        let appended = crate::kafka::now_ms() - 2000;
+        c.fetch_response(&fetch("orders", 0, &[appended; 10], 10), 12, fetch_ask("orders", 0), SystemTime::now());
+        commit(&c, "readmodel", "orders", 4, SystemTime::now());
+        let labels = ["c", "readmodel", "orders", "0", "sidecar"];
+        assert_eq!(c.m().lag.with_label_values(&labels).get(), 6);
+        assert!(c.m().lag_seconds.with_label_values(&labels).get() >= 2.0);
+        let h = c.m().consistency.with_label_values(&["c", "readmodel", "orders", "sidecar"]);
+        assert_eq!(h.get_sample_count(), 4);
+        assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").contains("readmodel"));
+    }
+
+    /// Defect 2: the observer held the state's lock while it decompressed every batch of a Fetch
+    /// response, and the relay's one-second refresh waited on it.
+    #[test]
+    fn nothing_waits_on_the_state_while_a_batch_is_decoded() {
+        let (c, _registry) = consumption();
+        let c = std::sync::Arc::new(c);
+        let (in_decode, decoding) = std::sync::mpsc::channel();
+        let (go, proceed) = std::sync::mpsc::channel::<()>();
+        let proceed = Mutex::new(proceed);
+        *c.decode_hook.lock().unwrap() = Some(Box::new(move || {
+            let _ = in_decode.send(());
+            let _ = proceed.lock().unwrap().recv_timeout(Duration::from_secs(10));
+        }));
+        let observer = {
+            let c = c.clone();
+            std::thread::spawn(move || c.fetch_response(&fetch("orders", 0, &[1000; 5], 5), 12, fetch_ask("orders", 0), SystemTime::now()))
+        };
+        decoding.recv_timeout(Duration::from_secs(10)).expect("the batch is being decoded");
+        let free = c.state.try_lock().is_ok();
+        go.send(()).unwrap();
+        observer.join().unwrap();
+        assert!(free, "the consumption state is locked while a batch is decoded");
+        assert_eq!(c.lock().delivered.values().map(|p| p.runs.0.len()).sum::<usize>(), 1);
+    }
+
+    /// Defect 3: a panic while the state was locked poisoned it, and every later refresh panicked or the
+    /// gauges froze. After `reset` (what the observer's containment calls), the series are gone and the
+    /// state works again.
+    #[test]
+    fn a_panic_under_the_lock_leaves_no_frozen_series() {
+        let (c, registry) = consumption();
+        c.fetch_response(&fetch("orders", 0, &[1000; 3], 3), 12, fetch_ask("orders", 0), SystemTime::now());
+        commit(&c, "g", "orders", 1, SystemTime::now());
+        assert!(!series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = c.state.lock().unwrap();
+            panic!("a bug while measuring");
+        }));
+        assert!(poisoned.is_err() && c.state.is_poisoned());
+        c.reset();
+        c.refresh();
+        assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
+        assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
+        // Later traffic measures again.
+        c.fetch_response(&fetch("orders", 3, &[1000; 2], 5), 12, fetch_ask("orders", 3), SystemTime::now());
+        commit(&c, "g", "orders", 4, SystemTime::now());
+        assert_eq!(c.m().lag.with_label_values(&["c", "g", "orders", "0", "sidecar"]).get(), 1);
+    }
+
+    /// Defect 4: `consumergroup` came from client requests unbounded, and consistency series were never
+    /// removed.
+    #[test]
+    fn group_labels_are_bounded_and_idle_series_removed() {
+        let (c, registry) = consumption();
+        for g in 0..MAX_GROUP_LABELS + 50 {
+            commit(&c, &format!("group-{g}"), "orders", 1, SystemTime::now());
+        }
+        let groups = series(&registry, "kafka_consumergroup_current_offset", "consumergroup");
+        assert_eq!(groups.len(), MAX_GROUP_LABELS + 1, "{} groups", groups.len());
+        assert!(groups.contains(crate::telemetry::labels::OTHER_LABEL));
+        let windows = series(&registry, "eventscope_consistency_window_seconds", "consumergroup");
+        assert_eq!(windows.len(), MAX_GROUP_LABELS + 1);
+        // Idle past the expiry: every lag and window series goes.
+        c.refresh_at(Instant::now() + IDLE_EXPIRY + Duration::from_secs(1), crate::kafka::now_ms());
+        assert!(series(&registry, "kafka_consumergroup_current_offset", "consumergroup").is_empty());
+        assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
+        assert!(c.lock().committed.is_empty());
+    }
+
+    /// Partitions tracked are bounded whatever the client commits.
+    #[test]
+    fn committed_partitions_are_bounded() {
+        let (c, _registry) = consumption();
+        let mut state = c.lock();
+        for i in 0..MAX_COMMITTED_PARTITIONS as i32 {
+            state.committed.insert(
+                ("g".into(), "t".into(), i),
+                Committed {
+                    offset: 0,
+                    client: "app".into(),
+                    seen: Instant::now(),
+                },
+            );
+        }
+        drop(state);
+        commit(&c, "g", "orders", 1, SystemTime::now());
+        assert_eq!(c.lock().committed.len(), MAX_COMMITTED_PARTITIONS);
     }
 }

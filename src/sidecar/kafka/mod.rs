@@ -9,7 +9,7 @@
 //! through as they arrive. Only ApiVersions (clamped to what the sidecar decodes), Metadata,
 //! FindCoordinator and DescribeCluster responses are decoded and re-encoded, and Produce requests when
 //! trace context is injected. Produce, Fetch and OffsetCommit responses are also read, from a copy, by an
-//! observer task beside the data path (see `observe` and `consume`). Correlation ids are
+//! observer thread beside the data path (`observer`, `produce`, `consume`). Correlation ids are
 //! never touched, and pipelining is preserved: Kafka answers a connection's requests in order, so the proxy
 //! keeps a FIFO of (correlation id, API, version) per connection. SASL frames pass unchanged, so brokers
 //! authenticate and authorize the application's own identity; TLS to the brokers is the sidecar's.
@@ -17,18 +17,29 @@
 //! Limits: a frame longer than `max_frame_bytes` (either direction) or too short to hold a header closes
 //! that connection with a logged reason and a counted error kind; connections beyond `max_connections`
 //! are refused the same way. Other connections carry on.
+//!
+//! Shutdown: on SIGTERM the listeners stop accepting, each connection stops reading new requests and
+//! relays the responses to the ones already sent, then closes; [`Proxy::drained`] resolves when every
+//! connection has closed (the caller bounds it by `shutdown_grace`).
+//!
+//! Modules: [`frame`] (reading and streaming frames), [`listeners`] (broker listeners), [`rewrite`]
+//! (addresses and versions in responses), [`observer`] (the measuring thread), [`produce`] and
+//! [`consume`] (what requests and responses tell).
 
 pub mod consume;
+pub mod frame;
+pub mod listeners;
+pub mod observer;
 pub mod produce;
 pub mod rewrite;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -36,8 +47,9 @@ use crate::kafka::Security;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
 use kafka_protocol::messages::ApiKey;
-use opentelemetry::trace::SpanKind;
-use opentelemetry::KeyValue;
+use frame::{read_frame, read_rest, stream, FrameError};
+use listeners::Listeners;
+use observer::{Observation, Observer};
 use rewrite::AddressMap;
 
 /// Requests tracked per connection while their responses are outstanding. Requests that get no response
@@ -65,23 +77,6 @@ struct Pending {
     ask: Ask,
 }
 
-/// Bytes of relayed responses waiting to be observed, at most (each counts its length + 256, a larger
-/// one the whole budget): beyond it, responses are relayed but not observed, and counted.
-const OBSERVE_BUDGET: u32 = 16 * 1024 * 1024;
-
-/// How long a spare observation buffer is kept unused before it is freed.
-const SPARE_IDLE: Duration = Duration::from_secs(2);
-
-/// A relayed response to read for what it tells (offsets acknowledged, records delivered, commits).
-struct Observation {
-    frame: Bytes,
-    version: i16,
-    latency: Duration,
-    sent_at: SystemTime,
-    ask: Ask,
-    _budget: OwnedSemaphorePermit,
-}
-
 /// What the proxy reads from a request to make sense of its response.
 enum Ask {
     None,
@@ -89,6 +84,15 @@ enum Ask {
     Fetch(consume::FetchAsk),
     Commit(consume::CommitAsk),
 }
+/// Why a connection's request relay ended.
+#[derive(Debug, PartialEq, Eq)]
+enum RequestsEnded {
+    /// The client closed (or sent a frame that closed the connection).
+    Closed,
+    /// Shutdown: the responses to the requests already sent are still to be relayed.
+    Shutdown,
+}
+
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
 type Inflight = Arc<Mutex<VecDeque<Pending>>>;
 
@@ -118,27 +122,16 @@ enum Target {
     Broker(i32),
 }
 
-struct BrokerRoute {
-    upstream: String,
-    local_port: u16,
-}
-
 /// The running proxy: its listeners and routes.
 pub struct Proxy {
     settings: ProxySettings,
     metrics: ProxyMetrics,
     tracer: Tracer,
-    consumption: consume::Consumption,
-    observations: std::sync::mpsc::Sender<Observation>,
-    observe_budget: Arc<Semaphore>,
-    /// The last large observation buffer, back from the observer, and when: the next large response is
-    /// read into it rather than into fresh pages (a 50 MB Fetch response would otherwise cost 12,800 page
-    /// faults and as many zeroed pages, on the thread that relays). Freed after [`SPARE_IDLE`] unused.
-    spare: Mutex<Option<(BytesMut, Instant)>>,
-    routes: Mutex<HashMap<i32, BrokerRoute>>,
+    consumption: Arc<consume::Consumption>,
+    observer: Arc<Observer<Ask>>,
+    listeners: Listeners,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl Proxy {
@@ -150,78 +143,80 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<Proxy>> {
         let listener = TcpListener::bind(settings.listen).await?;
-        let (observations, observe_rx) = std::sync::mpsc::channel();
+        let consumption = Arc::new(consume::Consumption::new(
+            metrics.clone(),
+            tracer.clone(),
+            settings.cluster.clone(),
+            settings.max_frame_bytes,
+        ));
+        let observer = {
+            let (consumption, panic_consumption) = (consumption.clone(), consumption.clone());
+            let (metrics, panic_metrics) = (metrics.clone(), metrics.clone());
+            let tracer = tracer.clone();
+            Observer::start(
+                move |o: Observation<Ask>| {
+                    // Times are when the response arrived, not when the observer got to it.
+                    let at = o.sent_at + o.latency;
+                    match o.ask {
+                        Ask::None => {}
+                        Ask::Produce(ask) => produce::observe_response(&metrics, &tracer, &o.frame, o.version, o.latency, o.sent_at, ask),
+                        Ask::Fetch(ask) => consumption.fetch_response(&o.frame, o.version, ask, at),
+                        Ask::Commit(ask) => consumption.commit_response(&o.frame, o.version, ask, at),
+                    }
+                },
+                move |why| {
+                    panic_metrics.error(ProxyErrorKind::ObserverPanic, &format!("observer: {why}; its measurements start again"));
+                    panic_consumption.reset();
+                },
+                shutdown.clone(),
+            )?
+        };
         let proxy = Arc::new(Proxy {
-            observations,
-            observe_budget: Arc::new(Semaphore::new(OBSERVE_BUDGET as usize)),
-            spare: Mutex::new(None),
+            observer,
+            consumption,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
-            consumption: consume::Consumption::new(metrics.clone(), tracer.clone(), settings.cluster.clone(), settings.max_frame_bytes),
+            listeners: Listeners::new(settings.listen, tokio::runtime::Handle::current()),
             tracer,
             settings,
             metrics,
-            routes: Mutex::new(HashMap::new()),
             shutdown,
-            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(proxy.clone().accept_loop(listener, Target::Bootstrap));
         tokio::spawn(proxy.clone().refresh_loop());
-        let observer = proxy.clone();
-        std::thread::Builder::new()
-            .name("eventscope-observer".into())
-            .spawn(move || observer.observe_loop(observe_rx))?;
         Ok(proxy)
     }
 
     /// The local port serving a broker, if one is open.
     pub fn broker_port(&self, node_id: i32) -> Option<u16> {
-        self.routes.lock().expect("routes lock").get(&node_id).map(|r| r.local_port)
+        self.listeners.port(node_id)
     }
 
-    /// Keeps the lag gauges current between commits.
+    /// Resolves once every client connection has closed (after shutdown: once each has relayed the
+    /// responses to the requests it had sent).
+    pub async fn drained(&self) {
+        let _ = self.permits.acquire_many(self.settings.max_connections as u32).await;
+    }
+
+    /// Keeps the lag gauges current between commits; drops them if the observer is gone.
     async fn refresh_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut observer_lost = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.consumption.refresh();
-                    let mut spare = self.spare.lock().expect("spare lock");
-                    if spare.as_ref().is_some_and(|(_, at)| at.elapsed() >= SPARE_IDLE) {
-                        *spare = None;
+                    if self.observer.alive() {
+                        self.consumption.refresh();
+                    } else if !observer_lost {
+                        // Nothing updates the measurements any more: withdraw them rather than serve
+                        // frozen values as fresh.
+                        observer_lost = true;
+                        self.metrics.error(ProxyErrorKind::ObserverPanic, "observer thread ended; consumer measurements withdrawn");
+                        self.consumption.reset();
                     }
+                    self.observer.expire_spare();
                 }
                 _ = shutdown.changed() => return,
-            }
-        }
-    }
-
-    /// Reads relayed responses off the data path, on a thread of its own: measuring (decoding Fetch
-    /// responses, decompressing batches for their trace headers, building spans) never holds a runtime
-    /// worker that relays the application's traffic, and a backlog beyond [`OBSERVE_BUDGET`] is skipped
-    /// and counted rather than held.
-    fn observe_loop(self: Arc<Self>, rx: std::sync::mpsc::Receiver<Observation>) {
-        loop {
-            let o = match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(o) => o,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !*self.shutdown.borrow() => continue,
-                Err(_) => return,
-            };
-            match o.ask {
-                Ask::None => {}
-                Ask::Produce(ask) => self.observe_produce(&o.frame, o.version, o.latency, o.sent_at, ask),
-                // Times are when the response arrived, not when the observer got to it.
-                Ask::Fetch(ask) => self.consumption.fetch_response(&o.frame, o.version, ask, o.sent_at + o.latency),
-                Ask::Commit(ask) => self.consumption.commit_response(&o.frame, o.version, ask, o.sent_at + o.latency),
-            }
-            // Nothing refers to the frame any more: a large buffer is kept for the next large response.
-            if o.frame.len() >= crate::memory::OWN_PAGES_FROM {
-                if let Ok(buf) = o.frame.try_into_mut() {
-                    let mut spare = self.spare.lock().expect("spare lock");
-                    if spare.as_ref().is_none_or(|(b, _)| b.capacity() <= buf.capacity()) {
-                        *spare = Some((buf, Instant::now()));
-                    }
-                }
             }
         }
     }
@@ -241,35 +236,22 @@ impl Proxy {
 
     /// Opens (or reuses) the listener for a broker and records where it lives upstream.
     fn ensure_listener(self: &Arc<Self>, node_id: i32, upstream: String) -> Option<u16> {
-        let mut routes = self.routes.lock().expect("routes lock");
-        if let Some(r) = routes.get_mut(&node_id) {
-            // A broker that moved keeps its local port.
-            r.upstream = upstream;
-            return Some(r.local_port);
+        let proxy = self.clone();
+        let accept = move |listener| tokio::spawn(proxy.accept_loop(listener, Target::Broker(node_id))).abort_handle();
+        match self.listeners.ensure(node_id, upstream, accept) {
+            Ok(port) => Some(port),
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "kafka proxy: no listener for broker");
+                None
+            }
         }
-        let ip = self.settings.listen.ip();
-        // Port per broker (as Kroxylicious does): listen port + 1 + node id when free, else any port.
-        let preferred = (node_id >= 0)
-            .then(|| self.settings.listen.port() as i64 + 1 + node_id as i64)
-            .filter(|p| *p < 65536 && self.settings.listen.port() != 0);
-        let std_listener = preferred
-            .and_then(|p| std::net::TcpListener::bind(SocketAddr::new(ip, p as u16)).ok())
-            .or_else(|| std::net::TcpListener::bind(SocketAddr::new(ip, 0)).ok())?;
-        std_listener.set_nonblocking(true).ok()?;
-        let local_port = std_listener.local_addr().ok()?.port();
-        let _guard = self.runtime.enter();
-        let listener = TcpListener::from_std(std_listener).ok()?;
-        tracing::info!(node_id, %upstream, local_port, "kafka proxy: listener for broker");
-        routes.insert(node_id, BrokerRoute { upstream, local_port });
-        self.runtime.spawn(self.clone().accept_loop(listener, Target::Broker(node_id)));
-        Some(local_port)
     }
 
     async fn dial(&self, target: Target) -> Result<Box<dyn crate::kafka::conn::Stream>, String> {
         let candidates: Vec<String> = match target {
             Target::Bootstrap => self.settings.upstream_bootstrap.clone(),
-            Target::Broker(n) => match self.routes.lock().expect("routes lock").get(&n) {
-                Some(r) => vec![r.upstream.clone()],
+            Target::Broker(n) => match self.listeners.upstream(n) {
+                Some(upstream) => vec![upstream],
                 None => return Err(format!("no route to broker {n}")),
             },
         };
@@ -302,24 +284,43 @@ impl Proxy {
         let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
         let requests = self.clone().relay_requests(client_read, upstream_write, inflight.clone());
         let responses = self.clone().relay_responses(upstream_read, client_write, inflight);
-        let mut shutdown = self.shutdown.clone();
+        tokio::pin!(requests, responses);
         tokio::select! {
-            _ = requests => {}
-            _ = responses => {}
-            _ = shutdown.changed() => {}
+            ended = &mut requests => {
+                // Shutdown: no new requests; the responses to those sent are still relayed (the caller
+                // bounds the wait by the grace period). A client that closed needs nothing more.
+                if ended == RequestsEnded::Shutdown {
+                    responses.await;
+                }
+            }
+            _ = &mut responses => {}
         }
         self.metrics.connections.dec();
     }
 
-    /// Client → broker: frames relayed as they are, each request's API and version remembered.
-    async fn relay_requests(self: Arc<Self>, mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, inflight: Inflight) {
+    /// Client → broker: frames relayed as they are, each request's API and version remembered; until the
+    /// client closes, a bad frame, or shutdown (checked between requests, never inside one).
+    async fn relay_requests(
+        self: Arc<Self>,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        inflight: Inflight,
+    ) -> RequestsEnded {
+        let mut shutdown = self.shutdown.clone();
         loop {
-            let frame = match read_frame(&mut from, self.settings.max_frame_bytes, 8).await {
+            if *shutdown.borrow() {
+                return RequestsEnded::Shutdown;
+            }
+            let read = tokio::select! {
+                r = read_frame(&mut from, self.settings.max_frame_bytes, 8) => r,
+                _ = shutdown.changed() => return RequestsEnded::Shutdown,
+            };
+            let frame = match read {
                 Ok(f) => f,
-                Err(FrameError::Closed) => return,
+                Err(FrameError::Closed) => return RequestsEnded::Closed,
                 Err(FrameError::Bad(kind, why)) => {
                     self.metrics.error(kind, &format!("request: {why}"));
-                    return;
+                    return RequestsEnded::Closed;
                 }
             };
             let key = i16::from_be_bytes([frame[4], frame[5]]);
@@ -338,7 +339,7 @@ impl Proxy {
                         Err(e) => {
                             self.metrics
                                 .error(ProxyErrorKind::RecordsUnreadable, &format!("produce rewrite: {e}"));
-                            return;
+                            return RequestsEnded::Closed;
                         }
                     }
                 } else {
@@ -359,7 +360,7 @@ impl Proxy {
                 });
             }
             if to.write_all(&frame).await.is_err() {
-                return;
+                return RequestsEnded::Closed;
             }
         }
     }
@@ -374,7 +375,17 @@ impl Proxy {
         inflight: Inflight,
     ) {
         let max = self.settings.max_frame_bytes;
+        let mut shutdown = self.shutdown.clone();
         loop {
+            // After shutdown, the connection ends once every request sent has its response.
+            if *shutdown.borrow() && inflight.lock().expect("inflight lock").is_empty() {
+                return;
+            }
+            // Waits for the next response's first bytes (they stay buffered) or for shutdown.
+            tokio::select! {
+                r = from.fill_buf() => if r.map_or(true, |b| b.is_empty()) { return },
+                _ = shutdown.changed(), if !*shutdown.borrow() => continue,
+            }
             let mut head = [0u8; 8];
             if from.read_exact(&mut head[..4]).await.is_err() {
                 return;
@@ -450,8 +461,7 @@ impl Proxy {
             let permit = if matches!(ask, Ask::None) {
                 None
             } else {
-                let cost = (n as u32).saturating_add(260).min(OBSERVE_BUDGET);
-                let permit = self.observe_budget.clone().try_acquire_many_owned(cost).ok();
+                let permit = self.observer.reserve(n as usize);
                 if permit.is_none() {
                     self.metrics.unobserved.inc();
                 }
@@ -468,7 +478,7 @@ impl Proxy {
                 permit.is_some().then_some(frame)
             } else {
                 let mut copy = permit.as_ref().map(|_| {
-                    let mut b = self.observation_buffer(4 + n as usize);
+                    let mut b = self.observer.buffer(4 + n as usize);
                     b.extend_from_slice(&head);
                     b
                 });
@@ -478,108 +488,24 @@ impl Proxy {
                 copy.map(BytesMut::freeze)
             };
             if let (Some(frame), Some(permit)) = (frame, permit) {
-                let _ = self.observations.send(Observation {
+                let sent = self.observer.send(Observation {
                     frame,
                     version,
                     latency: received.duration_since(sent),
                     sent_at,
                     ask,
-                    _budget: permit,
+                    budget: permit,
                 });
+                if !sent {
+                    self.metrics.unobserved.inc();
+                }
             }
         }
     }
 }
 
-/// The whole frame whose length prefix and correlation id are `head` and whose length is `n`.
-async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
-    let mut frame = BytesMut::with_capacity(4 + n);
-    frame.extend_from_slice(head);
-    stream(from, &mut tokio::io::sink(), n - 4, Some(&mut frame)).await?;
-    Ok(frame.freeze())
-}
-
-/// The `client.id` of a request header ("" when null).
-pub(crate) fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
-    header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
-}
-
-/// Decodes a request frame (length prefix included) as API `key`: its header and body, `None` if either
-/// does not decode.
-pub(crate) fn decode_request<R: kafka_protocol::protocol::Decodable>(
-    frame: &Bytes,
-    key: ApiKey,
-    version: i16,
-) -> Option<(kafka_protocol::messages::RequestHeader, R)> {
-    use kafka_protocol::protocol::Decodable;
-    let mut buf = frame.slice(4..);
-    let header = kafka_protocol::messages::RequestHeader::decode(&mut buf, key.request_header_version(version)).ok()?;
-    let request = R::decode(&mut buf, version).ok()?;
-    Some((header, request))
-}
-
-/// Most bytes moved per read when streaming a response: a read takes whatever the socket holds, up to
-/// this (16 of the 64 KiB reads it replaces), so a 50 MB Fetch response costs the proxy about 50 reads,
-/// writes and client wake-ups rather than 800 (strace).
-const STREAM_CHUNK: usize = 1024 * 1024;
-
-/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given: what the
-/// read buffer holds first, then reads straight into `copy` (or a scratch buffer) past the read buffer.
-async fn stream<R: AsyncRead + Unpin>(
-    from: &mut BufReader<R>,
-    to: &mut (impl AsyncWrite + Unpin),
-    mut n: usize,
-    mut copy: Option<&mut BytesMut>,
-) -> std::io::Result<()> {
-    let buffered = from.buffer().len().min(n);
-    if buffered > 0 {
-        to.write_all(&from.buffer()[..buffered]).await?;
-        if let Some(c) = copy.as_deref_mut() {
-            c.extend_from_slice(&from.buffer()[..buffered]);
-        }
-        std::pin::Pin::new(&mut *from).consume(buffered);
-        n -= buffered;
-    }
-    let mut scratch = Vec::new();
-    while n > 0 {
-        let want = n.min(STREAM_CHUNK);
-        let got = match copy.as_deref_mut() {
-            Some(c) => {
-                let at = c.len();
-                c.reserve(want);
-                let got = from.read_buf(&mut (&mut *c).limit(want)).await?;
-                to.write_all(&c[at..at + got]).await?;
-                got
-            }
-            None => {
-                scratch.resize(want.max(scratch.len()), 0);
-                let got = from.read(&mut scratch[..want]).await?;
-                to.write_all(&scratch[..got]).await?;
-                got
-            }
-        };
-        if got == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        n -= got;
-    }
-    Ok(())
-}
 
 impl Proxy {
-    /// An empty buffer for a copy of `len` bytes: the spare one when it is large enough.
-    fn observation_buffer(&self, len: usize) -> BytesMut {
-        if len >= crate::memory::OWN_PAGES_FROM {
-            // A spare too small is freed before the larger buffer is made, never held beside it.
-            let spare = self.spare.lock().expect("spare lock").take();
-            if let Some((mut b, _)) = spare.filter(|(b, _)| b.capacity() >= len) {
-                b.clear();
-                return b;
-            }
-        }
-        BytesMut::with_capacity(len)
-    }
-
     /// What a request's response will be matched with; for Produce with trace injection, the rewritten frame.
     fn read_request(&self, frame: Bytes, key: i16, version: i16) -> (Ask, Bytes) {
         match ApiKey::try_from(key) {
@@ -602,64 +528,6 @@ impl Proxy {
             _ => (Ask::None, frame),
         }
     }
-
-    /// Producer-side metrics and `send` spans from a Produce response and what its request held.
-    fn observe_produce(&self, frame: &Bytes, version: i16, latency: Duration, sent_at: SystemTime, ask: produce::ProduceAsk) {
-        let Some(outcomes) = produce::produce_response(frame, version) else {
-            return;
-        };
-        let acked_at = sent_at + latency;
-        let batches = ask.batches;
-        let mut spans = ask.spans;
-        for (topic, partition, error, base_offset) in &outcomes {
-            let mine;
-            (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
-            // Unsampled spans are never exported: skip building them.
-            for s in mine.into_iter().filter(|s| s.start.context.is_sampled()) {
-                let mut attributes = vec![
-                    KeyValue::new("messaging.system", "kafka"),
-                    KeyValue::new("messaging.operation.name", "send"),
-                    KeyValue::new("messaging.operation.type", "send"),
-                    KeyValue::new("messaging.destination.name", topic.clone()),
-                    KeyValue::new("messaging.destination.partition.id", partition.to_string()),
-                    KeyValue::new("messaging.client.id", ask.client.clone()),
-                ];
-                let failure = (*error != 0).then(|| produce::error_label(*error));
-                match &failure {
-                    None => attributes.push(KeyValue::new("messaging.kafka.offset", base_offset.saturating_add(s.index))),
-                    Some(e) => attributes.push(KeyValue::new("error.type", e.clone())),
-                }
-                self.tracer.finish(
-                    s.start,
-                    SpanKind::Producer,
-                    format!("send {topic}"),
-                    sent_at,
-                    acked_at,
-                    attributes,
-                    failure,
-                );
-            }
-        }
-        let latency = latency.as_secs_f64();
-        let mut topics_seen = std::collections::HashSet::new();
-        for (topic, partition, error, _) in outcomes {
-            let label = self.metrics.topic_label(&topic);
-            if topics_seen.insert(topic.clone()) {
-                self.metrics.produce_duration.with_label_values(&[&label]).observe(latency);
-            }
-            if error != 0 {
-                self.metrics
-                    .produce_errors
-                    .with_label_values(&[&label, &produce::error_label(error)])
-                    .inc();
-                continue;
-            }
-            if let Some(b) = batches.iter().find(|b| b.topic == topic && b.partition == partition) {
-                self.metrics.produced_records.with_label_values(&[&label]).inc_by(b.records);
-                self.metrics.produced_bytes.with_label_values(&[&label]).inc_by(b.bytes);
-            }
-        }
-    }
 }
 
 impl AddressMap for Arc<Proxy> {
@@ -667,41 +535,12 @@ impl AddressMap for Arc<Proxy> {
         let port = self.ensure_listener(node_id, format!("{host}:{port}"))?;
         Some((self.settings.advertised_host.clone(), port as i32))
     }
+
+    fn brokers_present(&self, node_ids: &[i32]) {
+        self.listeners.retain(node_ids);
+    }
 }
 
-enum FrameError {
-    Closed,
-    Bad(ProxyErrorKind, String),
-}
-
-/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
-async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
-    let n = i32::from_be_bytes(len);
-    if n < 0 || (n as usize) < min {
-        return Err(FrameError::Bad(
-            ProxyErrorKind::MalformedFrame,
-            format!("frame of {n} bytes is too short"),
-        ));
-    }
-    if n as usize > max {
-        return Err(FrameError::Bad(
-            ProxyErrorKind::OversizedFrame,
-            format!("frame of {n} bytes exceeds {max}"),
-        ));
-    }
-    // Filled by reading, not zeroed first: the length is already checked against the maximum.
-    let mut buf = BytesMut::with_capacity(4 + n as usize);
-    buf.extend_from_slice(&len);
-    let mut body = r.take(n as u64);
-    while buf.len() < 4 + n as usize {
-        if body.read_buf(&mut buf).await.map_err(|_| FrameError::Closed)? == 0 {
-            return Err(FrameError::Closed);
-        }
-    }
-    Ok(buf.freeze())
-}
 
 /// The host to advertise for a listen address: itself, or loopback for an unspecified address.
 pub fn default_advertised_host(listen: &SocketAddr) -> String {
@@ -709,26 +548,5 @@ pub fn default_advertised_host(listen: &SocketAddr) -> String {
         IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
         IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
         ip => ip.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The observer hands a large buffer back whole once the decoded response that sliced it is gone,
-    /// and the relay gets it back for a response that fits.
-    #[test]
-    fn an_observed_frame_comes_back_as_the_spare_buffer() {
-        let len = crate::memory::OWN_PAGES_FROM + 10;
-        let mut b = BytesMut::with_capacity(len);
-        b.resize(len, 7);
-        let frame = b.freeze();
-        let slice = frame.slice(100..200);
-        let frame = frame.try_into_mut().expect_err("a slice still refers to it");
-        drop(slice);
-        let back = frame.try_into_mut().expect("unique again");
-        assert!(back.capacity() >= len);
-        assert_eq!(back.len(), len);
     }
 }

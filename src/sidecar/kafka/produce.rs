@@ -8,9 +8,12 @@
 //! its response says which partitions were written and at which offsets, so retried batches count once.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::Encodable;
+use std::time::{Duration, SystemTime};
+
 use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ProxyErrorKind, ProxyMetrics};
@@ -61,9 +64,9 @@ fn record_count(records: &[u8]) -> u64 {
 /// its records and, in inject mode, the frame with their `traceparent` set. `None` if it does not decode.
 pub fn produce_request(frame: &Bytes, version: i16, trace: Option<TraceWork<'_>>) -> Option<(ProduceAsk, Option<Bytes>)> {
     let header_version = ApiKey::Produce.request_header_version(version);
-    let (header, mut request) = super::decode_request::<ProduceRequest>(frame, ApiKey::Produce, version)?;
+    let (header, mut request) = crate::kafka::decode::request::<ProduceRequest>(frame, ApiKey::Produce, version)?;
     let mut ask = ProduceAsk {
-        client: super::client_id(&header),
+        client: super::frame::client_id(&header),
         batches: Vec::new(),
         spans: Vec::new(),
     };
@@ -205,9 +208,7 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
 
 /// `(topic, partition, error code, base offset)` of a Produce response frame (length prefix included).
 pub fn produce_response(frame: &Bytes, version: i16) -> Option<Vec<(String, i32, i16, i64)>> {
-    let mut buf = frame.slice(4..);
-    ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(version)).ok()?;
-    let response = ProduceResponse::decode(&mut buf, version).ok()?;
+    let response = crate::kafka::decode::response::<ProduceResponse>(frame, ApiKey::Produce, version)?;
     Some(
         response
             .responses
@@ -226,6 +227,72 @@ pub fn error_label(code: i16) -> String {
     match kafka_protocol::ResponseError::try_from_code(code) {
         Some(e) => format!("{e:?}"),
         None => "Unknown".to_string(),
+    }
+}
+
+/// Producer-side metrics and `send` spans from a Produce response and what its request held.
+pub fn observe_response(
+metrics: &ProxyMetrics,
+tracer: &Tracer,
+frame: &Bytes,
+version: i16,
+latency: Duration,
+sent_at: SystemTime,
+ask: ProduceAsk,
+) {
+    let Some(outcomes) = produce_response(frame, version) else {
+        return;
+    };
+    let acked_at = sent_at + latency;
+    let batches = ask.batches;
+    let mut spans = ask.spans;
+    for (topic, partition, error, base_offset) in &outcomes {
+        let mine;
+        (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
+        // Unsampled spans are never exported: skip building them.
+        for s in mine.into_iter().filter(|s| s.start.context.is_sampled()) {
+            let mut attributes = vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.name", "send"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", topic.clone()),
+                KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                KeyValue::new("messaging.client.id", ask.client.clone()),
+            ];
+            let failure = (*error != 0).then(|| error_label(*error));
+            match &failure {
+                None => attributes.push(KeyValue::new("messaging.kafka.offset", base_offset.saturating_add(s.index))),
+                Some(e) => attributes.push(KeyValue::new("error.type", e.clone())),
+            }
+            tracer.finish(
+                s.start,
+                SpanKind::Producer,
+                format!("send {topic}"),
+                sent_at,
+                acked_at,
+                attributes,
+                failure,
+            );
+        }
+    }
+    let latency = latency.as_secs_f64();
+    let mut topics_seen = std::collections::HashSet::new();
+    for (topic, partition, error, _) in outcomes {
+        let label = metrics.topic_label(&topic);
+        if topics_seen.insert(topic.clone()) {
+            metrics.produce_duration.with_label_values(&[&label]).observe(latency);
+        }
+        if error != 0 {
+            metrics
+                .produce_errors
+                .with_label_values(&[&label, &error_label(error)])
+                .inc();
+            continue;
+        }
+        if let Some(b) = batches.iter().find(|b| b.topic == topic && b.partition == partition) {
+            metrics.produced_records.with_label_values(&[&label]).inc_by(b.records);
+            metrics.produced_bytes.with_label_values(&[&label]).inc_by(b.bytes);
+        }
     }
 }
 

@@ -46,6 +46,10 @@ pub fn needs_rewrite(key: i16) -> bool {
 /// Maps an upstream broker (id, host, port) to the local address clients must use.
 pub trait AddressMap {
     fn local_for(&self, node_id: i32, host: &str, port: i32) -> Option<(String, i32)>;
+
+    /// The cluster's whole broker list, from a Metadata or DescribeCluster response: brokers not in it
+    /// are gone.
+    fn brokers_present(&self, _node_ids: &[i32]) {}
 }
 
 /// Points one broker address at the local listener that serves that broker.
@@ -57,7 +61,12 @@ fn relocate(map: &dyn AddressMap, node_id: i32, host: &mut StrBytes, port: &mut 
 }
 
 /// Rewrites one response frame body (correlation id onwards, no length prefix). `Err` leaves it unchanged.
+/// The bytes are untrusted: decoding runs contained ([`crate::kafka::decode::contained`]).
 pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Result<Bytes, String> {
+    crate::kafka::decode::contained(|| rewrite_contained(key, version, body, map))
+}
+
+fn rewrite_contained(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Result<Bytes, String> {
     let key = ApiKey::try_from(key).map_err(|_| "unknown api key".to_string())?;
     let header_version = key.response_header_version(version);
     let mut buf = body.clone();
@@ -86,6 +95,9 @@ pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Re
             for b in r.brokers.iter_mut() {
                 relocate(map, b.node_id.0, &mut b.host, &mut b.port)?;
             }
+            if !r.brokers.is_empty() {
+                map.brokers_present(&r.brokers.iter().map(|b| b.node_id.0).collect::<Vec<_>>());
+            }
             r.encode(&mut out, version).map_err(|e| e.to_string())?;
         }
         ApiKey::FindCoordinator => {
@@ -105,6 +117,9 @@ pub fn rewrite(key: i16, version: i16, body: &Bytes, map: &dyn AddressMap) -> Re
             let mut r = DescribeClusterResponse::decode(&mut buf, version).map_err(|e| e.to_string())?;
             for b in r.brokers.iter_mut() {
                 relocate(map, b.broker_id.0, &mut b.host, &mut b.port)?;
+            }
+            if r.error_code == 0 && !r.brokers.is_empty() {
+                map.brokers_present(&r.brokers.iter().map(|b| b.broker_id.0).collect::<Vec<_>>());
             }
             r.encode(&mut out, version).map_err(|e| e.to_string())?;
         }

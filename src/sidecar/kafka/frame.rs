@@ -1,0 +1,110 @@
+//! Kafka frames on the wire: a length prefix, then the body. Reading one whole (requests, small
+//! responses) checks the length before allocating; streaming one (large responses) moves it as it arrives,
+//! with an optional copy for the observer.
+//!
+//! Nothing here knows the proxy: these read and write bytes, and decode request headers on demand.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::telemetry::kafka::ProxyErrorKind;
+
+/// Why a frame could not be read.
+pub enum FrameError {
+    /// The peer closed the connection (or the read failed).
+    Closed,
+    /// A length that is out of bounds: the connection is closed with this kind and reason.
+    Bad(ProxyErrorKind, String),
+}
+
+
+/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
+    let n = i32::from_be_bytes(len);
+    if n < 0 || (n as usize) < min {
+        return Err(FrameError::Bad(
+            ProxyErrorKind::MalformedFrame,
+            format!("frame of {n} bytes is too short"),
+        ));
+    }
+    if n as usize > max {
+        return Err(FrameError::Bad(
+            ProxyErrorKind::OversizedFrame,
+            format!("frame of {n} bytes exceeds {max}"),
+        ));
+    }
+    // Filled by reading, not zeroed first: the length is already checked against the maximum.
+    let mut buf = BytesMut::with_capacity(4 + n as usize);
+    buf.extend_from_slice(&len);
+    let mut body = r.take(n as u64);
+    while buf.len() < 4 + n as usize {
+        if body.read_buf(&mut buf).await.map_err(|_| FrameError::Closed)? == 0 {
+            return Err(FrameError::Closed);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The whole frame whose length prefix and correlation id are `head` and whose length is `n`.
+pub async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
+    let mut frame = BytesMut::with_capacity(4 + n);
+    frame.extend_from_slice(head);
+    stream(from, &mut tokio::io::sink(), n - 4, Some(&mut frame)).await?;
+    Ok(frame.freeze())
+}
+
+/// The `client.id` of a request header ("" when null).
+pub fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
+    header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
+}
+
+
+/// Most bytes moved per read when streaming a response: a read takes whatever the socket holds, up to
+/// this (16 of the 64 KiB reads it replaces), so a 50 MB Fetch response costs the proxy about 50 reads,
+/// writes and client wake-ups rather than 800 (strace).
+const STREAM_CHUNK: usize = 1024 * 1024;
+
+/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given: what the
+/// read buffer holds first, then reads straight into `copy` (or a scratch buffer) past the read buffer.
+pub async fn stream<R: AsyncRead + Unpin>(
+    from: &mut BufReader<R>,
+    to: &mut (impl AsyncWrite + Unpin),
+    mut n: usize,
+    mut copy: Option<&mut BytesMut>,
+) -> std::io::Result<()> {
+    let buffered = from.buffer().len().min(n);
+    if buffered > 0 {
+        to.write_all(&from.buffer()[..buffered]).await?;
+        if let Some(c) = copy.as_deref_mut() {
+            c.extend_from_slice(&from.buffer()[..buffered]);
+        }
+        std::pin::Pin::new(&mut *from).consume(buffered);
+        n -= buffered;
+    }
+    let mut scratch = Vec::new();
+    while n > 0 {
+        let want = n.min(STREAM_CHUNK);
+        let got = match copy.as_deref_mut() {
+            Some(c) => {
+                let at = c.len();
+                c.reserve(want);
+                let got = from.read_buf(&mut (&mut *c).limit(want)).await?;
+                to.write_all(&c[at..at + got]).await?;
+                got
+            }
+            None => {
+                scratch.resize(want.max(scratch.len()), 0);
+                let got = from.read(&mut scratch[..want]).await?;
+                to.write_all(&scratch[..got]).await?;
+                got
+            }
+        };
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        n -= got;
+    }
+    Ok(())
+}
