@@ -81,7 +81,6 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     ];
     tasks.extend(export_task);
 
-    let mut _kafka = None;
     if !sc.kafka_bootstrap.is_empty() {
         let listen: SocketAddr = sc.kafka_listen.parse()?;
         let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
@@ -108,11 +107,15 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             tracer.clone()
         };
         let proxy_metrics = crate::telemetry::kafka::ProxyMetrics::new(registry);
-        _kafka = Some(
-            crate::sidecar::kafka::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?,
-        );
+        let proxy = crate::sidecar::kafka::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        // Drained once shutdown has fired and every connection has relayed its in-flight responses.
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            proxy.drained().await;
+        }));
         tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, "kafka proxy running");
     }
     if sc.http.enabled() {

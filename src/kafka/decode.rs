@@ -29,7 +29,9 @@ pub fn response_body<R: Decodable>(mut body: Bytes, header_version: i16, version
 /// A response frame (length prefix included) of API `key`, `None` if it does not decode.
 pub fn response<R: Decodable>(frame: &Bytes, key: ApiKey, version: i16) -> Option<R> {
     let body = frame.get(4..).map(|_| frame.slice(4..))?;
-    response_body::<R>(body, key.response_header_version(version), version).ok().map(|(_, r)| r)
+    response_body::<R>(body, key.response_header_version(version), version)
+        .ok()
+        .map(|(_, r)| r)
 }
 
 /// A request frame (length prefix included) of API `key`: its header and body, `None` if either does not

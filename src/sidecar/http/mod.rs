@@ -113,8 +113,9 @@ pub struct HttpProxy {
 }
 
 impl HttpProxy {
-    /// Binds the listener and starts serving; returns the bound address and the accept task, which ends
-    /// when `shutdown` fires (open connections then finish their requests gracefully).
+    /// Binds the listener and starts serving; returns the bound address and a task that ends once
+    /// `shutdown` has fired and every open connection has finished its request (the caller bounds the
+    /// wait by the grace period).
     pub async fn start(
         settings: HttpSettings,
         metrics: HttpMetrics,
@@ -176,17 +177,25 @@ impl HttpProxy {
                 }
             }
         });
-        let task = match outbound {
-            None => inbound,
-            Some(l) => {
-                tracing::info!(listen = ?l.local_addr().ok(), "http outbound proxy running");
-                let outbound = tokio::spawn(proxy.accept_loop(l, Direction::Outbound, shutdown));
-                tokio::spawn(async move {
-                    let _ = tokio::join!(inbound, outbound);
-                })
+        let outbound = outbound.map(|l| {
+            tracing::info!(listen = ?l.local_addr().ok(), "http outbound proxy running");
+            tokio::spawn(proxy.clone().accept_loop(l, Direction::Outbound, shutdown))
+        });
+        // The task ends when the listeners have stopped and every connection has finished.
+        let task = tokio::spawn(async move {
+            let _ = inbound.await;
+            if let Some(o) = outbound {
+                let _ = o.await;
             }
-        };
+            proxy.drained().await;
+        });
         Ok((bound, task))
+    }
+
+    /// Resolves once every client connection (and upgraded tunnel) has closed: after shutdown, once each
+    /// has finished the request it was serving.
+    pub async fn drained(&self) {
+        let _ = self.permits.acquire_many(self.settings.max_connections as u32).await;
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, direction: Direction, mut shutdown: watch::Receiver<bool>) {
@@ -213,8 +222,7 @@ impl HttpProxy {
             let builder = builder.clone();
             let mut conn_shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                proxy.metrics.connections.inc();
+                let held = Arc::new(Held::new(permit, &proxy.metrics.connections));
                 // Plain HTTP/1.1 requests to the application take the fast path; the rest, and a
                 // connection once it sends anything else, hyper's server.
                 let fast = direction == Direction::Inbound && proxy.settings.upstream_protocol != crate::config::UpstreamProtocol::Http2;
@@ -224,9 +232,10 @@ impl HttpProxy {
                     Some(h1::Rewind::new(stream, Bytes::new()))
                 };
                 if let Some(io) = io {
-                    proxy.serve_hyper(&builder, io, peer, direction, &mut conn_shutdown).await;
+                    proxy.serve_hyper(&builder, io, peer, direction, &mut conn_shutdown, &held).await;
                 }
-                proxy.metrics.connections.dec();
+                // An upgraded connection's tunnel holds its own reference until it ends.
+                drop(held);
             });
         }
     }
@@ -239,11 +248,15 @@ impl HttpProxy {
         peer: SocketAddr,
         direction: Direction,
         shutdown: &mut watch::Receiver<bool>,
+        held: &Arc<Held>,
     ) {
         let service = {
             let proxy = self.clone();
-            hyper::service::service_fn(move |req| {
+            let held = held.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let proxy = proxy.clone();
+                // An upgrade takes it into its tunnel: the connection counts until the tunnel closes.
+                req.extensions_mut().insert(held.clone());
                 async move {
                     match direction {
                         Direction::Inbound => proxy.handle(req, peer).await,
@@ -411,11 +424,12 @@ impl HttpProxy {
     /// 502 when it cannot be reached or fails before its headers, 504 when they do not come in time.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         done: Completion,
         target: &Authority,
     ) -> Result<Response<Observed>, Infallible> {
+        let held = take_held(&mut req);
         let client = if req.version() == Version::HTTP_2 {
             &self.h2_client
         } else {
@@ -426,7 +440,7 @@ impl HttpProxy {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
                         let app_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, app_side));
+                        tokio::spawn(tunnel(client_side, app_side, held));
                     }
                 } else {
                     strip_hop_by_hop(resp.headers_mut(), false);
@@ -514,7 +528,9 @@ impl HttpProxy {
             };
             let _ = server.set_nodelay(true);
             let client = hyper::upgrade::on(&mut req);
+            let held = take_held(&mut req);
             tokio::spawn(async move {
+                let _held = held;
                 if let Ok(client) = client.await {
                     let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut server).await;
                 }
@@ -667,8 +683,37 @@ fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         .or_insert(HeaderValue::from_static("http"));
 }
 
-/// Copies bytes both ways between the client and the application once both sides have upgraded.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade) {
+/// A client connection's place under `max_connections` and in the connections gauge, for as long as the
+/// connection lives: with an upgrade (WebSocket), as long as its tunnel does.
+pub(crate) struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Held {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: &prometheus::IntGauge) -> Held {
+        gauge.inc();
+        Held {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The connection's [`Held`], taken off a request before it is forwarded.
+fn take_held<B>(req: &mut Request<B>) -> Option<Arc<Held>> {
+    req.extensions_mut().remove::<Arc<Held>>()
+}
+
+/// Copies bytes both ways between the client and the application once both sides have upgraded; the
+/// connection keeps its place (`held`) until then.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrade, _held: Option<Arc<Held>>) {
     let (client, app) = tokio::join!(client, app);
     let (Ok(client), Ok(app)) = (client, app) else {
         return;

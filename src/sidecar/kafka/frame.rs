@@ -17,7 +17,6 @@ pub enum FrameError {
     Bad(ProxyErrorKind, String),
 }
 
-
 /// Reads one length-prefixed frame (prefix included), checking its length before allocating.
 pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
     let mut len = [0u8; 4];
@@ -59,7 +58,6 @@ pub async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8
 pub fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
     header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
 }
-
 
 /// Most bytes moved per read when streaming a response: a read takes whatever the socket holds, up to
 /// this (16 of the 64 KiB reads it replaces), so a 50 MB Fetch response costs the proxy about 50 reads,

@@ -64,12 +64,7 @@ impl Listeners {
 
     /// The local port serving `node_id`, opening a listener when there is none: `accept` starts its
     /// accept loop (on the proxy's runtime) and returns the task to abort when the broker goes away.
-    pub fn ensure(
-        &self,
-        node_id: i32,
-        upstream: String,
-        accept: impl FnOnce(TcpListener) -> AbortHandle,
-    ) -> Result<u16, NoListener> {
+    pub fn ensure(&self, node_id: i32, upstream: String, accept: impl FnOnce(TcpListener) -> AbortHandle) -> Result<u16, NoListener> {
         let mut routes = self.routes();
         if let Some(r) = routes.get_mut(&node_id) {
             // A broker that moved keeps its local port.
@@ -127,7 +122,11 @@ impl Listeners {
         self.routes().retain(|node, r| {
             let keep = present.contains(node);
             if !keep {
-                tracing::info!(node_id = node, local_port = r.local_port, "kafka proxy: broker left the cluster; listener closed");
+                tracing::info!(
+                    node_id = node,
+                    local_port = r.local_port,
+                    "kafka proxy: broker left the cluster; listener closed"
+                );
                 r.accept.abort();
                 closed.push(*node);
             }
@@ -165,10 +164,7 @@ mod tests {
         for node in 0..MAX_BROKER_LISTENERS as i32 {
             l.ensure(node, format!("broker{node}:9092"), accept_forever).unwrap();
         }
-        assert_eq!(
-            l.ensure(100_000, "one-too-many:9092".into(), accept_forever),
-            Err(NoListener::Full)
-        );
+        assert_eq!(l.ensure(100_000, "one-too-many:9092".into(), accept_forever), Err(NoListener::Full));
         // A known broker keeps its port even at the cap, and learns its new address.
         let port = l.port(7).unwrap();
         assert_eq!(l.ensure(7, "moved:9092".into(), accept_forever), Ok(port));

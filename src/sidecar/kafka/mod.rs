@@ -46,8 +46,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::kafka::Security;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
-use kafka_protocol::messages::ApiKey;
 use frame::{read_frame, read_rest, stream, FrameError};
+use kafka_protocol::messages::ApiKey;
 use listeners::Listeners;
 use observer::{Observation, Observer};
 use rewrite::AddressMap;
@@ -165,7 +165,10 @@ impl Proxy {
                     }
                 },
                 move |why| {
-                    panic_metrics.error(ProxyErrorKind::ObserverPanic, &format!("observer: {why}; its measurements start again"));
+                    panic_metrics.error(
+                        ProxyErrorKind::ObserverPanic,
+                        &format!("observer: {why}; its measurements start again"),
+                    );
                     panic_consumption.reset();
                 },
                 shutdown.clone(),
@@ -504,7 +507,6 @@ impl Proxy {
     }
 }
 
-
 impl Proxy {
     /// What a request's response will be matched with; for Produce with trace injection, the rewritten frame.
     fn read_request(&self, frame: Bytes, key: i16, version: i16) -> (Ask, Bytes) {
@@ -540,7 +542,6 @@ impl AddressMap for Arc<Proxy> {
         self.listeners.retain(node_ids);
     }
 }
-
 
 /// The host to advertise for a listen address: itself, or loopback for an unspecified address.
 pub fn default_advertised_host(listen: &SocketAddr) -> String {

@@ -232,13 +232,13 @@ pub fn error_label(code: i16) -> String {
 
 /// Producer-side metrics and `send` spans from a Produce response and what its request held.
 pub fn observe_response(
-metrics: &ProxyMetrics,
-tracer: &Tracer,
-frame: &Bytes,
-version: i16,
-latency: Duration,
-sent_at: SystemTime,
-ask: ProduceAsk,
+    metrics: &ProxyMetrics,
+    tracer: &Tracer,
+    frame: &Bytes,
+    version: i16,
+    latency: Duration,
+    sent_at: SystemTime,
+    ask: ProduceAsk,
 ) {
     let Some(outcomes) = produce_response(frame, version) else {
         return;
@@ -283,10 +283,7 @@ ask: ProduceAsk,
             metrics.produce_duration.with_label_values(&[&label]).observe(latency);
         }
         if error != 0 {
-            metrics
-                .produce_errors
-                .with_label_values(&[&label, &error_label(error)])
-                .inc();
+            metrics.produce_errors.with_label_values(&[&label, &error_label(error)]).inc();
             continue;
         }
         if let Some(b) = batches.iter().find(|b| b.topic == topic && b.partition == partition) {

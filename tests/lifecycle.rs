@@ -1,0 +1,167 @@
+//! Lifecycle cases: SIGTERM with requests in flight on both sides of the sidecar (none lost within the
+//! grace period), and an upgraded HTTP connection that keeps its place under `max_connections`.
+
+#[allow(dead_code)]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, FetchRequest, RequestHeader, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use support::*;
+
+/// Sends `request` raw and reads the whole answer until the server closes.
+fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Defect 1 (HTTP): connection tasks were detached and only the accept loop was awaited, so SIGTERM cut
+/// the requests in flight. Both the fast path (HTTP/1.1) and hyper's (HTTP/1.0) finish within the grace.
+#[test]
+fn sigterm_lets_in_flight_http_requests_finish() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(&app.addr, &["--service", "drain"], &[("OTEL_TRACES_EXPORTER", "none")]);
+    let fast = {
+        let addr = addr.clone();
+        std::thread::spawn(move || raw_exchange(&addr, b"GET /slow/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    };
+    let hyper = {
+        let addr = addr.clone();
+        std::thread::spawn(move || raw_exchange(&addr, b"GET /slow/1500 HTTP/1.0\r\nHost: x\r\n\r\n"))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, took) = es.terminate();
+    for (path, answer) in [("fast path", fast.join().unwrap()), ("hyper", hyper.join().unwrap())] {
+        assert!(answer.contains(" 200 ") && answer.ends_with("slow\n"), "{path}: {answer:?}");
+    }
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "stopped after {took:?}, before the requests ended"
+    );
+}
+
+/// A Fetch request (v12) that the broker holds for up to `max_wait_ms` on an empty partition.
+fn long_fetch(correlation: i32, topic: &'static str, max_wait_ms: i32) -> Vec<u8> {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let mut f = BytesMut::new();
+    f.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(12)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("drain-test")))
+        .encode(&mut f, ApiKey::Fetch.request_header_version(12))
+        .unwrap();
+    request.encode(&mut f, 12).unwrap();
+    let n = f.len() as i32 - 4;
+    f[..4].copy_from_slice(&n.to_be_bytes());
+    f.to_vec()
+}
+
+/// Defect 1 (Kafka): the relays were dropped at once on SIGTERM. A Fetch the broker holds (long poll)
+/// when SIGTERM arrives still gets its response, then the connection closes.
+#[test]
+fn sigterm_lets_in_flight_kafka_requests_finish() {
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    mock.create_topic("quiet", 1, 1).unwrap();
+    let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // A first, answered at once: the upstream connection is up before the long poll.
+    let sent = Instant::now();
+    s.write_all(&long_fetch(1, "quiet", 0)).unwrap();
+    let first = read_response(&mut s);
+    assert_eq!(first, 1, "correlation id");
+    let quick = sent.elapsed();
+    let sent = Instant::now();
+    s.write_all(&long_fetch(2, "quiet", 2000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let terminate = std::thread::spawn(move || es.terminate());
+    assert_eq!(read_response(&mut s), 2, "the long poll's response, after SIGTERM");
+    let held = sent.elapsed();
+    let mut rest = Vec::new();
+    // Then the sidecar closes the connection.
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    let (status, _) = terminate.join().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        held > quick + Duration::from_millis(300),
+        "the broker did not hold the fetch ({held:?} against {quick:?}): nothing was in flight at SIGTERM"
+    );
+}
+
+/// Reads one response frame; its correlation id.
+fn read_response(s: &mut TcpStream) -> i32 {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("a response");
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    i32::from_be_bytes([body[0], body[1], body[2], body[3]])
+}
+
+/// Defect 9: an upgraded connection (WebSocket) left `max_connections` and the connections gauge at the
+/// upgrade, while its tunnel went on.
+#[test]
+fn an_upgraded_connection_keeps_its_place_until_its_tunnel_closes() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "ws"],
+        &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__HTTP__MAX_CONNECTIONS", "1")],
+    );
+    // The readiness probe's connection has gone before the only place is taken.
+    es.wait_metrics("no connection open", |m| {
+        (m.get("eventscope_http_connections", &[]) == Some(0.0)).then_some(())
+    });
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    // The tunnel is open: one connection, and no room for another.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(es.scrape().get("eventscope_http_connections", &[]), Some(1.0));
+    let refused = raw_exchange(&addr, b"GET /orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(refused, "", "a second connection was served while the tunnel held the only place");
+    // The tunnel still works, and once it closes the place is free again.
+    s.write_all(b"pong").unwrap();
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    drop(s);
+    es.wait_metrics("the tunnel's place released", |m| {
+        (m.get("eventscope_http_connections", &[]) == Some(0.0)).then_some(())
+    });
+    let answer = raw_exchange(&addr, b"GET /orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
