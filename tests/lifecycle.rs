@@ -1,7 +1,6 @@
 //! Lifecycle cases: SIGTERM with requests in flight on both sides of the sidecar (none lost within the
 //! grace period), and an upgraded HTTP connection that keeps its place under `max_connections`.
 
-#[allow(dead_code)]
 mod support;
 
 use std::io::{Read, Write};
