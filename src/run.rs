@@ -69,7 +69,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let trace_metrics = crate::telemetry::traces::TraceMetrics::new(registry);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!(problems("", &p)))?;
     let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
     let mut tasks = vec![
         tokio::spawn(crate::admin::serve(
@@ -83,7 +83,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
 
     if !sc.kafka_bootstrap.is_empty() {
         let listen: SocketAddr = sc.kafka_listen.parse()?;
-        let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!("sidecar.kafka: {p:?}"))?;
+        let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!(problems("sidecar.kafka.", &p)))?;
         let settings = crate::sidecar::kafka::ProxySettings {
             listen,
             advertised_host: if sc.kafka_advertised_host.is_empty() {
@@ -147,6 +147,14 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
     Ok(())
+}
+
+/// `(key, reason)` problems as a user reads them: `key: reason`, one per line.
+fn problems(prefix: &str, list: &[(String, String)]) -> String {
+    list.iter()
+        .map(|(k, why)| format!("{prefix}{k}: {why}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The `service` label: the configured name, else `OTEL_SERVICE_NAME`, else OpenTelemetry's default.

@@ -164,3 +164,76 @@ fn an_upgraded_connection_keeps_its_place_until_its_tunnel_closes() {
     let answer = raw_exchange(&addr, b"GET /orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The collector's errors of every kind, summed.
+fn errors_of_every_kind(m: &Metrics) -> f64 {
+    ["connect", "timeout", "protocol", "broker", "authorization", "unsupported"]
+        .iter()
+        .map(|k| m.get("eventscope_collector_errors_total", &[("kind", k)]).unwrap_or(0.0))
+        .sum()
+}
+
+/// Defect 11: when ListGroups failed on every broker, the failure was counted once per broker and again
+/// as the `metadata` step. librdkafka's mock has no ListGroups: each of its 3 brokers fails it each poll.
+#[test]
+fn a_list_groups_failure_on_every_broker_is_counted_once_per_broker() {
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(3).unwrap();
+    mock.create_topic("orders", 3, 1).unwrap();
+    let es = Eventscope::collector(&format!(
+        "[collector]\npoll_interval = \"200ms\"\n[[clusters]]\nname = \"mock\"\nkafka = {{ \"bootstrap.servers\" = \"{}\" }}\n",
+        mock.bootstrap_servers()
+    ));
+    let (errors, polls) = es.wait_metrics("four polls", |m| {
+        let polls = m.get("eventscope_collector_poll_duration_seconds_count", &[("cluster", "mock")])?;
+        (polls >= 4.0).then(|| (errors_of_every_kind(m), polls))
+    });
+    // Errors are counted during a poll, its duration at its end: at most one poll's errors ahead.
+    assert!(
+        errors >= 3.0 * polls && errors <= 3.0 * (polls + 1.0),
+        "{errors} errors in {polls} polls of 3 brokers"
+    );
+}
+
+/// Defect 5: the collector's connection map was locked across dial, TLS, ApiVersions and SASL, so one
+/// broker that does not answer made every request of the poll wait. Broker 2 of three answers after 10 s
+/// (request_timeout 1 s): the partitions led by brokers 1 and 3 are collected in every poll, and a poll
+/// takes about one request_timeout, not one per request to broker 2.
+#[test]
+fn a_dead_broker_stalls_only_its_own_partitions() {
+    use rdkafka::mocking::MockCoordinator;
+    let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(3).unwrap();
+    mock.create_topic("orders", 3, 1).unwrap();
+    for p in 0..3 {
+        mock.partition_leader("orders", p, Some(p + 1)).unwrap();
+    }
+    mock.coordinator(MockCoordinator::Group("readmodel".into()), 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let producer = producer_with(&bootstrap, &[("linger.ms", "0")]);
+    for p in 0..3 {
+        for _ in 0..10 {
+            producer
+                .send(rdkafka::producer::BaseRecord::<(), str>::to("orders").partition(p).payload("x"))
+                .unwrap();
+        }
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    commit(&committer(&bootstrap, "readmodel"), "orders", &[(0, 4), (1, 4), (2, 4)]);
+    mock.broker_round_trip_time(2, Duration::from_secs(10)).unwrap();
+    let es = Eventscope::collector(&format!(
+        "[collector]\npoll_interval = \"500ms\"\nrequest_timeout = \"1s\"\n[[clusters]]\nname = \"mock\"\ngroups = [\"readmodel\"]\nkafka = {{ \"bootstrap.servers\" = \"{bootstrap}\" }}\n"
+    ));
+    let lag = |m: &Metrics, p: &str| m.get("kafka_consumergroup_lag", &[("consumergroup", "readmodel"), ("partition", p)]);
+    es.wait_metrics("lag of the partitions on brokers 1 and 3", |m| {
+        (lag(m, "0") == Some(6.0) && lag(m, "2") == Some(6.0)).then_some(())
+    });
+    let (sum, count) = es.wait_metrics("three polls", |m| {
+        let count = m.get("eventscope_collector_poll_duration_seconds_count", &[("cluster", "mock")])?;
+        let sum = m.get("eventscope_collector_poll_duration_seconds_sum", &[("cluster", "mock")])?;
+        (count >= 3.0).then_some((sum, count))
+    });
+    let mean = sum / count;
+    assert!(
+        mean < 2.5,
+        "a poll takes {mean:.2} s on average with one broker silent (request_timeout 1 s)"
+    );
+}

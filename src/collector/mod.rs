@@ -81,13 +81,45 @@ struct GroupState {
     consistency: HashMap<Arc<str>, Histogram>,
 }
 
+/// A topic denied to the collector's Fetch (TOPIC_AUTHORIZATION_FAILED) is read again after this long,
+/// so that a fixed ACL brings exact lag seconds back without a restart.
+pub const FETCH_DENIED_RETRY_MS: i64 = 5 * 60 * 1000;
+
+/// Topics whose records the collector may not read: lag seconds are interpolated for them until
+/// [`FETCH_DENIED_RETRY_MS`] after the denial, then reading is tried again.
+#[derive(Default)]
+struct FetchDenied(HashMap<Arc<str>, i64>);
+
+impl FetchDenied {
+    fn deny(&mut self, topic: Arc<str>, now_ms: i64) {
+        self.0.insert(topic, now_ms);
+    }
+
+    /// Forgets denials older than the retry period.
+    fn expire(&mut self, now_ms: i64) {
+        self.0.retain(|_, at| now_ms.saturating_sub(*at) < FETCH_DENIED_RETRY_MS);
+    }
+
+    fn contains(&self, topic: &str) -> bool {
+        self.0.contains_key(topic)
+    }
+}
+
+/// Why a poll produced no snapshot.
+enum PollFailed {
+    /// Metadata could not be read from any broker: counted as the `metadata` step.
+    Metadata(KafkaError),
+    /// ListGroups failed on every broker: each failure is counted already, once per broker.
+    ListGroups,
+}
+
 #[derive(Default)]
 struct State {
     timelines: HashMap<Tp, Timeline>,
     record_times: HashMap<(Tp, i64), RecordTime>,
     groups: HashMap<String, GroupState>,
     coordinators: HashMap<String, i32>,
-    fetch_denied: HashSet<Arc<str>>,
+    fetch_denied: FetchDenied,
 }
 
 /// Collects one cluster.
@@ -165,8 +197,10 @@ impl ClusterCollector {
                     .set(snapshot.taken_at_ms as f64 / 1000.0);
                 self.shared.publish(self.index, Some(Arc::new(snapshot)));
             }
-            Err(e) => {
-                self.error("metadata", &e);
+            Err(failed) => {
+                if let PollFailed::Metadata(e) = &failed {
+                    self.error("metadata", e);
+                }
                 sm.up.with_label_values(&[&name]).set(0);
                 self.shared.publish(self.index, None);
             }
@@ -176,9 +210,9 @@ impl ClusterCollector {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn poll(&mut self) -> Result<Snapshot, KafkaError> {
+    async fn poll(&mut self) -> Result<Snapshot, PollFailed> {
         let now = now_ms();
-        let md = self.client.metadata().await?;
+        let md = self.client.metadata().await.map_err(PollFailed::Metadata)?;
         let topics: BTreeMap<Arc<str>, Vec<(i32, Option<i32>)>> = md
             .topics
             .iter()
@@ -199,7 +233,7 @@ impl ClusterCollector {
             .retain(|tp, _| log_end.contains_key(tp) || topics.contains_key(&tp.0));
 
         if self.settings.lag_seconds_method == LagSecondsMethod::Fetch {
-            self.read_record_times(&offsets, &log_start, &log_end, &topics).await;
+            self.read_record_times(now, &offsets, &log_start, &log_end, &topics).await;
         }
 
         let snapshot_groups = self.evaluate(now, &groups, &descriptions, &offsets, &log_start, &log_end);
@@ -225,7 +259,7 @@ impl ClusterCollector {
     }
 
     /// The groups to watch: the configured list, or ListGroups on every broker, filtered.
-    async fn discover_groups(&mut self, md: &ClusterMetadata) -> Result<Vec<String>, KafkaError> {
+    async fn discover_groups(&mut self, md: &ClusterMetadata) -> Result<Vec<String>, PollFailed> {
         if !self.cfg.groups.is_empty() {
             return Ok(self.cfg.groups.clone());
         }
@@ -237,7 +271,7 @@ impl ClusterCollector {
             .collect()
             .await;
         let mut groups = BTreeSet::new();
-        let mut last_err = None;
+        let mut failed = 0;
         let mut ok = 0;
         for (_, r) in results {
             match r {
@@ -247,14 +281,12 @@ impl ClusterCollector {
                 }
                 Err(e) => {
                     self.error("list_groups", &e);
-                    last_err = Some(e);
+                    failed += 1;
                 }
             }
         }
-        if ok == 0 {
-            if let Some(e) = last_err {
-                return Err(e);
-            }
+        if ok == 0 && failed > 0 {
+            return Err(PollFailed::ListGroups);
         }
         Ok(groups.into_iter().filter(|g| self.filters.group(g)).collect())
     }
@@ -292,7 +324,7 @@ impl ClusterCollector {
                 Err(e) => {
                     self.error("find_coordinator", &e);
                     for g in missing {
-                        offsets.insert(g, Err(KafkaError::Io(format!("coordinator unknown: {e}"))));
+                        offsets.insert(g, Err(e.clone()));
                     }
                 }
             }
@@ -359,7 +391,7 @@ impl ClusterCollector {
                     self.error("offset_fetch", &e);
                     for g in gs {
                         self.state.coordinators.remove(&g);
-                        offsets.insert(g, Err(KafkaError::Io(e.to_string())));
+                        offsets.insert(g, Err(e.clone()));
                     }
                 }
             }
@@ -419,6 +451,7 @@ impl ClusterCollector {
     /// Reads the timestamp of the record at each lagging committed offset not already known.
     async fn read_record_times(
         &mut self,
+        now: i64,
         offsets: &HashMap<String, Result<HashMap<Tp, i64>, KafkaError>>,
         log_start: &HashMap<Tp, i64>,
         log_end: &HashMap<Tp, i64>,
@@ -428,6 +461,7 @@ impl ClusterCollector {
             .iter()
             .flat_map(|(t, ps)| ps.iter().filter_map(move |(p, l)| l.map(|l| ((t.clone(), *p), l))))
             .collect();
+        self.state.fetch_denied.expire(now);
         let mut wanted: BTreeSet<(i32, Tp, i64)> = BTreeSet::new();
         for committed in offsets.values().flatten() {
             for (tp, &c) in committed {
@@ -474,10 +508,12 @@ impl ClusterCollector {
             };
             for (tp, at) in parts {
                 let Some(fp) = fetched.get(&tp) else { continue };
-                if fp.error_code == 29 {
-                    self.error("fetch", &KafkaError::from_code(29));
-                    self.state.fetch_denied.insert(tp.0.clone());
-                    continue;
+                if let Err(e) = crate::kafka::check_code(fp.error_code) {
+                    if e.is_topic_authorization() {
+                        self.error("fetch", &e);
+                        self.state.fetch_denied.deny(tp.0.clone(), now);
+                        continue;
+                    }
                 }
                 let Some(records) = &fp.records else { continue };
                 anchors.clear();
@@ -637,4 +673,26 @@ pub fn spawn_all(
             tokio::spawn(collector.run(shutdown.clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 10: a denied topic used to stay denied (lag seconds interpolated) until a restart.
+    #[test]
+    fn a_denied_topic_is_read_again_after_the_retry_period() {
+        let mut denied = FetchDenied::default();
+        denied.deny("orders".into(), 1_000);
+        denied.expire(1_000 + FETCH_DENIED_RETRY_MS - 1);
+        assert!(denied.contains("orders"));
+        denied.expire(1_000 + FETCH_DENIED_RETRY_MS);
+        assert!(!denied.contains("orders"));
+    }
+
+    #[test]
+    fn topic_authorization_is_told_by_name() {
+        assert!(KafkaError::from_code(kafka_protocol::ResponseError::TopicAuthorizationFailed.code()).is_topic_authorization());
+        assert!(!KafkaError::from_code(kafka_protocol::ResponseError::GroupAuthorizationFailed.code()).is_topic_authorization());
+    }
 }

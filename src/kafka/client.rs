@@ -116,8 +116,27 @@ pub struct ClusterClient {
     max_frame: usize,
     security: Security,
     brokers: Mutex<HashMap<i32, String>>,
-    conns: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    /// One slot per broker address, each locked on its own: dialling a dead broker (up to the request
+    /// timeout, per attempt) holds only that broker's slot, never the others'.
+    conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
+
+/// A broker address's connection.
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Empty,
+    Up(Arc<Connection>),
+    /// The last dial failed: requests until `until` fail at once with that error, rather than each
+    /// waiting for a dial of its own.
+    Down {
+        until: std::time::Instant,
+        error: KafkaError,
+    },
+}
+
+/// How long a failed dial is not retried.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
 
 impl ClusterClient {
     pub fn new(bootstrap: Vec<String>, client_id: String, timeout: Duration, max_frame: usize, security: Security) -> ClusterClient {
@@ -128,21 +147,32 @@ impl ClusterClient {
             max_frame,
             security,
             brokers: Mutex::new(HashMap::new()),
-            conns: tokio::sync::Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
         }
     }
 
     async fn conn_to(&self, addr: &str) -> Result<Arc<Connection>, KafkaError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
-            if c.is_alive() {
-                return Ok(c.clone());
+        let slot = self.conns.lock().expect("conns lock").entry(addr.to_string()).or_default().clone();
+        let mut slot = slot.lock().await;
+        match &*slot {
+            Slot::Up(c) if c.is_alive() => return Ok(c.clone()),
+            Slot::Down { until, error } if std::time::Instant::now() < *until => return Err(error.clone()),
+            _ => {}
+        }
+        match Connection::connect(addr, &self.client_id, self.timeout, self.max_frame, &self.security).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *slot = Slot::Up(c.clone());
+                Ok(c)
+            }
+            Err(error) => {
+                *slot = Slot::Down {
+                    until: std::time::Instant::now() + REDIAL_AFTER,
+                    error: error.clone(),
+                };
+                Err(error)
             }
         }
-        conns.remove(addr);
-        let c = Arc::new(Connection::connect(addr, &self.client_id, self.timeout, self.max_frame, &self.security).await?);
-        conns.insert(addr.to_string(), c.clone());
-        Ok(c)
     }
 
     /// A connection to the given broker id.
@@ -166,7 +196,7 @@ impl ClusterClient {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| KafkaError::Io("no bootstrap servers".into())))
+        Err(last.unwrap_or_else(|| KafkaError::closed("no bootstrap servers")))
     }
 
     /// Metadata for all topics; refreshes the broker map.
@@ -193,6 +223,9 @@ impl ClusterClient {
         }
         if !md.brokers.is_empty() {
             *self.brokers.lock().expect("brokers lock") = md.brokers.clone();
+            // Slots of addresses that are neither brokers nor bootstrap servers any more are dropped.
+            let keep: std::collections::HashSet<&String> = md.brokers.values().chain(&self.bootstrap).collect();
+            self.conns.lock().expect("conns lock").retain(|addr, _| keep.contains(addr));
         }
         Ok(md)
     }

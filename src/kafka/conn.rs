@@ -39,7 +39,7 @@ struct Pending {
 /// Why the reader stopped.
 #[derive(Clone)]
 enum Closed {
-    Io(String),
+    Io(Arc<std::io::Error>),
     /// The broker sent a frame that cannot be valid: never read, the connection is dropped.
     Malformed(String),
 }
@@ -47,7 +47,7 @@ enum Closed {
 impl Closed {
     fn error(&self) -> KafkaError {
         match self {
-            Closed::Io(r) => KafkaError::Io(r.clone()),
+            Closed::Io(e) => KafkaError::Io(e.clone()),
             Closed::Malformed(r) => KafkaError::Protocol(r.clone()),
         }
     }
@@ -81,7 +81,7 @@ pub async fn dial(addr: &str, timeout: Duration, security: &Security) -> Result<
         .map_err(|_| KafkaError::Timeout(timeout))?
         .map_err(|source| KafkaError::Connect {
             addr: addr.to_string(),
-            source,
+            source: Arc::new(source),
         })?;
     let _ = tcp.set_nodelay(true);
     Ok(match &security.tls {
@@ -90,7 +90,7 @@ pub async fn dial(addr: &str, timeout: Duration, security: &Security) -> Result<
             let host = super::split_host_port(addr).map(|(h, _)| h).unwrap_or_default();
             let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| KafkaError::Connect {
                 addr: addr.into(),
-                source: std::io::Error::other(format!("{host:?} is not a TLS server name")),
+                source: Arc::new(std::io::Error::other(format!("{host:?} is not a TLS server name"))),
             })?;
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
@@ -98,7 +98,7 @@ pub async fn dial(addr: &str, timeout: Duration, security: &Security) -> Result<
                 .map_err(|_| KafkaError::Timeout(timeout))?
                 .map_err(|e| KafkaError::Connect {
                     addr: addr.into(),
-                    source: std::io::Error::other(format!("TLS handshake: {e}")),
+                    source: Arc::new(std::io::Error::other(format!("TLS handshake: {e}"))),
                 })?;
             Box::new(tls)
         }
@@ -244,9 +244,9 @@ impl Connection {
         let result = tokio::time::timeout(self.timeout, async {
             {
                 let mut w = self.writer.lock().await;
-                w.write_all(&frame).await.map_err(|e| KafkaError::Io(e.to_string()))?;
+                w.write_all(&frame).await.map_err(|e| KafkaError::io("write", e))?;
             }
-            rx.await.map_err(|_| KafkaError::Io("connection closed".into()))?
+            rx.await.map_err(|_| KafkaError::closed("connection closed"))?
         })
         .await;
         match result {
@@ -304,7 +304,7 @@ async fn read_loop(mut read: ReadHalf<BoxStream>, pending: Arc<Mutex<Pending>>, 
     let closed = loop {
         let mut len = [0u8; 4];
         if let Err(e) = read.read_exact(&mut len).await {
-            break Closed::Io(format!("read: {e}"));
+            break Closed::Io(Arc::new(e));
         }
         let len = i32::from_be_bytes(len);
         if len < 4 || len as usize > max_frame {
@@ -312,7 +312,7 @@ async fn read_loop(mut read: ReadHalf<BoxStream>, pending: Arc<Mutex<Pending>>, 
         }
         let mut buf = vec![0u8; len as usize];
         if let Err(e) = read.read_exact(&mut buf).await {
-            break Closed::Io(format!("read: {e}"));
+            break Closed::Io(Arc::new(e));
         }
         let body = Bytes::from(buf);
         let correlation_id = body.clone().get_i32();

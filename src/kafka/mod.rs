@@ -12,6 +12,7 @@ pub mod decode;
 pub mod records;
 pub mod security;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::ApiKey;
@@ -21,15 +22,16 @@ pub use client::ClusterClient;
 pub use conn::Connection;
 pub use security::Security;
 
-/// Everything that can go wrong talking to a broker, typed where it arises.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong talking to a broker, typed where it arises. I/O errors keep their source
+/// (shared, so that one failure can stand for every request it failed).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KafkaError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect { addr: String, source: Arc<std::io::Error> },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     #[error("connection lost: {0}")]
-    Io(String),
+    Io(#[source] Arc<std::io::Error>),
     #[error("malformed data from broker: {0}")]
     Protocol(String),
     #[error("broker does not support {api:?} in a version eventscope speaks")]
@@ -47,11 +49,30 @@ impl KafkaError {
             Some(e) => format!("{e:?}"),
             None => format!("UNKNOWN_{code}"),
         };
-        if matches!(code, 29 | 30 | 31 | 58) {
+        use ResponseError as R;
+        if matches!(
+            ResponseError::try_from_code(code),
+            Some(R::TopicAuthorizationFailed | R::GroupAuthorizationFailed | R::ClusterAuthorizationFailed | R::SaslAuthenticationFailed)
+        ) {
             KafkaError::Authorization(name)
         } else {
             KafkaError::Broker { code, name }
         }
+    }
+
+    /// A lost connection, with what was going on.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> KafkaError {
+        KafkaError::Io(Arc::new(std::io::Error::new(source.kind(), format!("{}: {source}", what.into()))))
+    }
+
+    /// A lost connection without an I/O error of its own (closed, no address to try).
+    pub fn closed(why: impl Into<String>) -> KafkaError {
+        KafkaError::Io(Arc::new(std::io::Error::other(why.into())))
+    }
+
+    /// Whether this is a broker's "not authorized" answer for a topic.
+    pub fn is_topic_authorization(&self) -> bool {
+        matches!(self, KafkaError::Authorization(name) if name == "TopicAuthorizationFailed")
     }
 
     /// Whether the connection that produced this error should be dropped and re-dialled.

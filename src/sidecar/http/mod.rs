@@ -288,10 +288,10 @@ impl HttpProxy {
             Some(h) if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() => {
                 self.metrics.error(HttpErrorKind::MalformedRequest, &format!("{peer}: {e}"))
             }
-            // h2 protocol errors (bad frames, header lists over the limit) come as h2 errors.
-            None if e.to_string().contains("protocol") || e.to_string().contains("frame") => {
-                self.metrics.error(HttpErrorKind::MalformedRequest, &format!("{peer}: {e}"))
-            }
+            // HTTP/2 protocol errors (bad frames, header lists over the limit) by their reason code.
+            _ if h2_protocol_error(e) => self
+                .metrics
+                .error(HttpErrorKind::MalformedRequest, &format!("{peer}: {}", error_chain(e))),
             _ => tracing::debug!(%peer, error = %e, "http client connection"),
         }
     }
@@ -449,9 +449,12 @@ impl HttpProxy {
             }
             Ok(Err(e)) => {
                 let (kind, detail) = if e.is_connect() {
-                    (HttpErrorKind::UpstreamUnavailable, format!("cannot connect to {}: {e:?}", target))
+                    (
+                        HttpErrorKind::UpstreamUnavailable,
+                        format!("cannot connect to {}: {}", target, error_chain(&e)),
+                    )
                 } else {
-                    (HttpErrorKind::UpstreamFailed, format!("{}: {e:?}", target))
+                    (HttpErrorKind::UpstreamFailed, format!("{}: {}", target, error_chain(&e)))
                 };
                 self.metrics.error(kind, &detail);
                 Ok(done.local(StatusCode::BAD_GATEWAY))
@@ -719,6 +722,39 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, app: hyper::upgrade::OnUpgrad
         return;
     };
     let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
+}
+
+/// Whether an error (or one of its sources) is an HTTP/2 error whose reason says the client broke the
+/// protocol.
+fn h2_protocol_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return matches!(
+                h2.reason(),
+                Some(
+                    h2::Reason::PROTOCOL_ERROR
+                        | h2::Reason::FRAME_SIZE_ERROR
+                        | h2::Reason::COMPRESSION_ERROR
+                        | h2::Reason::FLOW_CONTROL_ERROR
+                )
+            );
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// An error and its sources, `outer: inner: ...`, as a user reads it (not a `Debug` dump).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// What is recorded once a request is over: the SLI series and the SERVER span (inbound), or the client
