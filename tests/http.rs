@@ -240,7 +240,7 @@ fn hostile_clients_get_clear_answers_with_bounded_memory_and_labels() {
     // A 64 MiB upload streams through (echoed back whole) without the sidecar holding it.
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vec![b'x'; 64 << 20]).unwrap();
-    let out = std::process::Command::new("curl")
+    let out = tool("curl")
         .args(["-sS", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
         .args(["--data-binary", &format!("@{}", file.path().display())])
         .args(["-H", "Content-Type: application/octet-stream"])
@@ -444,7 +444,7 @@ fn load_from_hey_is_counted_exactly() {
             ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__0", "/items/{sku}"),
         ],
     );
-    let out = std::process::Command::new("hey")
+    let out = tool("hey")
         .args(["-n", "2000", "-c", "20", &format!("http://{addr}/items/123")])
         .output()
         .expect("hey (Debian package hey)");

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use eventscope::kafka::{Connection, Security};
@@ -239,7 +239,7 @@ fn kcat_through_the_sidecar() {
     let (_es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
     let broker = format!("127.0.0.1:{port}");
     let lines: Vec<String> = (0..25).map(|i| format!("audit-event-{i}")).collect();
-    let mut producer = Command::new("kcat")
+    let mut producer = tool("kcat")
         .args(["-b", &broker, "-t", "audit", "-P"])
         .stdin(Stdio::piped())
         .spawn()
@@ -251,7 +251,7 @@ fn kcat_through_the_sidecar() {
         .write_all((lines.join("\n") + "\n").as_bytes())
         .unwrap();
     assert!(producer.wait().unwrap().success());
-    let out = Command::new("kcat")
+    let out = tool("kcat")
         .args(["-b", &broker, "-t", "audit", "-C", "-o", "beginning", "-e", "-q"])
         .output()
         .unwrap();
@@ -313,7 +313,7 @@ fn python_confluent_kafka_through_the_sidecar() {
     let tansu = Tansu::start();
     tansu.create_topic("py-orders", 1);
     let (es, port) = Eventscope::sidecar(&tansu.bootstrap());
-    let out = Command::new("python3")
+    let out = tool("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_roundtrip.py"),
             &format!("127.0.0.1:{port}"),

@@ -42,6 +42,39 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Where each external tool of the tests comes from: `bash .ci/install-test-deps` installs them all.
+const TOOLS: &[(&str, &str)] = &[
+    ("promtool", "Debian's prometheus package"),
+    ("prometheus", "Debian's prometheus package"),
+    ("prometheus-alertmanager", "Debian's prometheus-alertmanager package"),
+    ("amtool", "Debian's prometheus-alertmanager package"),
+    ("kcat", "Debian's kcat package"),
+    ("stunnel4", "Debian's stunnel4 package"),
+    ("openssl", "Debian's openssl package"),
+    ("curl", "Debian's curl package"),
+    ("hey", "Debian's hey package"),
+    ("wrk", "Debian's wrk package"),
+    ("nginx", "Debian's nginx package"),
+    (
+        "python3",
+        "the machine's Python (with confluent-kafka, kubernetes-validate and jsonschema from PyPI)",
+    ),
+    ("tansu", "crates.io: cargo install --locked tansu@0.6.0 --features dynostore"),
+];
+
+/// A command for an external tool of the tests; if the tool is missing, the test fails saying which
+/// tool, where it comes from, and how to install it, rather than with a bare "No such file" panic.
+pub fn tool(name: &str) -> Command {
+    let path = if name == "tansu" { tansu_bin() } else { PathBuf::from(name) };
+    let found = path.is_absolute() && path.exists()
+        || std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(&path).is_file()));
+    if !found {
+        let from = TOOLS.iter().find(|(t, _)| *t == name).map_or("", |(_, from)| *from);
+        panic!("the tests need `{name}` ({from}), which is not installed: run `bash .ci/install-test-deps` (CI's .ci/run does)");
+    }
+    Command::new(path)
+}
+
 fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU") {
         return PathBuf::from(p);
@@ -82,7 +115,7 @@ impl Tansu {
         if authentication {
             args.push("--authentication".into());
         }
-        let child = Command::new(tansu_bin())
+        let child = tool("tansu")
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -288,7 +321,7 @@ impl HttpApp {
 
     pub fn start_on(port: u16) -> HttpApp {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/http_upstream.py");
-        let child = Command::new("python3")
+        let child = tool("python3")
             .arg(script)
             .arg(port.to_string())
             .stdout(Stdio::null())
@@ -314,7 +347,7 @@ impl Drop for HttpApp {
 
 /// Runs curl with `args` (HTTP/1.1 unless told otherwise); returns (status, body, HTTP version).
 pub fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
+    let out = tool("curl")
         .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code} %{http_version}"])
         .args(args)
         .output()
@@ -568,7 +601,7 @@ impl Stunnel {
             text.push_str(&format!("verifyChain = yes\nCAfile = {}\n", certs.ca.display()));
         }
         config.write_all(text.as_bytes()).unwrap();
-        let child = Command::new("stunnel4")
+        let child = tool("stunnel4")
             .arg(config.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -605,11 +638,7 @@ impl Certs {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl is installed");
+            let out = tool("openssl").args(args).current_dir(d).output().expect("openssl is installed");
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         for ca in ["ca", "other-ca"] {

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub fn prometheus(config: &str, rules: &[(&str, String)]) -> Server {
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(&cfg, config).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new("prometheus")
+    let child = super::tool("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address={addr}"))
@@ -56,7 +56,7 @@ pub fn alertmanager(config: &str) -> Server {
     let cfg = dir.path().join("alertmanager.yml");
     std::fs::write(&cfg, config).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new("prometheus-alertmanager")
+    let child = super::tool("prometheus-alertmanager")
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!("--storage.path={}", dir.path().display()))
         .arg(format!("--web.listen-address={addr}"))
