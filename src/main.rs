@@ -77,11 +77,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         (Command::Collector { .. }, Some(config)) => {
-            eventscope::logging::init(&config.log.level, config.log.format);
+            eventscope::logging::init(&config.log.level.0, config.log.format);
             runtime.block_on(eventscope::run::collector(config))
         }
         (Command::Sidecar { .. }, Some(config)) => {
-            eventscope::logging::init(&config.log.level, config.log.format);
+            eventscope::logging::init(&config.log.level.0, config.log.format);
             runtime.block_on(eventscope::run::sidecar(config))
         }
         #[cfg(feature = "demo")]

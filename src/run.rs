@@ -1,6 +1,5 @@
 //! Wiring of the roles: build, spawn, wait for SIGTERM/SIGINT, drain within the grace period.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -32,7 +31,7 @@ pub async fn shutdown_signal() {
 
 /// Runs the collector role until a shutdown signal.
 pub async fn collector(config: Config) -> anyhow::Result<()> {
-    let addr: SocketAddr = config.admin.listen.parse()?;
+    let addr = config.admin.listen;
     let listener = crate::admin::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -60,7 +59,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         .sidecar
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no [sidecar] configuration"))?;
-    let admin: SocketAddr = config.admin.listen.parse()?;
+    let admin = config.admin.listen;
     let admin_listener = crate::admin::bind(admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin}: {e}"))?;
@@ -82,24 +81,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     tasks.extend(export_task);
 
     if !sc.kafka_bootstrap.is_empty() {
-        let listen: SocketAddr = sc.kafka_listen.parse()?;
-        let security = crate::kafka::Security::from_properties(&sc.kafka).map_err(|p| anyhow::anyhow!(problems("sidecar.kafka.", &p)))?;
-        let settings = crate::sidecar::kafka::ProxySettings {
-            listen,
-            advertised_host: if sc.kafka_advertised_host.is_empty() {
-                crate::sidecar::kafka::default_advertised_host(&listen)
-            } else {
-                sc.kafka_advertised_host.clone()
-            },
-            upstream_bootstrap: crate::config::split_servers(&sc.kafka_bootstrap),
-            security,
-            max_frame_bytes: sc.max_frame_bytes,
-            max_connections: sc.max_connections,
-            connect_timeout: sc.connect_timeout,
-            trace_mode: sc.trace_mode,
-            max_batch_bytes: sc.max_batch_bytes,
-            cluster: sc.cluster.clone(),
-        };
+        let listen = sc.kafka_listen;
         // trace_mode = "off" turns off the Kafka side's spans; the HTTP side still traces.
         let kafka_tracer = if sc.trace_mode == crate::telemetry::traces::TraceMode::Off {
             crate::telemetry::traces::Tracer::disabled(trace_metrics.clone())
@@ -107,7 +89,8 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             tracer.clone()
         };
         let proxy_metrics = crate::telemetry::kafka::ProxyMetrics::new(registry);
-        let proxy = crate::sidecar::kafka::Proxy::start(settings, proxy_metrics, kafka_tracer, rx.clone())
+        let upstream = sc.kafka_bootstrap.to_string();
+        let proxy = crate::sidecar::kafka::Proxy::start(sc.clone(), proxy_metrics, kafka_tracer, rx.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         // Drained once shutdown has fired and every connection has relayed its in-flight responses.
@@ -116,31 +99,11 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
             proxy.drained().await;
         }));
-        tracing::info!(kafka_listen = %listen, upstream = %sc.kafka_bootstrap, "kafka proxy running");
+        tracing::info!(kafka_listen = %listen, %upstream, "kafka proxy running");
     }
     if sc.http.enabled() {
-        let h = &sc.http;
-        let settings = crate::sidecar::http::HttpSettings {
-            listen: h.listen.parse()?,
-            upstream: h.upstream.clone(),
-            service: service_name(&h.service, &env),
-            routes: h.routes.clone(),
-            max_routes: h.max_routes,
-            connect_timeout: h.connect_timeout,
-            response_timeout: h.response_timeout,
-            header_read_timeout: h.header_read_timeout,
-            idle_timeout: h.idle_timeout,
-            max_header_bytes: h.max_header_bytes,
-            max_connections: h.max_connections,
-            outbound_listen: if h.outbound_listen.is_empty() {
-                None
-            } else {
-                Some(h.outbound_listen.parse()?)
-            },
-            upstream_protocol: h.upstream_protocol,
-        };
         let metrics = crate::telemetry::http::HttpMetrics::new(registry);
-        let (_, task) = crate::sidecar::http::HttpProxy::start(settings, metrics, tracer.clone(), rx.clone()).await?;
+        let (_, task) = crate::sidecar::http::HttpProxy::start(sc.http.clone(), metrics, tracer.clone(), rx.clone()).await?;
         tasks.push(task);
     }
     tracing::info!(%admin, "sidecar running");
@@ -155,17 +118,6 @@ fn problems(prefix: &str, list: &[(String, String)]) -> String {
         .map(|(k, why)| format!("{prefix}{k}: {why}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The `service` label: the configured name, else `OTEL_SERVICE_NAME`, else OpenTelemetry's default.
-fn service_name(configured: &str, env: &std::collections::HashMap<String, String>) -> String {
-    if !configured.is_empty() {
-        return configured.to_string();
-    }
-    env.get("OTEL_SERVICE_NAME")
-        .filter(|s| !s.trim().is_empty())
-        .cloned()
-        .unwrap_or_else(|| "unknown_service".to_string())
 }
 
 /// Tells every task to stop and waits for them, at most `grace`.

@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{stream, StreamExt};
-use regex::Regex;
 use tokio::sync::watch;
 
-use crate::config::{ClusterConfig, CollectorConfig, LagSecondsMethod};
+use crate::config::{ClusterConfig, CollectorConfig, LagSecondsMethod, Pattern};
 use crate::kafka::client::{ClusterMetadata, GroupDescription, Tp, EARLIEST, LATEST};
 use crate::kafka::{now_ms, ClusterClient, KafkaError};
 use consistency::{observe_commit, Histogram};
@@ -42,23 +41,22 @@ const LIST_OFFSETS_BATCH: usize = 1000;
 const FETCH_BATCH: usize = 100;
 const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
 
-/// Compiled group and topic filters of a cluster.
+/// A cluster's group and topic filters (regexes compiled when the configuration was read).
 struct Filters {
-    group_allow: Vec<Regex>,
-    group_deny: Vec<Regex>,
-    topic_allow: Vec<Regex>,
-    topic_deny: Vec<Regex>,
+    group_allow: Vec<Pattern>,
+    group_deny: Vec<Pattern>,
+    topic_allow: Vec<Pattern>,
+    topic_deny: Vec<Pattern>,
     include_internal: bool,
 }
 
 impl Filters {
     fn new(c: &ClusterConfig) -> Filters {
-        let compile = |v: &Vec<String>| v.iter().filter_map(|r| Regex::new(r).ok()).collect();
         Filters {
-            group_allow: compile(&c.group_allow),
-            group_deny: compile(&c.group_deny),
-            topic_allow: compile(&c.topic_allow),
-            topic_deny: compile(&c.topic_deny),
+            group_allow: c.group_allow.clone(),
+            group_deny: c.group_deny.clone(),
+            topic_allow: c.topic_allow.clone(),
+            topic_deny: c.topic_deny.clone(),
             include_internal: c.include_internal_topics,
         }
     }
@@ -135,11 +133,7 @@ pub struct ClusterCollector {
 
 impl ClusterCollector {
     pub fn new(index: usize, cfg: ClusterConfig, settings: CollectorConfig, shared: Arc<Published>) -> ClusterCollector {
-        // Validation has already checked the properties; a failure here can only be a file changed since.
-        let security = crate::kafka::Security::from_properties(&cfg.kafka).unwrap_or_else(|problems| {
-            tracing::error!(cluster = %cfg.name, ?problems, "security settings unusable; connecting without them");
-            crate::kafka::Security::default()
-        });
+        let security = cfg.security.clone();
         let client = ClusterClient::new(
             cfg.bootstrap_servers(),
             cfg.client_id(),

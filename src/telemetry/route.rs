@@ -67,10 +67,10 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Templates must have been validated by the configuration (invalid ones are skipped).
-    pub fn new(templates: &[String], max_fallbacks: usize) -> Routes {
+    /// Routes from parsed templates.
+    pub fn new(templates: Vec<Template>, max_fallbacks: usize) -> Routes {
         Routes {
-            templates: templates.iter().filter_map(|t| Template::parse(t).ok()).collect(),
+            templates,
             fallbacks: BoundedLabel::new(max_fallbacks),
         }
     }
@@ -114,11 +114,15 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn templates(texts: &[&str]) -> Vec<Template> {
+        texts.iter().map(|t| Template::parse(t).unwrap()).collect()
+    }
     use std::collections::HashSet;
 
     #[test]
     fn templates_win_most_literal_first() {
-        let r = Routes::new(&["/orders/{id}".into(), "/orders/{id}/items".into(), "/orders/recent".into()], 10);
+        let r = Routes::new(templates(&["/orders/{id}", "/orders/{id}/items", "/orders/recent"]), 10);
         assert_eq!(r.label("/orders/42"), ("/orders/{id}".into(), true));
         assert_eq!(r.label("/orders/recent"), ("/orders/recent".into(), true));
         assert_eq!(r.label("/orders/42/items?x=1"), ("/orders/{id}/items".into(), true));
@@ -127,7 +131,7 @@ mod tests {
 
     #[test]
     fn fallback_collapses_identifiers() {
-        let r = Routes::new(&[], 100);
+        let r = Routes::new(Vec::new(), 100);
         assert_eq!(r.label("/").0, "/");
         assert_eq!(r.label("").0, "/");
         assert_eq!(r.label("/users/123").0, "/users/{id}");
@@ -140,7 +144,7 @@ mod tests {
 
     #[test]
     fn hostile_paths_are_bounded() {
-        let r = Routes::new(&["/orders/{id}".into()], 5);
+        let r = Routes::new(templates(&["/orders/{id}"]), 5);
         let mut labels = HashSet::new();
         for i in 0..10_000 {
             labels.insert(r.label(&format!("/word{}x/{}", "ab".repeat(i % 7), i)).0);

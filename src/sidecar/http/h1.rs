@@ -516,7 +516,7 @@ async fn exchange(proxy: &Arc<HttpProxy>, c: Connection<'_>, request: Vec<u8>, m
         cache,
         deadline,
     } = c;
-    let target = &proxy.settings.upstream;
+    let target = &proxy.upstream_addr;
     let mut retried = false;
     let (mut app, head) = loop {
         let pooled = if retried { None } else { proxy.pool.take() };
@@ -614,7 +614,7 @@ async fn exchange(proxy: &Arc<HttpProxy>, c: Connection<'_>, request: Vec<u8>, m
 }
 
 async fn connect(proxy: &HttpProxy) -> io::Result<TcpStream> {
-    let s = tokio::time::timeout(proxy.settings.connect_timeout, TcpStream::connect(proxy.settings.upstream.as_str()))
+    let s = tokio::time::timeout(proxy.settings.connect_timeout, TcpStream::connect(proxy.upstream_addr.as_str()))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     s.set_nodelay(true)?;

@@ -46,31 +46,10 @@ use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::config::HttpConfig;
 use crate::telemetry::http::{method_label, HttpErrorKind, HttpMetrics};
 use crate::telemetry::route::Routes;
 use crate::telemetry::traces::{SpanStart, Tracer};
-
-/// What the HTTP proxy needs to run (from `[sidecar.http]`).
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    pub listen: SocketAddr,
-    /// The application, `host:port`.
-    pub upstream: String,
-    /// The `service` label.
-    pub service: String,
-    pub routes: Vec<String>,
-    pub max_routes: usize,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-    /// Where the application's outbound calls arrive (its `HTTP_PROXY`), if the outbound proxy is on.
-    pub outbound_listen: Option<SocketAddr>,
-    /// HTTP/1.1, HTTP/2 or the client's protocol towards the application.
-    pub upstream_protocol: crate::config::UpstreamProtocol,
-}
 
 /// Which side of the application a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +75,9 @@ type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The running HTTP proxy.
 pub struct HttpProxy {
-    settings: HttpSettings,
+    settings: HttpConfig,
+    /// The application, `host:port`.
+    upstream_addr: String,
     upstream: Authority,
     client: Client<HttpConnector, Incoming>,
     /// HTTP/2 with prior knowledge (h2c), for applications that speak it (gRPC).
@@ -117,15 +98,19 @@ impl HttpProxy {
     /// `shutdown` has fired and every open connection has finished its request (the caller bounds the
     /// wait by the grace period).
     pub async fn start(
-        settings: HttpSettings,
+        settings: HttpConfig,
         metrics: HttpMetrics,
         tracer: Tracer,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let upstream: Authority = settings
+        let upstream_addr = settings
             .upstream
+            .as_ref()
+            .map(|u| u.to_string())
+            .ok_or_else(|| anyhow::anyhow!("sidecar.http.upstream is not set"))?;
+        let upstream: Authority = upstream_addr
             .parse()
-            .map_err(|e| anyhow::anyhow!("sidecar.http.upstream {:?}: {e}", settings.upstream))?;
+            .map_err(|e| anyhow::anyhow!("sidecar.http.upstream {upstream_addr:?}: {e}"))?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -144,7 +129,8 @@ impl HttpProxy {
             .http2_only(true)
             .build(connector);
         let proxy = Arc::new(HttpProxy {
-            routes: Routes::new(&settings.routes, settings.max_routes),
+            routes: Routes::new(settings.routes.clone(), settings.max_routes),
+            upstream_addr,
             destinations: crate::telemetry::labels::BoundedLabel::new(crate::telemetry::contract::MAX_DESTINATIONS),
             context_counters: ["continued", "invalid", "absent"]
                 .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
@@ -165,7 +151,7 @@ impl HttpProxy {
             ),
             None => None,
         };
-        tracing::info!(listen = %bound, upstream = %proxy.settings.upstream, "http proxy running");
+        tracing::info!(listen = %bound, upstream = %proxy.upstream_addr, "http proxy running");
         let inbound = tokio::spawn(proxy.clone().accept_loop(listener, Direction::Inbound, shutdown.clone()));
         let mut tick_shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -225,7 +211,9 @@ impl HttpProxy {
                 let held = Arc::new(Held::new(permit, &proxy.metrics.connections));
                 // Plain HTTP/1.1 requests to the application take the fast path; the rest, and a
                 // connection once it sends anything else, hyper's server.
-                let fast = direction == Direction::Inbound && proxy.settings.upstream_protocol != crate::config::UpstreamProtocol::Http2;
+                let fast = direction == Direction::Inbound
+                    && proxy.settings.fast_path
+                    && proxy.settings.upstream_protocol != crate::config::UpstreamProtocol::Http2;
                 let io = if fast {
                     h1::serve(&proxy, stream, peer, &mut conn_shutdown).await
                 } else {

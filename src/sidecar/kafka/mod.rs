@@ -34,7 +34,6 @@ pub mod produce;
 pub mod rewrite;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,7 +42,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::kafka::Security;
+use crate::config::SidecarConfig;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
 use frame::{read_frame, read_rest, stream, FrameError};
@@ -96,26 +95,6 @@ enum RequestsEnded {
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
 type Inflight = Arc<Mutex<VecDeque<Pending>>>;
 
-/// What the proxy needs to run.
-#[derive(Clone)]
-pub struct ProxySettings {
-    pub listen: SocketAddr,
-    /// The host clients are told to connect to (default: the listen address, or 127.0.0.1 for 0.0.0.0).
-    pub advertised_host: String,
-    pub upstream_bootstrap: Vec<String>,
-    /// TLS towards the brokers (SASL is the application's own and passes through).
-    pub security: Security,
-    pub max_frame_bytes: usize,
-    pub max_connections: usize,
-    pub connect_timeout: Duration,
-    /// What to do with trace context in records.
-    pub trace_mode: TraceMode,
-    /// Largest record batch the sidecar makes by adding trace headers.
-    pub max_batch_bytes: usize,
-    /// The `cluster` label of the lag and consistency series the sidecar measures.
-    pub cluster: String,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
     Bootstrap,
@@ -124,7 +103,7 @@ enum Target {
 
 /// The running proxy: its listeners and routes.
 pub struct Proxy {
-    settings: ProxySettings,
+    settings: SidecarConfig,
     metrics: ProxyMetrics,
     tracer: Tracer,
     consumption: Arc<consume::Consumption>,
@@ -137,12 +116,12 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the bootstrap listener and starts serving; returns once it is bound.
     pub async fn start(
-        settings: ProxySettings,
+        settings: SidecarConfig,
         metrics: ProxyMetrics,
         tracer: Tracer,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<Proxy>> {
-        let listener = TcpListener::bind(settings.listen).await?;
+        let listener = TcpListener::bind(settings.kafka_listen).await?;
         let consumption = Arc::new(consume::Consumption::new(
             metrics.clone(),
             tracer.clone(),
@@ -178,7 +157,7 @@ impl Proxy {
             observer,
             consumption,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
-            listeners: Listeners::new(settings.listen, tokio::runtime::Handle::current()),
+            listeners: Listeners::new(settings.kafka_listen, tokio::runtime::Handle::current()),
             tracer,
             settings,
             metrics,
@@ -252,7 +231,7 @@ impl Proxy {
 
     async fn dial(&self, target: Target) -> Result<Box<dyn crate::kafka::conn::Stream>, String> {
         let candidates: Vec<String> = match target {
-            Target::Bootstrap => self.settings.upstream_bootstrap.clone(),
+            Target::Bootstrap => self.settings.kafka_bootstrap.addresses(),
             Target::Broker(n) => match self.listeners.upstream(n) {
                 Some(upstream) => vec![upstream],
                 None => return Err(format!("no route to broker {n}")),
@@ -535,19 +514,10 @@ impl Proxy {
 impl AddressMap for Arc<Proxy> {
     fn local_for(&self, node_id: i32, host: &str, port: i32) -> Option<(String, i32)> {
         let port = self.ensure_listener(node_id, format!("{host}:{port}"))?;
-        Some((self.settings.advertised_host.clone(), port as i32))
+        Some((self.settings.kafka_advertised_host.clone(), port as i32))
     }
 
     fn brokers_present(&self, node_ids: &[i32]) {
         self.listeners.retain(node_ids);
-    }
-}
-
-/// The host to advertise for a listen address: itself, or loopback for an unspecified address.
-pub fn default_advertised_host(listen: &SocketAddr) -> String {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => "::1".into(),
-        ip => ip.to_string(),
     }
 }
