@@ -571,3 +571,111 @@ fn http2_to_an_h2c_application() {
         Some(2.0)
     );
 }
+
+/// The HTTP side's header policy is written once (`sidecar::http::headers`) and used by both paths: one
+/// table of conformance cases, run through the fast path (`h1.rs`) and with `sidecar.http.fast_path =
+/// false` through hyper's server and client. Each case: request headers sent, then what the application
+/// must see (`Some(value)`) or not see (`None`).
+#[test]
+fn one_header_policy_on_both_paths() {
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<(&'a str, Option<&'a str>)>);
+    let cases: Vec<Case> = vec![
+        (
+            "hop-by-hop and Connection-named headers do not cross",
+            vec![
+                ("Connection", "keep-alive, x-secret"),
+                ("X-Secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "x"),
+                ("X-Kept", "yes"),
+            ],
+            vec![
+                ("x-secret", None),
+                ("keep-alive", None),
+                ("proxy-connection", None),
+                ("connection", None),
+                ("x-kept", Some("yes")),
+            ],
+        ),
+        (
+            "TE: trailers is the one TE kept",
+            vec![("TE", "trailers")],
+            vec![("te", Some("trailers"))],
+        ),
+        ("other TE values go", vec![("TE", "gzip")], vec![("te", None)]),
+        (
+            "X-Forwarded-For appended, X-Forwarded-Proto added",
+            vec![("X-Forwarded-For", "203.0.113.9")],
+            vec![
+                ("x-forwarded-for", Some("203.0.113.9, 127.0.0.1")),
+                ("x-forwarded-proto", Some("http")),
+            ],
+        ),
+        (
+            "X-Forwarded-Proto kept when sent",
+            vec![("X-Forwarded-Proto", "https")],
+            vec![("x-forwarded-for", Some("127.0.0.1")), ("x-forwarded-proto", Some("https"))],
+        ),
+        (
+            "a continued trace keeps its tracestate",
+            vec![("traceparent", tp), ("tracestate", "congo=t61rcWkgMzE")],
+            vec![("tracestate", Some("congo=t61rcWkgMzE"))],
+        ),
+        (
+            "a new trace owns no tracestate",
+            vec![("traceparent", "00-garbage"), ("tracestate", "congo=t61rcWkgMzE")],
+            vec![("tracestate", None)],
+        ),
+    ];
+    let app = HttpApp::start();
+    let (fast, fast_addr) = Eventscope::http_sidecar(&app.addr, &["--service", "policy"], &[("OTEL_TRACES_EXPORTER", "none")]);
+    let (hyper, hyper_addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "policy"],
+        &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__HTTP__FAST_PATH", "false")],
+    );
+    for (path, addr) in [("fast path", &fast_addr), ("hyper", &hyper_addr)] {
+        for (what, sent, expected) in &cases {
+            let mut request = String::from("GET /anything HTTP/1.1\r\nHost: x\r\n");
+            for (k, v) in sent {
+                request.push_str(&format!("{k}: {v}\r\n"));
+            }
+            if !sent.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+                request.push_str("Connection: close\r\n");
+            }
+            request.push_str("\r\n");
+            let mut s = TcpStream::connect(addr.as_str()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and a Content-Length body (the keep-alive case does not close).
+            let body = loop {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "{path}, {what}: closed early: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&answer).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap();
+                    if body.len() >= len {
+                        break body[..len].to_string();
+                    }
+                }
+            };
+            let context = echo_header(&body, "traceparent").unwrap_or_default();
+            assert!(context.starts_with("00-"), "{path}, {what}: traceparent {context:?}");
+            for (name, want) in expected {
+                assert_eq!(echo_header(&body, name).as_deref(), *want, "{path}, {what}: {name} in {body}");
+            }
+        }
+    }
+    drop((fast, hyper));
+}

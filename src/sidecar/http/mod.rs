@@ -22,6 +22,7 @@
 //!   not send a head within `header_read_timeout` are closed; all counted. Connections are limited.
 
 mod h1;
+pub mod headers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::uri::{Authority, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -353,13 +354,6 @@ impl HttpProxy {
         let host = (!req.headers().contains_key(HOST))
             .then(|| authority_or_host.map(String::from))
             .flatten();
-        if let Ok(v) = HeaderValue::from_bytes(traceparent.as_bytes()) {
-            req.headers_mut().insert(TRACEPARENT, v);
-        }
-        if !continued {
-            // A new trace owns no vendor state from an invalid parent.
-            req.headers_mut().remove(TRACESTATE);
-        }
 
         // To the application: HTTP/1.1 (or HTTP/2 as configured), Host kept (from :authority for HTTP/2
         // requests).
@@ -376,8 +370,7 @@ impl HttpProxy {
                 req.headers_mut().insert(HOST, v);
             }
         }
-        strip_hop_by_hop(req.headers_mut(), upgrade);
-        forwarded_for(req.headers_mut(), peer);
+        headers::request_to_application(req.headers_mut(), continued, upgrade, traceparent.as_str(), Some(peer));
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(self.upstream.clone());
@@ -431,7 +424,7 @@ impl HttpProxy {
                         tokio::spawn(tunnel(client_side, app_side, held));
                     }
                 } else {
-                    strip_hop_by_hop(resp.headers_mut(), false);
+                    headers::response_to_client(resp.headers_mut());
                 }
                 Ok(done.relay(resp))
             }
@@ -532,15 +525,10 @@ impl HttpProxy {
             // Only plain HTTP can carry trace context; HTTPS goes through CONNECT.
             return Ok(done.local(StatusCode::BAD_REQUEST));
         }
-        if let Ok(v) = HeaderValue::from_bytes(crate::telemetry::traces::traceparent(&span.context).as_bytes()) {
-            req.headers_mut().insert(TRACEPARENT, v);
-        }
-        if !continued {
-            req.headers_mut().remove(TRACESTATE);
-        }
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        strip_hop_by_hop(req.headers_mut(), upgrade);
+        let context = crate::telemetry::traces::traceparent(&span.context);
+        headers::request_to_application(req.headers_mut(), continued, upgrade, context.as_str(), None);
         req.headers_mut().remove("proxy-authorization");
         if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
             req.headers_mut().insert(HOST, v);
@@ -604,74 +592,14 @@ fn protocol_version(v: Version) -> &'static str {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that no hop passes on as they came, besides those a `Connection`
 /// header names. `Transfer-Encoding` and `TE` are left to each path: their rules differ by direction.
-const HOP_BY_HOP: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "trailer", "upgrade"];
-
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// The tokens of a `Connection` header value (`close`, `upgrade`, names of hop-by-hop headers).
-fn connection_tokens(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|t| !t.is_empty())
-}
-
 /// An HTTP/1.1 upgrade request (`Connection: upgrade` with an `Upgrade` header).
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && req.headers().get_all(CONNECTION).iter().any(|v| {
             v.to_str()
-                .is_ok_and(|s| connection_tokens(s).any(|t| t.eq_ignore_ascii_case("upgrade")))
+                .is_ok_and(|s| headers::connection_tokens(s).any(|t| t.eq_ignore_ascii_case("upgrade")))
         })
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the standard ones and those named in `Connection`.
-/// An upgrade keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = if !headers.contains_key(CONNECTION) {
-        Vec::new()
-    } else {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(connection_tokens)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == UPGRADE))
-            .collect()
-    };
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        // An upgrade keeps its `Upgrade`, and `Connection` is set to it below.
-        if !(keep_upgrade && (n == "connection" || n == "upgrade")) {
-            headers.remove(n);
-        }
-    }
-    headers.remove(http::header::TRANSFER_ENCODING);
-    // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC requires it: keep it, drop the others.
-    if headers.get("te").is_some_and(|v| v != "trailers") {
-        headers.remove("te");
-    }
-    if keep_upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// `X-Forwarded-For` (the client's address appended) and `X-Forwarded-Proto`, as Envoy and nginx set them.
-fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
-    }
-    headers
-        .entry(HeaderName::from_static("x-forwarded-proto"))
-        .or_insert(HeaderValue::from_static("http"));
 }
 
 /// A client connection's place under `max_connections` and in the connections gauge, for as long as the
@@ -924,45 +852,5 @@ impl Drop for Observed {
         if let Some(d) = self.done.take() {
             d.complete(false);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("gzip"));
-        h.insert(
-            "traceparent",
-            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        );
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("traceparent"));
-    }
-
-    #[test]
-    fn upgrade_keeps_its_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
-        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        forwarded_for(&mut h, "192.0.2.7:5555".parse().unwrap());
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
     }
 }

@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{connection_tokens, is_hop_by_hop, local_text, Completion, HttpProxy, Inbound, SeriesCache};
+use super::headers::{self, connection_tokens};
+use super::{local_text, Completion, HttpProxy, Inbound, SeriesCache};
 use crate::telemetry::http::HttpErrorKind;
 
 /// Headers per message, as hyper's server allows.
@@ -325,12 +326,6 @@ enum Parsed {
     Other,
 }
 
-/// Request headers the application never gets from the client as they are: hop-by-hop ones (RFC 9110
-/// §7.6.1) and the ones the proxy sets.
-fn request_header_dropped(name: &str) -> bool {
-    is_hop_by_hop(name) || name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("x-forwarded-for")
-}
-
 fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr, peer_ip: &str) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -425,28 +420,15 @@ fn plan(proxy: &Arc<HttpProxy>, buf: &[u8], peer: SocketAddr, peer_ip: &str) -> 
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
-        if request_header_dropped(h.name)
-            || named.iter().any(|t| h.name.eq_ignore_ascii_case(t))
-            // A continued trace keeps its vendor state (every tracestate header); a new one owns none.
-            || (!continued && h.name.eq_ignore_ascii_case("tracestate"))
-            // `TE: trailers` is the one TE value kept (gRPC requires it).
-            || (h.name.eq_ignore_ascii_case("te") && h.value != b"trailers")
-        {
+        if !headers::request_keeps(h.name, h.value, &named, continued) {
             continue;
         }
         header(&mut head, h.name, h.value);
     }
     header(&mut head, "traceparent", context.as_bytes());
-    // X-Forwarded-For with the client's address appended, X-Forwarded-Proto if absent (as Envoy, nginx).
-    head.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = xff {
-        head.extend_from_slice(prior.as_bytes());
-        head.extend_from_slice(b", ");
-    }
-    head.extend_from_slice(peer_ip.as_bytes());
-    head.extend_from_slice(b"\r\n");
+    header(&mut head, "x-forwarded-for", headers::forwarded_for(xff, peer_ip).as_bytes());
     if !has_proto {
-        head.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        header(&mut head, "x-forwarded-proto", headers::FORWARDED_PROTO.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     let method_kind = match method {
@@ -671,12 +653,6 @@ async fn send_and_read_head(app: &mut TcpStream, request: &[u8], rbuf: &mut Byte
     }
 }
 
-/// Response headers the client never gets: hop-by-hop ones (`Transfer-Encoding` stays: the body is
-/// relayed as it came).
-fn response_header_dropped(name: &str) -> bool {
-    is_hop_by_hop(name) || name.eq_ignore_ascii_case("te")
-}
-
 /// The response head in `buf`, if complete; its framing by RFC 9112 §6.3.
 fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, Failure> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -734,8 +710,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        if response_header_dropped(h.name)
-            || named.iter().any(|t| h.name.eq_ignore_ascii_case(t))
+        if !headers::response_keeps(h.name, &named)
             // With Transfer-Encoding, Content-Length means nothing and must not reach the client
             // (RFC 9112 §6.3).
             || (chunked.is_some() && h.name.eq_ignore_ascii_case("content-length"))
@@ -879,160 +854,4 @@ fn chunk_step(state: Chunk, c: u8) -> Result<Chunk, ()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body_end(framing: Framing, input: &[u8], step: usize) -> Result<usize, ()> {
-        let mut f = Framer::new(framing);
-        let mut total = 0;
-        for piece in input.chunks(step) {
-            let n = f.feed(piece)?;
-            total += n;
-            if f.done() {
-                break;
-            }
-            assert_eq!(n, piece.len(), "a body that is not done takes all it is given");
-        }
-        if !f.done() && !matches!(f, Framer::UntilClose) {
-            return Err(());
-        }
-        Ok(total)
-    }
-
-    #[test]
-    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
-        let body = b"4\r\nWiki\r\n5;name=value\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
-        let next = b"HTTP/1.1 200 OK\r\n";
-        let input = [&body[..], next].concat();
-        for step in [1, 2, 3, 7, 1000] {
-            assert_eq!(body_end(Framing::Chunked, &input, step), Ok(body.len()), "step {step}");
-        }
-        let empty = b"0\r\n\r\n";
-        assert_eq!(body_end(Framing::Chunked, empty, 1), Ok(empty.len()));
-    }
-
-    #[test]
-    fn broken_chunked_framing_is_an_error_not_a_guess() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"4\r\nWikiXX",
-            b"4\nWiki\r\n",
-            b"\r\n",
-            b"10000000000000000\r\n",
-            b"0\r\nbad\nheader\r\n\r\n",
-        ] {
-            assert_eq!(body_end(Framing::Chunked, bad, 1), Err(()), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn length_bodies_take_exactly_their_length() {
-        assert_eq!(body_end(Framing::Length(5), b"helloHTTP", 3), Ok(5));
-        assert_eq!(body_end(Framing::Empty, b"HTTP", 3), Ok(0));
-    }
-
-    #[test]
-    fn response_framing_follows_rfc_9112() {
-        let parsed = |head: &str, head_request: bool| parse_response(head.as_bytes(), head_request).ok().flatten();
-        let framing = |head: &str, head_request: bool| parsed(head, head_request).map(|h| (h.framing, h.app_closes));
-        // What the client gets of a complete response head.
-        let relayed = |head: &str| String::from_utf8(parsed(head, false).unwrap().out).unwrap();
-        let ok = "HTTP/1.1 200 OK\r\n";
-        assert_eq!(
-            framing(&format!("{ok}Content-Length: 3\r\n\r\n"), false),
-            Some((Framing::Length(3), false))
-        );
-        assert_eq!(
-            framing(&format!("{ok}Content-Length: 3\r\n\r\n"), true),
-            Some((Framing::Empty, false))
-        );
-        assert_eq!(
-            framing(&format!("{ok}Transfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"), false),
-            Some((Framing::Chunked, false))
-        );
-        assert_eq!(framing(&format!("{ok}\r\n"), false), Some((Framing::UntilClose, true)));
-        assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n", false), Some((Framing::Empty, false)));
-        assert_eq!(
-            framing(&format!("{ok}Connection: close\r\nContent-Length: 0\r\n\r\n"), false),
-            Some((Framing::Length(0), true))
-        );
-        assert_eq!(
-            framing("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
-            Some((Framing::Length(0), true))
-        );
-        assert!(parse_response(format!("{ok}Content-Length: 3\r\nContent-Length: 4\r\n\r\n").as_bytes(), false).is_err());
-        assert!(parse_response(format!("{ok}Content-Length: -3\r\n\r\n").as_bytes(), false).is_err());
-        // Hop-by-hop headers do not reach the client; the ones Connection names neither.
-        assert_eq!(
-            relayed(&format!(
-                "{ok}Connection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n"
-            )),
-            "HTTP/1.1 200 OK\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n"
-        );
-        // Chunked wins over Content-Length, which the client does not get.
-        assert_eq!(
-            relayed(&format!("{ok}Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")),
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_deadline_moved_within_the_slack_fires_at_the_new_time_not_the_old() {
-        let started = tokio::time::Instant::now();
-        let mut d = Deadline::new();
-        d.set(Duration::from_millis(50));
-        // Later by less than the slack: the timer stays armed at 50 ms, and moves on when it fires.
-        d.set(Duration::from_millis(150));
-        d.expired().await;
-        assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
-        // Earlier: re-armed at once.
-        d.set(Duration::from_secs(3600));
-        d.set(Duration::from_millis(10));
-        let again = tokio::time::Instant::now();
-        d.expired().await;
-        assert!(again.elapsed() < Duration::from_secs(60));
-    }
-
-    /// The application's bytes are untrusted too: arbitrary input never panics the response parser or
-    /// the chunked decoder (a deterministic stream of random and mutated well-formed inputs).
-    #[test]
-    fn arbitrary_response_bytes_never_panic() {
-        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
-        let seeds: [&[u8]; 3] = [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
-            b"HTTP/1.0 103 Early\r\nConnection: close, x\r\nX: 1\r\n\r\n",
-            b"ffffffffffffffff\r\n\r\n",
-        ];
-        for i in 0..20_000 {
-            let mut input = seeds[i % seeds.len()].to_vec();
-            for _ in 0..(next() % 8) {
-                let at = (next() as usize) % input.len();
-                match next() % 3 {
-                    0 => input[at] = next() as u8,
-                    1 => input.insert(at, next() as u8),
-                    _ => {
-                        input.remove(at);
-                    }
-                }
-                if input.is_empty() {
-                    input.push(b'0');
-                }
-            }
-            let _ = parse_response(&input, i % 2 == 0);
-            let mut f = Framer::new(Framing::Chunked);
-            for piece in input.chunks(1 + (next() as usize) % 7) {
-                if f.feed(piece).is_err() || f.done() {
-                    break;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn content_length_is_digits_only() {
-        assert_eq!(parse_length(b"42"), Some(42));
-        for bad in [&b""[..], b"+4", b"4 2", b"0x10", b"1,1", b"9999999999999999999"] {
-            assert_eq!(parse_length(bad), None);
-        }
-    }
-}
+mod tests;
