@@ -2,15 +2,21 @@
 //! the records: the collector's lag seconds and the sidecar's producer metrics need only offsets,
 //! timestamps, counts and attributes. Every length is checked before use; a malformed header ends the walk.
 
-// Offsets of fields in a v2 record batch header.
-const HEADER_LEN: usize = 61;
-const OFF_LENGTH: usize = 8;
-const OFF_MAGIC: usize = 16;
-const OFF_ATTRIBUTES: usize = 21;
-const OFF_LAST_OFFSET_DELTA: usize = 23;
-const OFF_BASE_TIMESTAMP: usize = 27;
-const OFF_MAX_TIMESTAMP: usize = 35;
-const OFF_RECORD_COUNT: usize = 57;
+/// The v2 record batch header's layout (KIP-98), written once: where each field lies.
+pub mod layout {
+    pub const HEADER_LEN: usize = 61;
+    pub const OFF_LENGTH: usize = 8;
+    pub const OFF_MAGIC: usize = 16;
+    pub const OFF_CRC: usize = 17;
+    /// The CRC-32C covers everything from here to the batch's end.
+    pub const OFF_ATTRIBUTES: usize = 21;
+    pub const OFF_LAST_OFFSET_DELTA: usize = 23;
+    pub const OFF_BASE_TIMESTAMP: usize = 27;
+    pub const OFF_MAX_TIMESTAMP: usize = 35;
+    pub const OFF_RECORD_COUNT: usize = 57;
+}
+use layout::*;
+
 const ATTR_COMPRESSION: i16 = 0b111;
 const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
 const ATTR_CONTROL: i16 = 1 << 5;
@@ -24,6 +30,10 @@ pub struct Batch<'a> {
     pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub record_count: i32,
+    /// The attributes field (codec in its low 3 bits, timestamp type, transactional, control).
+    pub attributes: i16,
+    /// The CRC-32C the batch claims.
+    pub crc: u32,
     pub compressed: bool,
     pub log_append_time: bool,
     pub control: bool,
@@ -68,6 +78,8 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
             base_timestamp: be_i64(b, OFF_BASE_TIMESTAMP),
             max_timestamp: be_i64(b, OFF_MAX_TIMESTAMP),
             record_count: be_i32(b, OFF_RECORD_COUNT),
+            attributes,
+            crc: be_i32(b, OFF_CRC) as u32,
             compressed: attributes & ATTR_COMPRESSION != 0,
             log_append_time: attributes & ATTR_LOG_APPEND_TIME != 0,
             control: attributes & ATTR_CONTROL != 0,
@@ -81,6 +93,18 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
         }
         Some(batch)
     })
+}
+
+impl<'a> Batch<'a> {
+    /// The codec bits of the attributes (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn codec_bits(&self) -> i16 {
+        self.attributes & ATTR_COMPRESSION
+    }
+
+    /// The records section (after the header), as far as it was received.
+    pub fn section(&self) -> &'a [u8] {
+        &self.bytes[HEADER_LEN.min(self.bytes.len())..]
+    }
 }
 
 /// A record batch of records at `base..` with the given timestamps, for tests.

@@ -18,12 +18,8 @@ use bytes::BytesMut;
 use kafka_protocol::compression::{Compressor, Gzip, Snappy, Zstd};
 use kafka_protocol::records::Compression;
 
+use super::batch::layout::{HEADER_LEN, OFF_ATTRIBUTES, OFF_CRC, OFF_LENGTH};
 use super::batch::Batch;
-
-const HEADER_LEN: usize = 61;
-const OFF_LENGTH: usize = 8;
-const OFF_CRC: usize = 17;
-const OFF_ATTRIBUTES: usize = 21;
 
 /// Why a batch's records could not be read or rewritten.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,8 +55,7 @@ pub struct RecordRef<'a> {
 
 /// A batch's compression codec from its attributes.
 pub fn codec(batch: &Batch<'_>) -> Result<Compression, RecordError> {
-    let attributes = i16::from_be_bytes([batch.bytes[OFF_ATTRIBUTES], batch.bytes[OFF_ATTRIBUTES + 1]]);
-    Ok(match attributes & 0b111 {
+    Ok(match batch.codec_bits() {
         0 => Compression::None,
         1 => Compression::Gzip,
         2 => Compression::Snappy,
@@ -73,14 +68,12 @@ pub fn codec(batch: &Batch<'_>) -> Result<Compression, RecordError> {
 /// Checks a complete batch's CRC-32C (over everything from the attributes on).
 pub fn crc_ok(batch: &Batch<'_>) -> bool {
     let b = batch.bytes;
-    b.len() >= HEADER_LEN
-        && u32::from_be_bytes([b[OFF_CRC], b[OFF_CRC + 1], b[OFF_CRC + 2], b[OFF_CRC + 3]]) == crc32c::crc32c(&b[OFF_ATTRIBUTES..])
+    b.len() >= HEADER_LEN && batch.crc == crc32c::crc32c(&b[OFF_ATTRIBUTES..])
 }
 
 /// The records section of a complete batch, decompressed to at most `limit` bytes.
 pub fn records_section<'a>(batch: &Batch<'a>, limit: usize) -> Result<std::borrow::Cow<'a, [u8]>, RecordError> {
-    let data = &batch.bytes[HEADER_LEN.min(batch.bytes.len())..];
-    decompress(codec(batch)?, data, limit)
+    decompress(codec(batch)?, batch.section(), limit)
 }
 
 /// The records section of a complete batch whose CRC matches (else [`RecordError::Crc`]): what the
