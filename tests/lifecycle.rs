@@ -237,3 +237,29 @@ fn a_dead_broker_stalls_only_its_own_partitions() {
         "a poll takes {mean:.2} s on average with one broker silent (request_timeout 1 s)"
     );
 }
+
+/// Defect 7: the admin accept loop retried at once on errors such as EMFILE, spinning a core while the
+/// process had no file descriptor left. Out of descriptors, with connections waiting, it now backs off.
+#[test]
+fn the_admin_server_backs_off_when_out_of_file_descriptors() {
+    // A cluster nobody listens on: the collector runs, its polls fail.
+    let es = Eventscope::collector(&format!(
+        "[collector]\npoll_interval = \"10s\"\n[[clusters]]\nname = \"gone\"\nkafka = {{ \"bootstrap.servers\" = \"127.0.0.1:{}\" }}\n",
+        free_port()
+    ));
+    let pid = es.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = format!("--nofile={}:{}", open + 2, open + 2);
+    let status = tool("prlimit").args(["--pid", &pid.to_string(), &limit]).status().unwrap();
+    assert!(status.success());
+    // More connections than descriptors left: the rest wait in the backlog, and accept fails.
+    let admin = es.admin.clone();
+    let held: Vec<TcpStream> = (0..10).filter_map(|_| TcpStream::connect(&admin).ok()).collect();
+    assert!(held.len() >= 5, "connections queue in the backlog");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = es.cpu_seconds();
+    std::thread::sleep(Duration::from_millis(1500));
+    let spent = es.cpu_seconds() - before;
+    assert!(spent < 0.5, "{spent:.2} s of CPU in 1.5 s while out of descriptors: the accept loop spins");
+    drop(held);
+}
