@@ -260,6 +260,9 @@ fn the_admin_server_backs_off_when_out_of_file_descriptors() {
     let before = es.cpu_seconds();
     std::thread::sleep(Duration::from_millis(1500));
     let spent = es.cpu_seconds() - before;
-    assert!(spent < 0.5, "{spent:.2} s of CPU in 1.5 s while out of descriptors: the accept loop spins");
+    assert!(
+        spent < 0.5,
+        "{spent:.2} s of CPU in 1.5 s while out of descriptors: the accept loop spins"
+    );
     drop(held);
 }

@@ -185,23 +185,19 @@ impl ClusterCollector {
         let name = self.cfg.name.clone();
         match self.poll().await {
             Ok(snapshot) => {
-                sm.up.with_label_values(&[&name]).set(1);
-                sm.last_success
-                    .with_label_values(&[&name])
-                    .set(snapshot.taken_at_ms as f64 / 1000.0);
+                sm.up.with([&name]).set(1);
+                sm.last_success.with([&name]).set(snapshot.taken_at_ms as f64 / 1000.0);
                 self.shared.publish(self.index, Some(Arc::new(snapshot)));
             }
             Err(failed) => {
                 if let PollFailed::Metadata(e) = &failed {
                     self.error("metadata", e);
                 }
-                sm.up.with_label_values(&[&name]).set(0);
+                sm.up.with([&name]).set(0);
                 self.shared.publish(self.index, None);
             }
         }
-        sm.poll_duration
-            .with_label_values(&[&name])
-            .observe(started.elapsed().as_secs_f64());
+        sm.poll_duration.with([&name]).observe(started.elapsed().as_secs_f64());
     }
 
     async fn poll(&mut self) -> Result<Snapshot, PollFailed> {

@@ -1,9 +1,9 @@
 //! The collector's metrics about itself (poll duration, errors by kind, up, last success) and the closed
 //! set of collection error kinds.
 
-use prometheus::{GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{Histogram, HistogramOpts, Registry};
 
-use super::{counters, gauges, histograms, int_gauges, register, Spec};
+use super::{counters, gauges, histograms, int_gauges, register, Counters, Gauges, Histograms, IntGauges, Spec};
 
 use super::contract::*;
 
@@ -63,16 +63,16 @@ impl From<&crate::kafka::KafkaError> for ErrorKind {
 /// The collector role's metrics about itself.
 #[derive(Clone)]
 pub struct CollectorMetrics {
-    pub poll_duration: HistogramVec,
-    pub last_success: GaugeVec,
-    pub errors: IntCounterVec,
-    pub up: IntGaugeVec,
+    pub poll_duration: Histograms<1>,
+    pub last_success: Gauges<1>,
+    pub errors: Counters<2>,
+    pub up: IntGauges<1>,
     pub render_duration: Histogram,
 }
 
 impl CollectorMetrics {
     pub fn new(registry: &Registry) -> CollectorMetrics {
-        let cluster = &[L_CLUSTER][..];
+        let cluster = [L_CLUSTER];
         let render_duration = Histogram::with_opts(
             HistogramOpts::new(
                 RENDER_DURATION,
@@ -104,7 +104,7 @@ impl CollectorMetrics {
                 Spec {
                     name: ERRORS_TOTAL,
                     help: "Failed collection steps, by kind.",
-                    labels: &[L_CLUSTER, L_KIND],
+                    labels: [L_CLUSTER, L_KIND],
                 },
             ),
             up: int_gauges(
@@ -122,17 +122,17 @@ impl CollectorMetrics {
     /// Creates a cluster's series at their zero values, so they exist before the first event.
     pub fn init_cluster(&self, cluster: &str) {
         for kind in ErrorKind::ALL {
-            self.errors.with_label_values(&[cluster, kind.as_label()]);
+            self.errors.with([cluster, kind.as_label()]);
         }
-        self.up.with_label_values(&[cluster]).set(0);
-        self.poll_duration.with_label_values(&[cluster]);
+        self.up.with([cluster]).set(0);
+        self.poll_duration.with([cluster]);
     }
 
     /// The one place a collection error is both logged and counted.
     pub fn collection_error(&self, cluster: &str, step: &str, err: &crate::kafka::KafkaError) {
         let kind = ErrorKind::from(err);
         tracing::warn!(cluster, step, kind = kind.as_label(), error = %err, "collection step failed");
-        self.errors.with_label_values(&[cluster, kind.as_label()]).inc();
+        self.errors.with([cluster, kind.as_label()]).inc();
     }
 }
 

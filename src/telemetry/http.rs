@@ -1,9 +1,9 @@
 //! The sidecar's HTTP proxy metrics: the seed's SLI series, the proxy's own, and the closed set of its
 //! error kinds.
 
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{IntGauge, Registry};
 
-use super::{counters, histograms, register, Spec};
+use super::{counters, histograms, register, Counters, Histograms, Spec};
 
 use super::contract::*;
 
@@ -71,12 +71,12 @@ pub fn method_label(method: &hyper::Method) -> &'static str {
 /// The HTTP proxy's metrics: the seed's SLI series plus the proxy's own.
 #[derive(Clone)]
 pub struct HttpMetrics {
-    pub requests: IntCounterVec,
-    pub duration: HistogramVec,
-    pub client_requests: IntCounterVec,
-    pub client_duration: HistogramVec,
-    pub trace_context: IntCounterVec,
-    pub errors: IntCounterVec,
+    pub requests: Counters<4>,
+    pub duration: Histograms<3>,
+    pub client_requests: Counters<4>,
+    pub client_duration: Histograms<3>,
+    pub trace_context: Counters<2>,
+    pub errors: Counters<1>,
     pub connections: IntGauge,
 }
 
@@ -87,11 +87,11 @@ impl HttpMetrics {
             Spec {
                 name: HTTP_PROXY_ERRORS,
                 help: "Requests the HTTP proxy answered itself or lost, by kind.",
-                labels: &[L_KIND],
+                labels: [L_KIND],
             },
         );
         for kind in HttpErrorKind::ALL {
-            errors.with_label_values(&[kind.as_label()]);
+            errors.with([kind.as_label()]);
         }
         HttpMetrics {
             requests: counters(
@@ -99,7 +99,7 @@ impl HttpMetrics {
                 Spec {
                     name: HTTP_REQUESTS,
                     help: "HTTP requests served through the sidecar, by service, method, route template and status code.",
-                    labels: &[L_SERVICE, L_METHOD, L_ROUTE, L_STATUS],
+                    labels: [L_SERVICE, L_METHOD, L_ROUTE, L_STATUS],
                 },
             ),
             duration: histograms(
@@ -107,7 +107,7 @@ impl HttpMetrics {
                 Spec {
                     name: HTTP_REQUEST_DURATION,
                     help: "Time from a request's arrival until its response was sent in full, by service, method and route.",
-                    labels: &[L_SERVICE, L_METHOD, L_ROUTE],
+                    labels: [L_SERVICE, L_METHOD, L_ROUTE],
                 },
                 HTTP_LATENCY_BUCKETS,
             ),
@@ -116,7 +116,7 @@ impl HttpMetrics {
                 Spec {
                     name: HTTP_CLIENT_REQUESTS,
                     help: "The application's outbound HTTP requests through the sidecar, by service, method, destination (host:port) and status code.",
-                    labels: &[L_SERVICE, L_METHOD, L_DESTINATION, L_STATUS],
+                    labels: [L_SERVICE, L_METHOD, L_DESTINATION, L_STATUS],
                 },
             ),
             client_duration: histograms(
@@ -124,7 +124,7 @@ impl HttpMetrics {
                 Spec {
                     name: HTTP_CLIENT_DURATION,
                     help: "Time of the application's outbound HTTP requests, from arrival at the sidecar until the response was sent in full.",
-                    labels: &[L_SERVICE, L_METHOD, L_DESTINATION],
+                    labels: [L_SERVICE, L_METHOD, L_DESTINATION],
                 },
                 HTTP_LATENCY_BUCKETS,
             ),
@@ -133,7 +133,7 @@ impl HttpMetrics {
                 Spec {
                     name: HTTP_TRACE_CONTEXT,
                     help: "Requests by incoming W3C trace context: continued (valid traceparent), invalid (a new trace was started), absent.",
-                    labels: &[L_SERVICE, L_CONTEXT],
+                    labels: [L_SERVICE, L_CONTEXT],
                 },
             ),
             errors,
@@ -147,6 +147,6 @@ impl HttpMetrics {
     /// The one place an HTTP proxy error is both logged and counted.
     pub fn error(&self, kind: HttpErrorKind, detail: &str) {
         tracing::warn!(kind = kind.as_label(), detail, "http proxy");
-        self.errors.with_label_values(&[kind.as_label()]).inc();
+        self.errors.with([kind.as_label()]).inc();
     }
 }

@@ -1,9 +1,9 @@
 //! The sidecar's Kafka proxy metrics (relay, produce side, consume side) and the closed set of its error
 //! kinds.
 
-use prometheus::{GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::{counters, gauges, histograms, int_gauges, register, Spec};
+use super::{counters, gauges, histograms, int_gauges, register, Counters, Gauges, Histograms, IntGauges, Spec};
 
 use super::contract::*;
 use super::labels::BoundedLabel;
@@ -102,16 +102,16 @@ fn api_name(k: kafka_protocol::messages::ApiKey) -> &'static str {
 /// The sidecar proxy's metrics, registered in the process registry.
 #[derive(Clone)]
 pub struct ProxyMetrics {
-    pub requests: IntCounterVec,
-    pub duration: HistogramVec,
-    pub bytes: IntCounterVec,
+    pub requests: Counters<1>,
+    pub duration: Histograms<1>,
+    pub bytes: Counters<2>,
     pub connections: IntGauge,
     pub connections_total: IntCounter,
-    pub errors: IntCounterVec,
-    pub produced_records: IntCounterVec,
-    pub produced_bytes: IntCounterVec,
-    pub produce_duration: HistogramVec,
-    pub produce_errors: IntCounterVec,
+    pub errors: Counters<1>,
+    pub produced_records: Counters<1>,
+    pub produced_bytes: Counters<1>,
+    pub produce_duration: Histograms<1>,
+    pub produce_errors: Counters<2>,
     pub consume: ConsumeMetrics,
     pub unobserved: IntCounter,
     topics: std::sync::Arc<BoundedLabel>,
@@ -124,20 +124,20 @@ impl ProxyMetrics {
             Spec {
                 name: PROXY_ERRORS,
                 help: "Connections closed or responses left unchanged by the proxy, by kind.",
-                labels: &[L_KIND],
+                labels: [L_KIND],
             },
         );
         for kind in ProxyErrorKind::ALL {
-            errors.with_label_values(&[kind.as_label()]);
+            errors.with([kind.as_label()]);
         }
-        let topic = &[L_TOPIC][..];
+        let topic = [L_TOPIC];
         ProxyMetrics {
             requests: counters(
                 registry,
                 Spec {
                     name: PROXY_REQUESTS,
                     help: "Kafka requests relayed, by API.",
-                    labels: &[L_API],
+                    labels: [L_API],
                 },
             ),
             duration: histograms(
@@ -145,7 +145,7 @@ impl ProxyMetrics {
                 Spec {
                     name: PROXY_REQUEST_DURATION,
                     help: "Time from relaying a request to the broker until its response arrived, by API.",
-                    labels: &[L_API],
+                    labels: [L_API],
                 },
                 PROXY_LATENCY_BUCKETS,
             ),
@@ -154,7 +154,7 @@ impl ProxyMetrics {
                 Spec {
                     name: PROXY_BYTES,
                     help: "Bytes relayed, by API and direction (request, response).",
-                    labels: &[L_API, L_DIRECTION],
+                    labels: [L_API, L_DIRECTION],
                 },
             ),
             connections: register(
@@ -196,7 +196,7 @@ impl ProxyMetrics {
                 Spec {
                     name: PRODUCE_ERRORS,
                     help: "Partitions of Produce responses with an error, by topic and Kafka error name.",
-                    labels: &[L_TOPIC, L_ERROR],
+                    labels: [L_TOPIC, L_ERROR],
                 },
             ),
             consume: ConsumeMetrics::new(registry),
@@ -220,7 +220,7 @@ impl ProxyMetrics {
     /// The one place a proxy error is both logged and counted.
     pub fn error(&self, kind: ProxyErrorKind, detail: &str) {
         tracing::warn!(kind = kind.as_label(), detail, "kafka proxy");
-        self.errors.with_label_values(&[kind.as_label()]).inc();
+        self.errors.with([kind.as_label()]).inc();
     }
 }
 
@@ -228,19 +228,19 @@ impl ProxyMetrics {
 /// labels plus `source="sidecar"` where the meaning is the same.
 #[derive(Clone)]
 pub struct ConsumeMetrics {
-    pub lag: IntGaugeVec,
-    pub lag_seconds: GaugeVec,
-    pub current_offset: IntGaugeVec,
-    pub consistency: HistogramVec,
-    pub delivery_latency: HistogramVec,
-    pub delivered: IntCounterVec,
-    pub trace_context: IntCounterVec,
+    pub lag: IntGauges<5>,
+    pub lag_seconds: Gauges<5>,
+    pub current_offset: IntGauges<5>,
+    pub consistency: Histograms<4>,
+    pub delivery_latency: Histograms<1>,
+    pub delivered: Counters<2>,
+    pub trace_context: Counters<3>,
     pub untracked: IntCounter,
 }
 
 impl ConsumeMetrics {
     fn new(registry: &Registry) -> ConsumeMetrics {
-        let partition = &[L_CLUSTER, L_GROUP, L_TOPIC, L_PARTITION, L_SOURCE][..];
+        let partition = [L_CLUSTER, L_GROUP, L_TOPIC, L_PARTITION, L_SOURCE];
         let family = |f: &Family, labels| Spec {
             name: f.name,
             help: f.help,
@@ -252,7 +252,11 @@ impl ConsumeMetrics {
             current_offset: int_gauges(registry, family(&GROUP_CURRENT_OFFSET, partition)),
             consistency: histograms(
                 registry,
-                family(&CONSISTENCY_WINDOW, &[L_CLUSTER, L_GROUP, L_TOPIC, L_SOURCE]),
+                Spec {
+                    name: CONSISTENCY_WINDOW.name,
+                    help: CONSISTENCY_WINDOW.help,
+                    labels: [L_CLUSTER, L_GROUP, L_TOPIC, L_SOURCE],
+                },
                 CONSISTENCY_BUCKETS,
             ),
             delivery_latency: histograms(
@@ -260,7 +264,7 @@ impl ConsumeMetrics {
                 Spec {
                     name: DELIVERY_LATENCY,
                     help: "Time from a record's append until the sidecar delivered it to the application, by topic.",
-                    labels: &[L_TOPIC],
+                    labels: [L_TOPIC],
                 },
                 CONSISTENCY_BUCKETS,
             ),
@@ -269,7 +273,7 @@ impl ConsumeMetrics {
                 Spec {
                     name: DELIVERED_RECORDS,
                     help: "Records delivered to the application, by topic and the timestamp type its windows are measured from.",
-                    labels: &[L_TOPIC, L_TIMESTAMP_TYPE],
+                    labels: [L_TOPIC, L_TIMESTAMP_TYPE],
                 },
             ),
             trace_context: counters(
@@ -277,7 +281,7 @@ impl ConsumeMetrics {
                 Spec {
                     name: TRACE_CONTEXT_RECORDS,
                     help: "Records by trace context: continued (valid traceparent), started (new trace), invalid (header ignored), absent.",
-                    labels: &[L_TOPIC, L_DIRECTION, L_CONTEXT],
+                    labels: [L_TOPIC, L_DIRECTION, L_CONTEXT],
                 },
             ),
             untracked: register(

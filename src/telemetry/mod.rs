@@ -19,14 +19,59 @@ pub mod route;
 pub mod text;
 pub mod traces;
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// How a series is made: its name, help and labels (and buckets, for a histogram).
-pub struct Spec<'a> {
+/// How a series is made: its name, help and its `N` label names (and buckets, for a histogram).
+pub struct Spec<'a, const N: usize> {
     pub name: &'a str,
     pub help: &'a str,
-    pub labels: &'a [&'a str],
+    pub labels: [&'a str; N],
+}
+
+/// A metric family with `N` labels: the compiler checks that every use gives exactly `N` values, in the
+/// order of [`Spec::labels`] (a `prometheus` vector only finds out at run time, with a panic).
+pub struct Family<B: MetricVecBuilder, const N: usize>(MetricVec<B>);
+
+impl<B: MetricVecBuilder, const N: usize> Clone for Family<B, N> {
+    fn clone(&self) -> Self {
+        Family(self.0.clone())
+    }
+}
+
+impl<B: MetricVecBuilder, const N: usize> Family<B, N> {
+    /// The series with these label values (created at its zero value if new).
+    pub fn with(&self, values: [&str; N]) -> B::M {
+        self.0.with_label_values(&values)
+    }
+
+    /// Removes the series with these label values, if it exists.
+    pub fn remove(&self, values: [&str; N]) {
+        let _ = self.0.remove_label_values(&values);
+    }
+
+    /// Removes every series of the family.
+    pub fn reset(&self) {
+        self.0.reset()
+    }
+}
+
+/// Integer counters with `N` labels.
+pub type Counters<const N: usize> = Family<<IntCounterVec as VecBuilder>::B, N>;
+/// Integer gauges with `N` labels.
+pub type IntGauges<const N: usize> = Family<<IntGaugeVec as VecBuilder>::B, N>;
+/// Float gauges with `N` labels.
+pub type Gauges<const N: usize> = Family<<GaugeVec as VecBuilder>::B, N>;
+/// Histograms with `N` labels.
+pub type Histograms<const N: usize> = Family<<HistogramVec as VecBuilder>::B, N>;
+
+/// The builder behind a `prometheus` vector type (so the aliases above need not name it).
+pub trait VecBuilder {
+    type B: MetricVecBuilder;
+}
+
+impl<B: MetricVecBuilder> VecBuilder for MetricVec<B> {
+    type B = B;
 }
 
 /// Registers `metric` in `registry` and hands it back: the one place registration happens. A name that is
@@ -38,32 +83,35 @@ pub fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) 
 }
 
 /// A counter family, registered.
-pub fn counters(registry: &Registry, s: Spec<'_>) -> IntCounterVec {
-    register(
+pub fn counters<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Counters<N> {
+    Family(register(
         registry,
-        IntCounterVec::new(Opts::new(s.name, s.help), s.labels).expect("valid metric"),
-    )
+        IntCounterVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// An integer gauge family, registered.
-pub fn int_gauges(registry: &Registry, s: Spec<'_>) -> IntGaugeVec {
-    register(
+pub fn int_gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> IntGauges<N> {
+    Family(register(
         registry,
-        IntGaugeVec::new(Opts::new(s.name, s.help), s.labels).expect("valid metric"),
-    )
+        IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// A float gauge family, registered.
-pub fn gauges(registry: &Registry, s: Spec<'_>) -> GaugeVec {
-    register(registry, GaugeVec::new(Opts::new(s.name, s.help), s.labels).expect("valid metric"))
+pub fn gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Gauges<N> {
+    Family(register(
+        registry,
+        GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// A histogram family with the given buckets, registered.
-pub fn histograms(registry: &Registry, s: Spec<'_>, buckets: &[f64]) -> HistogramVec {
-    register(
+pub fn histograms<const N: usize>(registry: &Registry, s: Spec<'_, N>, buckets: &[f64]) -> Histograms<N> {
+    Family(register(
         registry,
-        HistogramVec::new(HistogramOpts::new(s.name, s.help).buckets(buckets.to_vec()), s.labels).expect("valid metric"),
-    )
+        HistogramVec::new(HistogramOpts::new(s.name, s.help).buckets(buckets.to_vec()), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// The series every role exports: `eventscope_build_info` and the process collector (RSS, CPU, fds).
@@ -73,10 +121,10 @@ pub fn register_process(registry: &Registry) {
         Spec {
             name: contract::BUILD_INFO,
             help: "Always 1; the version label says which eventscope runs.",
-            labels: &["version"],
+            labels: ["version"],
         },
     );
-    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    build.with([env!("CARGO_PKG_VERSION")]).set(1);
     #[cfg(target_os = "linux")]
     registry
         .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))

@@ -133,8 +133,7 @@ impl HttpProxy {
             routes: Routes::new(settings.routes.clone(), settings.max_routes),
             upstream_addr,
             destinations: crate::telemetry::labels::BoundedLabel::new(crate::telemetry::contract::MAX_DESTINATIONS),
-            context_counters: ["continued", "invalid", "absent"]
-                .map(|c| metrics.trace_context.with_label_values(&[settings.service.as_str(), c])),
+            context_counters: ["continued", "invalid", "absent"].map(|c| metrics.trace_context.with([settings.service.as_str(), c])),
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             pool: h1::Pool::new(settings.idle_timeout),
             upstream,
@@ -732,8 +731,8 @@ impl Completion {
         let elapsed = self.started.elapsed().as_secs_f64();
         let series = || {
             (
-                requests.with_label_values(&[service, self.method, &self.route, status]),
-                duration.with_label_values(&[service, self.method, &self.route]),
+                requests.with([service, self.method, &self.route, status]),
+                duration.with([service, self.method, &self.route]),
             )
         };
         match cache {

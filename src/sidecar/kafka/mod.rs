@@ -309,8 +309,8 @@ impl Proxy {
             let version = i16::from_be_bytes([frame[6], frame[7]]);
             let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
             let api = api_label(key);
-            self.metrics.requests.with_label_values(&[api]).inc();
-            self.metrics.bytes.with_label_values(&[api, "request"]).inc_by(frame.len() as u64);
+            self.metrics.requests.with([api]).inc();
+            self.metrics.bytes.with([api, "request"]).inc_by(frame.len() as u64);
             // Rewriting a large Produce request (decompress, add headers, recompress) takes milliseconds:
             // it runs on the blocking pool, so the runtime thread keeps relaying other connections.
             let (ask, frame) =
@@ -419,9 +419,9 @@ impl Proxy {
             let api = api_label(key);
             self.metrics
                 .duration
-                .with_label_values(&[api])
+                .with([api])
                 .observe(received.duration_since(sent).as_secs_f64());
-            self.metrics.bytes.with_label_values(&[api, "response"]).inc_by(4 + n as u64);
+            self.metrics.bytes.with([api, "response"]).inc_by(4 + n as u64);
             if rewrite::needs_rewrite(key) {
                 let Ok(frame) = read_rest(&mut from, &head, n as usize).await else {
                     return;

@@ -196,7 +196,7 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
             work.metrics
                 .consume
                 .trace_context
-                .with_label_values(&[label.as_str(), "produce", context])
+                .with([label.as_str(), "produce", context])
                 .inc_by(contexts[i]);
         }
     }
@@ -280,15 +280,15 @@ pub fn observe_response(
     for (topic, partition, error, _) in outcomes {
         let label = metrics.topic_label(&topic);
         if topics_seen.insert(topic.clone()) {
-            metrics.produce_duration.with_label_values(&[&label]).observe(latency);
+            metrics.produce_duration.with([&label]).observe(latency);
         }
         if error != 0 {
-            metrics.produce_errors.with_label_values(&[&label, &error_label(error)]).inc();
+            metrics.produce_errors.with([&label, &error_label(error)]).inc();
             continue;
         }
         if let Some(b) = batches.iter().find(|b| b.topic == topic && b.partition == partition) {
-            metrics.produced_records.with_label_values(&[&label]).inc_by(b.records);
-            metrics.produced_bytes.with_label_values(&[&label]).inc_by(b.bytes);
+            metrics.produced_records.with([&label]).inc_by(b.records);
+            metrics.produced_bytes.with([&label]).inc_by(b.bytes);
         }
     }
 }

@@ -274,7 +274,7 @@ impl Consumption {
                     if delivered.by_timestamp[i] > 0 {
                         self.m()
                             .delivered
-                            .with_label_values(&[label.as_str(), timestamp_type])
+                            .with([label.as_str(), timestamp_type])
                             .inc_by(delivered.by_timestamp[i]);
                     }
                 }
@@ -282,7 +282,7 @@ impl Consumption {
                     if delivered.by_context[i] > 0 {
                         self.m()
                             .trace_context
-                            .with_label_values(&[label.as_str(), "consume", context])
+                            .with([label.as_str(), "consume", context])
                             .inc_by(delivered.by_context[i]);
                     }
                 }
@@ -305,7 +305,7 @@ impl Consumption {
     ) -> Delivered {
         let mut out = Delivered::default();
         // The histogram buffered locally and flushed once, when it goes out of scope.
-        let latency = self.m().delivery_latency.with_label_values(&[label]).local();
+        let latency = self.m().delivery_latency.with([label]).local();
         for b in batch::batches(records) {
             if !b.complete || b.control || b.last_offset < from {
                 continue;
@@ -439,11 +439,7 @@ impl Consumption {
             let topic = t.name.0.to_string();
             let label = self.metrics.topic_label(&topic);
             state.windows_seen.insert((group.clone(), label.clone()), now);
-            let window = self
-                .m()
-                .consistency
-                .with_label_values(&[&self.cluster, &group, &label, "sidecar"])
-                .local();
+            let window = self.m().consistency.with([&self.cluster, &group, &label, "sidecar"]).local();
             for p in &t.partitions {
                 let Some(&offset) = ask.offsets.get(&(topic.clone(), p.partition_index)) else {
                     continue;
@@ -577,27 +573,27 @@ impl Consumption {
             let labels = [self.cluster.as_str(), group.as_str(), topic.as_str(), partition.as_str(), "sidecar"];
             match set {
                 None => {
-                    let _ = m.lag.remove_label_values(&labels);
-                    let _ = m.lag_seconds.remove_label_values(&labels);
-                    let _ = m.current_offset.remove_label_values(&labels);
+                    m.lag.remove(labels);
+                    m.lag_seconds.remove(labels);
+                    m.current_offset.remove(labels);
                 }
                 Some((offset, lag, seconds)) => {
-                    m.current_offset.with_label_values(&labels).set(offset);
+                    m.current_offset.with(labels).set(offset);
                     if let Some(lag) = lag {
-                        m.lag.with_label_values(&labels).set(lag);
+                        m.lag.with(labels).set(lag);
                     }
                     match (lag, seconds) {
                         (None, _) => {}
-                        (Some(_), Some(s)) => m.lag_seconds.with_label_values(&labels).set(s),
+                        (Some(_), Some(s)) => m.lag_seconds.with(labels).set(s),
                         (Some(_), None) => {
-                            let _ = m.lag_seconds.remove_label_values(&labels);
+                            m.lag_seconds.remove(labels);
                         }
                     }
                 }
             }
         }
         for (group, topic) in idle_windows {
-            let _ = m.consistency.remove_label_values(&[&self.cluster, &group, &topic, "sidecar"]);
+            m.consistency.remove([&self.cluster, &group, &topic, "sidecar"]);
         }
     }
 }
@@ -687,9 +683,9 @@ mod tests {
         );
         commit(&c, "readmodel", "orders", 4, SystemTime::now());
         let labels = ["c", "readmodel", "orders", "0", "sidecar"];
-        assert_eq!(c.m().lag.with_label_values(&labels).get(), 6);
-        assert!(c.m().lag_seconds.with_label_values(&labels).get() >= 2.0);
-        let h = c.m().consistency.with_label_values(&["c", "readmodel", "orders", "sidecar"]);
+        assert_eq!(c.m().lag.with(labels).get(), 6);
+        assert!(c.m().lag_seconds.with(labels).get() >= 2.0);
+        let h = c.m().consistency.with(["c", "readmodel", "orders", "sidecar"]);
         assert_eq!(h.get_sample_count(), 4);
         assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").contains("readmodel"));
     }
@@ -740,7 +736,7 @@ mod tests {
         // Later traffic measures again.
         c.fetch_response(&fetch("orders", 3, &[1000; 2], 5), 12, fetch_ask("orders", 3), SystemTime::now());
         commit(&c, "g", "orders", 4, SystemTime::now());
-        assert_eq!(c.m().lag.with_label_values(&["c", "g", "orders", "0", "sidecar"]).get(), 1);
+        assert_eq!(c.m().lag.with(["c", "g", "orders", "0", "sidecar"]).get(), 1);
     }
 
     /// Defect 4: `consumergroup` came from client requests unbounded, and consistency series were never
