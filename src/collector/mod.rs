@@ -14,6 +14,7 @@
 pub mod consistency;
 pub mod exposition;
 pub mod lag;
+pub mod saga;
 pub mod snapshot;
 pub mod status;
 
