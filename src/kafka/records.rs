@@ -238,6 +238,43 @@ fn bytes_field<'a>(b: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, Reco
     Ok(Some(v))
 }
 
+impl<'a> RecordRef<'a> {
+    /// The key and the value (`None` for null), read again from the record's bytes.
+    fn key_value(&self) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        let body = self.body;
+        let mut at = 1;
+        let (Ok(_), Ok(_)) = (varint(body, &mut at), varint(body, &mut at)) else {
+            return (None, None);
+        };
+        let key = bytes_field(body, &mut at).ok().flatten();
+        let value = bytes_field(body, &mut at).ok().flatten();
+        (key, value)
+    }
+
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key_value().0
+    }
+
+    pub fn value(&self) -> Option<&'a [u8]> {
+        self.key_value().1
+    }
+
+    /// The value of the first header named `name` (`None` when absent or null).
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        let body = self.body;
+        let mut at = self.headers_at;
+        let count = varint(body, &mut at).ok()?;
+        for _ in 0..count {
+            let key = bytes_field(body, &mut at).ok()?.unwrap_or_default();
+            let value = bytes_field(body, &mut at).ok()?;
+            if key == name {
+                return value;
+            }
+        }
+        None
+    }
+}
+
 fn parse_record(body: &[u8]) -> Result<RecordRef<'_>, RecordError> {
     let mut at = 1; // attributes
     if body.is_empty() {

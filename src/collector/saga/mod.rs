@@ -12,6 +12,8 @@
 //!   `compensated` and is reported as such ([`Transition::LateCompensation`]);
 //! - `stuck` is a state, not an end: in flight for longer than `timeout`, by the last step reached.
 
+pub mod event;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 

@@ -1,0 +1,219 @@
+//! A saga event out of a Kafka record: its correlation id and its type, found where the saga's
+//! configuration says (`correlation = "key" | "header:NAME" | "json:/pointer"`, `event_type =
+//! "header:NAME" | "json:/pointer" | "topic"`, by default the CloudEvents Kafka binding's `ce_type`
+//! header), and the trace id of its `traceparent`. The record is untrusted: an event that does not fit is
+//! a reason ([`NoFit`]), never a panic, and a value is parsed as JSON only within `max_value_bytes`.
+
+use crate::kafka::records::RecordRef;
+
+/// Where a field of the event is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Key,
+    Header(String),
+    /// A JSON pointer (RFC 6901) into the record's value.
+    Json(String),
+    Topic,
+}
+
+impl Source {
+    /// Parses `key`, `header:NAME`, `json:/pointer` or `topic`; `allowed` says which forms the key takes.
+    pub fn parse(text: &str, allowed: &[&str]) -> Result<Source, String> {
+        let source = match text.split_once(':') {
+            None if text == "key" => Source::Key,
+            None if text == "topic" => Source::Topic,
+            Some(("header", name)) if !name.is_empty() => Source::Header(name.to_string()),
+            Some(("json", pointer)) if pointer.is_empty() || pointer.starts_with('/') => Source::Json(pointer.to_string()),
+            Some(("json", pointer)) => return Err(format!("{pointer:?} is not a JSON pointer (it starts with /)")),
+            _ => return Err(format!("{text:?} is not one of: {}", allowed.join(", "))),
+        };
+        let form = match source {
+            Source::Key => "key",
+            Source::Header(_) => "header:NAME",
+            Source::Json(_) => "json:/pointer",
+            Source::Topic => "topic",
+        };
+        if allowed.contains(&form) {
+            Ok(source)
+        } else {
+            Err(format!("{text:?}: {form} is not allowed here; one of: {}", allowed.join(", ")))
+        }
+    }
+}
+
+/// How a saga's events are read.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub correlation: Source,
+    pub event_type: Source,
+    /// Values larger than this are not parsed as JSON.
+    pub max_value_bytes: usize,
+}
+
+/// Why a record is not an event of the saga (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoFit {
+    NoCorrelation,
+    NoType,
+    NotJson,
+    TooLarge,
+}
+
+impl NoFit {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            NoFit::NoCorrelation => "no_correlation",
+            NoFit::NoType => "no_type",
+            NoFit::NotJson => "not_json",
+            NoFit::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A record read as a saga event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub event_type: String,
+    pub trace_id: Option<[u8; 16]>,
+}
+
+/// A JSON scalar as text (strings as they are, numbers and booleans as JSON writes them).
+fn scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The event a record of `topic` carries, by `rules`.
+pub fn read(rules: &Rules, topic: &str, record: &RecordRef<'_>) -> Result<Event, NoFit> {
+    let wants_json = matches!(rules.correlation, Source::Json(_)) || matches!(rules.event_type, Source::Json(_));
+    let json = if wants_json {
+        let value = record.value().unwrap_or_default();
+        if value.len() > rules.max_value_bytes {
+            return Err(NoFit::TooLarge);
+        }
+        Some(serde_json::from_slice::<serde_json::Value>(value).map_err(|_| NoFit::NotJson)?)
+    } else {
+        None
+    };
+    let field = |source: &Source| -> Option<String> {
+        let text = |b: &[u8]| std::str::from_utf8(b).ok().filter(|s| !s.is_empty()).map(String::from);
+        match source {
+            Source::Key => record.key().and_then(text),
+            Source::Header(name) => record.header(name.as_bytes()).and_then(text),
+            Source::Json(pointer) => json.as_ref()?.pointer(pointer).and_then(scalar),
+            Source::Topic => Some(topic.to_string()),
+        }
+    };
+    let id = field(&rules.correlation).ok_or(NoFit::NoCorrelation)?;
+    let event_type = field(&rules.event_type).ok_or(NoFit::NoType)?;
+    let trace_id = record
+        .traceparent
+        .and_then(|tp| crate::telemetry::traces::extract(tp, None))
+        .map(|context| context.trace_id().to_bytes());
+    Ok(Event { id, event_type, trace_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::batch::batches;
+    use crate::kafka::records::{records, records_section};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+    /// One record with `key`, `value` and `headers`, in a batch, as bytes.
+    fn batch(key: Option<&'static str>, value: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: 0,
+            timestamp: 1000,
+            key: key.map(|k| bytes::Bytes::from_static(k.as_bytes())),
+            value: Some(bytes::Bytes::copy_from_slice(value)),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string().into(), Some(bytes::Bytes::copy_from_slice(v.as_bytes()))))
+                .collect(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    fn read_one(rules: &Rules, bytes: &[u8]) -> Result<Event, NoFit> {
+        let b = batches(bytes).next().unwrap();
+        let section = records_section(&b, 1 << 20).unwrap();
+        let list = records(&section, b.record_count).unwrap();
+        read(rules, "orders", &list[0])
+    }
+
+    fn rules(correlation: &str, event_type: &str) -> Rules {
+        Rules {
+            correlation: Source::parse(correlation, &["key", "header:NAME", "json:/pointer"]).unwrap(),
+            event_type: Source::parse(event_type, &["header:NAME", "json:/pointer", "topic"]).unwrap(),
+            max_value_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn correlation_and_type_are_found_where_the_saga_says() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let bytes = batch(
+            Some("order-7"),
+            br#"{"order": {"id": 42}, "kind": "OrderCreated"}"#,
+            &[
+                ("ce_type", "OrderCreated"),
+                ("ce_id", "e-1"),
+                ("traceparent", tp),
+                ("order-id", "o-9"),
+            ],
+        );
+        let e = read_one(&rules("key", "header:ce_type"), &bytes).unwrap();
+        assert_eq!((e.id.as_str(), e.event_type.as_str()), ("order-7", "OrderCreated"));
+        assert_eq!(e.trace_id.map(|t| t[0]), Some(0x0a));
+        let e = read_one(&rules("json:/order/id", "json:/kind"), &bytes).unwrap();
+        assert_eq!((e.id.as_str(), e.event_type.as_str()), ("42", "OrderCreated"));
+        let e = read_one(&rules("header:order-id", "topic"), &bytes).unwrap();
+        assert_eq!((e.id.as_str(), e.event_type.as_str()), ("o-9", "orders"));
+    }
+
+    #[test]
+    fn records_that_do_not_fit_say_why() {
+        let plain = batch(None, b"not json at all", &[]);
+        assert_eq!(read_one(&rules("key", "header:ce_type"), &plain), Err(NoFit::NoCorrelation));
+        assert_eq!(read_one(&rules("json:/id", "topic"), &plain), Err(NoFit::NotJson));
+        let keyed = batch(Some("k"), b"{}", &[]);
+        assert_eq!(read_one(&rules("key", "header:ce_type"), &keyed), Err(NoFit::NoType));
+        assert_eq!(read_one(&rules("json:/id", "topic"), &keyed), Err(NoFit::NoCorrelation));
+        let huge = batch(Some("k"), &vec![b' '; 2048], &[]);
+        assert_eq!(read_one(&rules("json:/id", "topic"), &huge), Err(NoFit::TooLarge));
+    }
+
+    #[test]
+    fn sources_are_checked() {
+        let types = ["header:NAME", "json:/pointer", "topic"];
+        assert_eq!(Source::parse("header:ce_type", &types), Ok(Source::Header("ce_type".into())));
+        assert!(Source::parse("json:id", &types).unwrap_err().contains("JSON pointer"));
+        assert!(Source::parse("key", &types).unwrap_err().contains("not allowed"));
+        assert!(Source::parse("header:", &types).is_err());
+        assert!(Source::parse("value", &types).is_err());
+    }
+}
