@@ -163,7 +163,7 @@ pub struct HttpConfig {
     /// `downstream` (the client's: HTTP/2 requests over HTTP/2, others over HTTP/1.1), as Envoy's
     /// `USE_DOWNSTREAM_PROTOCOL`.
     pub upstream_protocol: UpstreamProtocol,
-    /// Plain HTTP/1.1 requests take the fast path (`h1.rs`); `false` sends every request through
+    /// Plain HTTP/1.1 requests take the fast path (`sidecar/http/h1/`); `false` sends every request through
     /// hyper's server and client. Both follow one header policy (`sidecar::http::headers`).
     pub fast_path: bool,
 }

@@ -1,5 +1,5 @@
 //! The HTTP side's header policy, written once and used by both paths: hyper's (`HeaderMap`) and the
-//! fast path (`h1.rs`, headers as bytes). `tests/http.rs` runs one table of conformance cases against
+//! fast path (`h1/`, headers as bytes). `tests/http.rs` runs one table of conformance cases against
 //! both (`sidecar.http.fast_path` on and off).
 //!
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) never cross: the standard ones and those `Connection` names;
