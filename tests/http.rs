@@ -187,16 +187,6 @@ fn application_down_or_slow_gets_502_and_504_and_the_sidecar_stays_ready() {
     assert_eq!(errors("upstream_timeout"), Some(1.0));
 }
 
-/// Sends raw bytes and returns what the server answered before closing (or within `wait`).
-fn raw(addr: &str, bytes: &[u8], wait: Duration) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(wait)).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
-}
-
 #[test]
 fn hostile_clients_get_clear_answers_with_bounded_memory_and_labels() {
     let app = HttpApp::start();

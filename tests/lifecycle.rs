@@ -17,12 +17,7 @@ use support::*;
 
 /// Sends `request` raw and reads the whole answer until the server closes.
 fn raw_exchange(addr: &str, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
+    raw(addr, request, Duration::from_secs(15))
 }
 
 /// Defect 1 (HTTP): connection tasks were detached and only the accept loop was awaited, so SIGTERM cut

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
@@ -179,11 +178,6 @@ pub fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<std::collections::B
             ))),
         })
         .collect()
-}
-
-/// Whether a duration is above zero (for keys where zero would mean "never").
-pub fn positive(d: Duration) -> bool {
-    !d.is_zero()
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ impl Config {
                 ("header_read_timeout", h.header_read_timeout),
                 ("idle_timeout", h.idle_timeout),
             ] {
-                if !super::types::positive(d) {
+                if d.is_zero() {
                     push(format!("sidecar.http.{key}"), "must be more than 0".into());
                 }
             }

@@ -110,30 +110,36 @@ impl<'a> Batch<'a> {
 /// A record batch of records at `base..` with the given timestamps, for tests.
 #[cfg(test)]
 pub(crate) fn test_batch(base: i64, timestamps: &[i64], compression: kafka_protocol::records::Compression) -> Vec<u8> {
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
     let records: Vec<Record> = timestamps
         .iter()
         .enumerate()
-        .map(|(i, ts)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: base + i as i64,
-            // In step with the offset: the encoder starts a new batch whenever offset − sequence changes.
-            sequence: i as i32,
-            timestamp: *ts,
-            key: None,
-            value: Some(bytes::Bytes::from_static(b"hello")),
-            headers: Default::default(),
-        })
+        .map(|(i, ts)| test_record(base + i as i64, i as i32, *ts))
         .collect();
     let mut buf = bytes::BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encodable");
     buf.to_vec()
+}
+
+/// A plain record (no key or headers, value `hello`) at `offset`, for tests. `sequence` goes in step with
+/// the offset: the encoder starts a new batch whenever offset − sequence changes.
+#[cfg(test)]
+pub(crate) fn test_record(offset: i64, sequence: i32, timestamp: i64) -> kafka_protocol::records::Record {
+    kafka_protocol::records::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        sequence,
+        timestamp,
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"hello")),
+        headers: Default::default(),
+    }
 }
 
 #[cfg(test)]

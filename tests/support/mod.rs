@@ -345,6 +345,16 @@ impl Drop for HttpApp {
     }
 }
 
+/// Sends raw bytes and returns what the server answered before closing (or within `wait`).
+pub fn raw(addr: &str, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
 /// Runs curl with `args` (HTTP/1.1 unless told otherwise); returns (status, body, HTTP version).
 pub fn curl(args: &[&str]) -> (u16, String, String) {
     let out = tool("curl")

@@ -123,27 +123,18 @@ mod tests {
     use super::*;
     use crate::kafka::batch::batches;
     use crate::kafka::records::{records, records_section};
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
     /// One record with `key`, `value` and `headers`, in a batch, as bytes.
     fn batch(key: Option<&'static str>, value: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
         let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: 0,
-            timestamp: 1000,
             key: key.map(|k| bytes::Bytes::from_static(k.as_bytes())),
             value: Some(bytes::Bytes::copy_from_slice(value)),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string().into(), Some(bytes::Bytes::copy_from_slice(v.as_bytes()))))
                 .collect(),
+            ..crate::kafka::batch::test_record(0, 0, 1000)
         };
         let mut buf = bytes::BytesMut::new();
         RecordBatchEncoder::encode(

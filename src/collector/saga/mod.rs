@@ -108,6 +108,11 @@ impl Instance {
     fn missing(&self) -> u64 {
         self.done & !self.compensated
     }
+
+    /// In flight (not failed) for longer than `timeout_ms`.
+    fn stuck(&self, now_ms: i64, timeout_ms: i64) -> bool {
+        self.failed_ms.is_none() && now_ms.saturating_sub(self.started_ms) > timeout_ms
+    }
 }
 
 /// A stuck or inconsistent instance, as `/sagas` lists it.
@@ -277,7 +282,7 @@ impl Tracker {
         let (mut in_flight, mut stuck) = (HashMap::new(), HashMap::new());
         for inst in self.instances.values().filter(|i| i.failed_ms.is_none()) {
             let step = self.step_name(inst.last_step).to_string();
-            if now_ms.saturating_sub(inst.started_ms) > self.spec.timeout_ms {
+            if inst.stuck(now_ms, self.spec.timeout_ms) {
                 *stuck.entry(step.clone()).or_insert(0) += 1;
             }
             *in_flight.entry(step).or_insert(0) += 1;
@@ -290,7 +295,7 @@ impl Tracker {
         let mut out: Vec<Listed> = self
             .instances
             .iter()
-            .filter(|(_, i)| i.inconsistent || (i.failed_ms.is_none() && now_ms.saturating_sub(i.started_ms) > self.spec.timeout_ms))
+            .filter(|(_, i)| i.inconsistent || i.stuck(now_ms, self.spec.timeout_ms))
             .map(|(id, i)| Listed {
                 id: id.clone(),
                 inconsistent: i.inconsistent,
