@@ -68,7 +68,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let trace_metrics = crate::telemetry::traces::TraceMetrics::new(registry);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!(problems("", &p)))?;
+    let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!(problems(&p)))?;
     let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
     let mut tasks = vec![
         tokio::spawn(crate::admin::serve(
@@ -113,11 +113,8 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
 }
 
 /// `(key, reason)` problems as a user reads them: `key: reason`, one per line.
-fn problems(prefix: &str, list: &[(String, String)]) -> String {
-    list.iter()
-        .map(|(k, why)| format!("{prefix}{k}: {why}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn problems(list: &[(String, String)]) -> String {
+    list.iter().map(|(k, why)| format!("{k}: {why}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Tells every task to stop and waits for them, at most `grace`.

@@ -17,11 +17,9 @@ pub enum FrameError {
     Bad(ProxyErrorKind, String),
 }
 
-/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
-    let n = i32::from_be_bytes(len);
+/// A frame's length prefix, checked before anything is allocated for it: at least `min`, at most `max`.
+pub fn checked_length(prefix: [u8; 4], min: usize, max: usize) -> Result<usize, FrameError> {
+    let n = i32::from_be_bytes(prefix);
     if n < 0 || (n as usize) < min {
         return Err(FrameError::Bad(
             ProxyErrorKind::MalformedFrame,
@@ -34,11 +32,19 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize
             format!("frame of {n} bytes exceeds {max}"),
         ));
     }
+    Ok(n as usize)
+}
+
+/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
+    let n = checked_length(len, min, max)?;
     // Filled by reading, not zeroed first: the length is already checked against the maximum.
-    let mut buf = BytesMut::with_capacity(4 + n as usize);
+    let mut buf = BytesMut::with_capacity(4 + n);
     buf.extend_from_slice(&len);
     let mut body = r.take(n as u64);
-    while buf.len() < 4 + n as usize {
+    while buf.len() < 4 + n {
         if body.read_buf(&mut buf).await.map_err(|_| FrameError::Closed)? == 0 {
             return Err(FrameError::Closed);
         }

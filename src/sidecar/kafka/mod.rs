@@ -45,7 +45,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::SidecarConfig;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
-use frame::{read_frame, read_rest, stream, FrameError};
+use frame::{checked_length, read_frame, read_rest, stream, FrameError};
 use kafka_protocol::messages::ApiKey;
 use listeners::Listeners;
 use observer::{Observation, Observer};
@@ -372,16 +372,14 @@ impl Proxy {
             if from.read_exact(&mut head[..4]).await.is_err() {
                 return;
             }
-            let n = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            if n < 4 || n as usize > max {
-                let (kind, why) = if n < 4 {
-                    (ProxyErrorKind::MalformedFrame, format!("frame of {n} bytes is too short"))
-                } else {
-                    (ProxyErrorKind::OversizedFrame, format!("frame of {n} bytes exceeds {max}"))
-                };
-                self.metrics.error(kind, &format!("response: {why}"));
-                return;
-            }
+            let n = match checked_length([head[0], head[1], head[2], head[3]], 4, max) {
+                Ok(n) => n,
+                Err(FrameError::Bad(kind, why)) => {
+                    self.metrics.error(kind, &format!("response: {why}"));
+                    return;
+                }
+                Err(FrameError::Closed) => return,
+            };
             if from.read_exact(&mut head[4..]).await.is_err() {
                 return;
             }
@@ -411,7 +409,7 @@ impl Proxy {
                     ProxyErrorKind::MalformedFrame,
                     &format!("response to unknown correlation id {correlation}"),
                 );
-                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n as usize - 4, None).await.is_err() {
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, None).await.is_err() {
                     return;
                 }
                 continue;
@@ -423,7 +421,7 @@ impl Proxy {
                 .observe(received.duration_since(sent).as_secs_f64());
             self.metrics.bytes.with([api, "response"]).inc_by(4 + n as u64);
             if rewrite::needs_rewrite(key) {
-                let Ok(frame) = read_rest(&mut from, &head, n as usize).await else {
+                let Ok(frame) = read_rest(&mut from, &head, n).await else {
                     return;
                 };
                 let out = match rewrite::rewrite(key, version, &frame.slice(4..), &self) {
@@ -443,15 +441,15 @@ impl Proxy {
             let permit = if matches!(ask, Ask::None) {
                 None
             } else {
-                let permit = self.observer.reserve(n as usize);
+                let permit = self.observer.reserve(n);
                 if permit.is_none() {
                     self.metrics.unobserved.inc();
                 }
                 permit
             };
-            let frame = if n as usize <= STREAM_ABOVE {
+            let frame = if n <= STREAM_ABOVE {
                 // Small: read whole, written in one go (one packet), shared with the observer as is.
-                let Ok(frame) = read_rest(&mut from, &head, n as usize).await else {
+                let Ok(frame) = read_rest(&mut from, &head, n).await else {
                     return;
                 };
                 if to.write_all(&frame).await.is_err() {
@@ -460,11 +458,11 @@ impl Proxy {
                 permit.is_some().then_some(frame)
             } else {
                 let mut copy = permit.as_ref().map(|_| {
-                    let mut b = self.observer.buffer(4 + n as usize);
+                    let mut b = self.observer.buffer(4 + n);
                     b.extend_from_slice(&head);
                     b
                 });
-                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n as usize - 4, copy.as_mut()).await.is_err() {
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, copy.as_mut()).await.is_err() {
                     return;
                 }
                 copy.map(BytesMut::freeze)
