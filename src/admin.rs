@@ -1,5 +1,6 @@
 //! The admin HTTP server (hyper), apart from the data path: `/metrics` in the Prometheus text format,
-//! `/healthz` (the process is alive) and `/readyz` (every cluster has had one successful collection).
+//! `/healthz` (the process is alive), `/readyz` (every cluster has had one successful collection) and
+//! the JSON listings a collection offers (`/sagas`).
 //!
 //! It has a state of its own, [`State`]: the process registry (every role's registered series) and, in
 //! the collector role, the [`Collection`] whose snapshots it renders. It knows no role.
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// Admin connections at once: scrapers and probes are few; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -39,6 +41,11 @@ pub trait Collection: Send + Sync + 'static {
     fn render(&self) -> Bytes;
     /// What readiness still waits for (empty: ready).
     fn waiting(&self) -> Vec<String>;
+    /// A JSON listing at `path` (`/sagas`) for the query string: `None` when there is none at that path,
+    /// `Err` with the reason for a bad query.
+    fn listing(&self, _path: &str, _query: Option<&str>) -> Option<Result<Bytes, String>> {
+        None
+    }
 }
 
 /// What the admin server serves.
@@ -61,6 +68,10 @@ impl State {
 
     fn waiting(&self) -> Vec<String> {
         self.collection.as_ref().map(|c| c.waiting()).unwrap_or_default()
+    }
+
+    fn listing(&self, path: &str, query: Option<&str>) -> Option<Result<Bytes, String>> {
+        self.collection.as_ref()?.listing(path, query)
     }
 }
 
@@ -129,9 +140,17 @@ async fn handle(req: Request<Incoming>, state: State) -> Result<Response<BoxBody
             }
         }
         (_, "/metrics" | "/healthz" | "/readyz") => Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new())),
-        _ => Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(full(Bytes::from_static(b"not found: try /metrics, /healthz, /readyz\n"))),
+        (method, path) => match state.listing(path, req.uri().query()) {
+            Some(_) if method != Method::GET => Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new())),
+            Some(Ok(json)) => Response::builder().header("content-type", JSON).body(full(json)),
+            Some(Err(why)) => Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .header("content-type", JSON)
+                .body(full(Bytes::from(serde_json::json!({ "error": why }).to_string()))),
+            None => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(full(Bytes::from_static(b"not found: try /metrics, /healthz, /readyz, /sagas\n"))),
+        },
     };
     Ok(response.unwrap_or_else(|_| Response::new(full(Bytes::new()))))
 }

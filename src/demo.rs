@@ -86,7 +86,7 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
     };
     let registry = prometheus::Registry::new();
     crate::telemetry::register_process(&registry);
-    let shared = Published::new(vec!["demo".into()], CollectorMetrics::new(&registry));
+    let shared = Published::new(vec!["demo".into()], CollectorMetrics::new(&registry), &[]);
     let admin = crate::admin::State::new(registry, Some(shared.clone()));
     let (tx, rx) = watch::channel(false);
     let tasks = vec![

@@ -40,13 +40,14 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     let shared = Published::new(
         config.clusters.iter().map(|c| c.name.clone()).collect(),
         CollectorMetrics::new(&registry),
+        &config.sagas.iter().map(|s| (s.cluster.clone(), s.name.clone())).collect::<Vec<_>>(),
     );
     let (tx, rx) = watch::channel(false);
-    let mut tasks = collector::spawn_all(&config, &shared, &rx);
+    let mut tasks = collector::spawn_all(&config, &shared, &registry, &rx);
     let admin = crate::admin::State::new(registry, Some(shared.clone()));
     tasks.push(tokio::spawn(crate::admin::serve(listener, admin, rx.clone())));
     tasks.push(crate::memory::spawn_release(rx.clone()));
-    tracing::info!(%addr, clusters = config.clusters.len(), "collector running");
+    tracing::info!(%addr, clusters = config.clusters.len(), sagas = config.sagas.len(), "collector running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
     Ok(())

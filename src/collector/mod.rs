@@ -649,13 +649,15 @@ impl ClusterCollector {
     }
 }
 
-/// Spawns one collector per cluster; returns their join handles.
+/// Spawns one collector per cluster and one reader per saga (their series registered in `registry`);
+/// returns their join handles.
 pub fn spawn_all(
     config: &crate::config::Config,
     shared: &Arc<Published>,
+    registry: &prometheus::Registry,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    config
+    let mut tasks: Vec<_> = config
         .clusters
         .iter()
         .enumerate()
@@ -663,7 +665,26 @@ pub fn spawn_all(
             let collector = ClusterCollector::new(i, c.clone(), config.collector.clone(), shared.clone());
             tokio::spawn(collector.run(shutdown.clone()))
         })
-        .collect()
+        .collect();
+    if !config.sagas.is_empty() {
+        let metrics = crate::telemetry::saga::SagaMetrics::new(registry);
+        for (i, saga) in config.sagas.iter().enumerate() {
+            let Some(cluster) = config.clusters.iter().find(|c| c.name == saga.cluster) else {
+                continue;
+            };
+            let reader = saga::reader::Reader::new(
+                i,
+                saga.clone(),
+                cluster,
+                &config.collector,
+                metrics.clone(),
+                shared.metrics().clone(),
+                shared.sagas().clone(),
+            );
+            tasks.push(tokio::spawn(reader.run(shutdown.clone())));
+        }
+    }
+    tasks
 }
 
 #[cfg(test)]

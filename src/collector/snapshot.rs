@@ -67,18 +67,21 @@ struct ClusterSlot {
 /// The clusters' latest snapshots, and their exposition rendered once per new snapshot.
 pub struct Published {
     metrics: CollectorMetrics,
+    sagas: Arc<super::saga::board::Board>,
     clusters: Vec<ClusterSlot>,
     version: AtomicU64,
     cache: Mutex<(u64, Bytes)>,
 }
 
 impl Published {
-    pub fn new(names: Vec<String>, metrics: CollectorMetrics) -> Arc<Published> {
+    /// The slots of the `names` clusters and of the sagas, `(cluster, saga)`.
+    pub fn new(names: Vec<String>, metrics: CollectorMetrics, sagas: &[(String, String)]) -> Arc<Published> {
         for n in &names {
             metrics.init_cluster(n);
         }
         Arc::new(Published {
             metrics,
+            sagas: Arc::new(super::saga::board::Board::new(sagas)),
             clusters: names
                 .into_iter()
                 .map(|name| ClusterSlot {
@@ -94,6 +97,11 @@ impl Published {
 
     pub fn metrics(&self) -> &CollectorMetrics {
         &self.metrics
+    }
+
+    /// What `/sagas` lists.
+    pub fn sagas(&self) -> &Arc<super::saga::board::Board> {
+        &self.sagas
     }
 
     /// Replaces cluster `index`'s snapshot (`None`: withdraws it).
@@ -135,5 +143,10 @@ impl crate::admin::Collection for Published {
             .filter(|c| !c.ready.load(Ordering::Relaxed))
             .map(|c| c.name.clone())
             .collect()
+    }
+
+    fn listing(&self, path: &str, query: Option<&str>) -> Option<Result<Bytes, String>> {
+        use super::saga::board::Query;
+        (path == "/sagas").then(|| Query::parse(query).map(|q| self.sagas.json(&q, crate::kafka::now_ms())))
     }
 }

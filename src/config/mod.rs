@@ -17,6 +17,7 @@
 //! Any problem makes the process exit with code 64 (`EX_USAGE`). Each role takes its section as it is.
 
 pub mod load;
+pub mod saga;
 pub mod types;
 pub mod validate;
 
@@ -29,6 +30,7 @@ use serde::Deserialize;
 
 use crate::kafka::Security;
 use crate::telemetry::route::Template;
+pub use saga::{SagaConfig, Source};
 use types::{address, duration, optional_address, optional_host_port, scalar_map};
 pub use types::{HostPort, LogLevel, Pattern, Servers};
 
@@ -47,6 +49,8 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// The Kafka clusters to watch (collector role); at least one for that role.
     pub clusters: Vec<ClusterConfig>,
+    /// The sagas the collector follows from their events (collector role).
+    pub sagas: Vec<SagaConfig>,
     /// The sidecar role: a Kafka protocol proxy and an HTTP reverse proxy beside the application.
     pub sidecar: Option<SidecarConfig>,
 }

@@ -141,6 +141,19 @@ impl Config {
                 );
             }
         }
+        let cluster_names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).filter(|n| !n.is_empty()).collect();
+        let mut saga_names = HashSet::new();
+        for (i, saga) in self.sagas.iter().enumerate() {
+            for (key, reason) in saga.problems(&cluster_names) {
+                push(format!("sagas[{i}].{key}"), reason);
+            }
+            if !saga.name.is_empty() && !saga_names.insert((saga.cluster.as_str(), saga.name.as_str())) {
+                push(
+                    format!("sagas[{i}].name"),
+                    format!("{:?} is used by another saga of this cluster", saga.name),
+                );
+            }
+        }
         out
     }
 

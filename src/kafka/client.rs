@@ -436,6 +436,18 @@ impl ClusterClient {
         partitions: &[(Tp, i64)],
         partition_max_bytes: i32,
     ) -> Result<HashMap<Tp, FetchedPartition>, KafkaError> {
+        self.fetch(node, partitions, partition_max_bytes, 0).await
+    }
+
+    /// One Fetch on a leader, as [`ClusterClient::fetch_at`], that waits up to `max_wait_ms` for a
+    /// first byte when there is nothing new (a reader that follows the log).
+    pub async fn fetch(
+        &self,
+        node: i32,
+        partitions: &[(Tp, i64)],
+        partition_max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<HashMap<Tp, FetchedPartition>, KafkaError> {
         let conn = self.broker(node).await?;
         let version = conn.require_version::<FetchRequest>(FETCH_MAX)?;
         let mut by_topic: BTreeMap<Arc<str>, Vec<(i32, i64)>> = BTreeMap::new();
@@ -465,8 +477,8 @@ impl ClusterClient {
         let max_bytes = partition_max_bytes.saturating_mul(partitions.len() as i32).max(partition_max_bytes);
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(0)
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(i32::from(max_wait_ms > 0))
             .with_max_bytes(max_bytes)
             .with_isolation_level(0)
             .with_session_id(0)

@@ -179,6 +179,49 @@ pub const HTTP_LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.75, 1.0, 2.5, 5.0, 10.0,
 ];
 
+// Sagas (collector role, `[[sagas]]`): labels bounded by the configuration (saga names, their types and
+// steps), never by the traffic.
+pub const SAGA_STARTED: &str = "eventscope_saga_started_total";
+pub const SAGA_ENDED: &str = "eventscope_saga_ended_total";
+pub const SAGA_IN_FLIGHT: &str = "eventscope_saga_in_flight";
+pub const SAGA_STUCK: &str = "eventscope_saga_stuck";
+pub const SAGA_DURATION: &str = "eventscope_saga_duration_seconds";
+pub const SAGA_STEP_DURATION: &str = "eventscope_saga_step_seconds";
+pub const SAGA_EVENTS: &str = "eventscope_saga_events_total";
+pub const SAGA_UNMATCHED: &str = "eventscope_saga_unmatched_events_total";
+pub const SAGA_EVICTED: &str = "eventscope_saga_evicted_total";
+pub const SAGA_LATE_COMPENSATIONS: &str = "eventscope_saga_late_compensations_total";
+pub const SAGA_PARTITIONS: &str = "eventscope_saga_partitions";
+pub const SAGA_UP: &str = "eventscope_saga_up";
+pub const L_SAGA: &str = "saga";
+pub const L_STEP: &str = "step";
+pub const L_TYPE: &str = "type";
+pub const L_REASON: &str = "reason";
+
+/// Buckets of a saga's duration and of its steps: a step takes milliseconds to seconds, a saga seconds to
+/// the minutes of its `timeout`; past an hour it is an incident whatever its exact value.
+pub const SAGA_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// What the collector adds for `[[sagas]]`.
+pub fn saga_names() -> Vec<&'static str> {
+    vec![
+        SAGA_STARTED,
+        SAGA_ENDED,
+        SAGA_IN_FLIGHT,
+        SAGA_STUCK,
+        SAGA_DURATION,
+        SAGA_STEP_DURATION,
+        SAGA_EVENTS,
+        SAGA_UNMATCHED,
+        SAGA_EVICTED,
+        SAGA_LATE_COMPENSATIONS,
+        SAGA_PARTITIONS,
+        SAGA_UP,
+    ]
+}
+
 /// The histogram families: exported as `<name>_bucket`, `<name>_sum` and `<name>_count`.
 pub const HISTOGRAMS: &[&str] = &[
     HTTP_REQUEST_DURATION,
@@ -189,6 +232,8 @@ pub const HISTOGRAMS: &[&str] = &[
     PROXY_REQUEST_DURATION,
     PRODUCE_DURATION,
     DELIVERY_LATENCY,
+    SAGA_DURATION,
+    SAGA_STEP_DURATION,
 ];
 
 /// Buckets of the proxied request latency (upstream round trip seen by the sidecar): loopback and
@@ -261,6 +306,7 @@ pub fn http_outbound_names() -> Vec<&'static str> {
 /// Every metric name the program can export, in any role (for the artifact tests).
 pub fn exported_names() -> Vec<&'static str> {
     let mut v = collector_names();
+    v.extend(saga_names());
     v.extend(sidecar_names());
     v.extend(http_names());
     v.extend(http_outbound_names());
@@ -292,6 +338,7 @@ mod tests {
             POLL_DURATION_BUCKETS,
             HTTP_LATENCY_BUCKETS,
             PROXY_LATENCY_BUCKETS,
+            SAGA_BUCKETS,
         ] {
             assert!(b.windows(2).all(|w| w[0] < w[1]));
         }
@@ -301,7 +348,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_per_role() {
-        for names in [collector_names(), sidecar_names()] {
+        for names in [collector_names(), saga_names(), sidecar_names()] {
             let mut sorted = names.clone();
             sorted.sort_unstable();
             sorted.dedup();

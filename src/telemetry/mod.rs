@@ -16,6 +16,7 @@ pub mod http;
 pub mod kafka;
 pub mod labels;
 pub mod route;
+pub mod saga;
 pub mod text;
 pub mod traces;
 

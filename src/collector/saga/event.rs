@@ -4,42 +4,8 @@
 //! header), and the trace id of its `traceparent`. The record is untrusted: an event that does not fit is
 //! a reason ([`NoFit`]), never a panic, and a value is parsed as JSON only within `max_value_bytes`.
 
+pub use crate::config::Source;
 use crate::kafka::records::RecordRef;
-
-/// Where a field of the event is found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Key,
-    Header(String),
-    /// A JSON pointer (RFC 6901) into the record's value.
-    Json(String),
-    Topic,
-}
-
-impl Source {
-    /// Parses `key`, `header:NAME`, `json:/pointer` or `topic`; `allowed` says which forms the key takes.
-    pub fn parse(text: &str, allowed: &[&str]) -> Result<Source, String> {
-        let source = match text.split_once(':') {
-            None if text == "key" => Source::Key,
-            None if text == "topic" => Source::Topic,
-            Some(("header", name)) if !name.is_empty() => Source::Header(name.to_string()),
-            Some(("json", pointer)) if pointer.is_empty() || pointer.starts_with('/') => Source::Json(pointer.to_string()),
-            Some(("json", pointer)) => return Err(format!("{pointer:?} is not a JSON pointer (it starts with /)")),
-            _ => return Err(format!("{text:?} is not one of: {}", allowed.join(", "))),
-        };
-        let form = match source {
-            Source::Key => "key",
-            Source::Header(_) => "header:NAME",
-            Source::Json(_) => "json:/pointer",
-            Source::Topic => "topic",
-        };
-        if allowed.contains(&form) {
-            Ok(source)
-        } else {
-            Err(format!("{text:?}: {form} is not allowed here; one of: {}", allowed.join(", ")))
-        }
-    }
-}
 
 /// How a saga's events are read.
 #[derive(Debug, Clone)]
@@ -158,8 +124,8 @@ mod tests {
 
     fn rules(correlation: &str, event_type: &str) -> Rules {
         Rules {
-            correlation: Source::parse(correlation, &["key", "header:NAME", "json:/pointer"]).unwrap(),
-            event_type: Source::parse(event_type, &["header:NAME", "json:/pointer", "topic"]).unwrap(),
+            correlation: Source::parse(correlation, crate::config::saga::CORRELATION_FORMS).unwrap(),
+            event_type: Source::parse(event_type, crate::config::saga::TYPE_FORMS).unwrap(),
             max_value_bytes: 1024,
         }
     }
@@ -196,15 +162,5 @@ mod tests {
         assert_eq!(read_one(&rules("json:/id", "topic"), &keyed), Err(NoFit::NoCorrelation));
         let huge = batch(Some("k"), &vec![b' '; 2048], &[]);
         assert_eq!(read_one(&rules("json:/id", "topic"), &huge), Err(NoFit::TooLarge));
-    }
-
-    #[test]
-    fn sources_are_checked() {
-        let types = ["header:NAME", "json:/pointer", "topic"];
-        assert_eq!(Source::parse("header:ce_type", &types), Ok(Source::Header("ce_type".into())));
-        assert!(Source::parse("json:id", &types).unwrap_err().contains("JSON pointer"));
-        assert!(Source::parse("key", &types).unwrap_err().contains("not allowed"));
-        assert!(Source::parse("header:", &types).is_err());
-        assert!(Source::parse("value", &types).is_err());
     }
 }

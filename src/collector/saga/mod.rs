@@ -1,10 +1,11 @@
-//! Sagas followed from their events (issue 13, in progress): the state machine that turns a saga's
-//! events, keyed by correlation id, into instances and outcomes. Pure and bounded: no I/O, no clock of
-//! its own (every call says what time it is), at most `max_in_flight` instances.
+//! Sagas followed from their events: [`reader`] reads a saga's topics with the collector's own Fetch
+//! requests (from `now - lookback`, never committing, alone or sharing partitions with other replicas
+//! through a consumer group), [`event`] finds each record's correlation id and type, this module's
+//! [`Tracker`] turns them into instances and outcomes, and [`board`] holds the stuck and inconsistent
+//! instances that `/sagas` lists.
 //!
-//! Not wired yet: the reader of the saga topics (its own Fetch requests from `now - lookback`), the
-//! `[[sagas]]` configuration, the `eventscope_saga_*` series and `/sagas` come next. This module decides
-//! outcomes, exactly as issue 13 states them:
+//! The tracker is pure and bounded: no I/O, no clock of its own (every call says what time it is), at
+//! most `max_in_flight` instances. It decides outcomes exactly as issue 13 states them:
 //! - `completed`: a `complete` event;
 //! - `compensated`: a `fail` event, and every step done before it has its compensation;
 //! - `inconsistent`: failed, and a done step's compensation is still missing `compensation_grace` after
@@ -12,9 +13,12 @@
 //!   `compensated` and is reported as such ([`Transition::LateCompensation`]);
 //! - `stuck` is a state, not an end: in flight for longer than `timeout`, by the last step reached.
 
+pub mod board;
 pub mod event;
+pub mod reader;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// What a saga is made of (from `[[sagas]]`).
@@ -30,6 +34,22 @@ pub struct Spec {
     pub timeout_ms: i64,
     pub compensation_grace_ms: i64,
     pub max_in_flight: usize,
+}
+
+impl Spec {
+    /// The tracker's view of a `[[sagas]]` entry.
+    pub fn from_config(c: &crate::config::SagaConfig) -> Spec {
+        Spec {
+            start: c.start.clone(),
+            steps: c.steps.clone(),
+            complete: c.complete.clone(),
+            fail: c.fail.clone(),
+            compensations: c.compensations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timeout_ms: c.timeout.as_millis().min(i64::MAX as u128) as i64,
+            compensation_grace_ms: c.compensation_grace.as_millis().min(i64::MAX as u128) as i64,
+            max_in_flight: c.max_in_flight,
+        }
+    }
 }
 
 /// What an event type means in a saga.
@@ -51,6 +71,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Completed, Outcome::Compensated, Outcome::Inconsistent];
+
     pub fn as_label(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -68,6 +90,15 @@ pub enum Unmatched {
     /// A step, end or compensation for an id with no instance: no start seen, or the instance has
     /// already ended (completed or compensated) or was evicted.
     BeforeStart,
+}
+
+impl Unmatched {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Unmatched::UnknownType => "unknown_type",
+            Unmatched::BeforeStart => "before_start",
+        }
+    }
 }
 
 /// What an event or an evaluation changed, for the caller to count and time.
@@ -101,6 +132,11 @@ struct Instance {
     compensated: u64,
     failed_ms: Option<i64>,
     inconsistent: bool,
+    /// The partition its start was read from (all its events are there when the topics are
+    /// co-partitioned): what a replica forgets when the partition moves to another.
+    partition: i32,
+    /// The type of its last event, as an index into [`Tracker::types`].
+    last_type: u16,
     trace_id: Option<[u8; 16]>,
 }
 
@@ -122,8 +158,8 @@ pub struct Listed {
     pub inconsistent: bool,
     pub started_ms: i64,
     pub last_ms: i64,
-    /// The last step reached, or the start for an instance that reached none.
-    pub last_step: Option<String>,
+    /// The type of the last event seen.
+    pub last_event: String,
     pub missing_compensations: Vec<String>,
     pub trace_id: Option<[u8; 16]>,
 }
@@ -131,10 +167,14 @@ pub struct Listed {
 /// The instances of one saga.
 pub struct Tracker {
     spec: Spec,
-    roles: HashMap<String, Role>,
+    roles: HashMap<String, (Role, u16)>,
+    /// Every type of the saga, indexed by the `u16` of `roles`.
+    types: Vec<String>,
     instances: HashMap<Arc<str>, Instance>,
     /// Instances by start, oldest first (entries of ended instances are skipped and compacted).
     order: VecDeque<(u64, Arc<str>)>,
+    /// Failed instances by the end of their grace (entries of instances that ended since are skipped).
+    deadlines: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
     seq: u64,
 }
 
@@ -142,33 +182,71 @@ impl Tracker {
     /// A tracker for `spec` (validation has checked it: types listed once, compensations of listed
     /// steps, at most 64 steps).
     pub fn new(spec: Spec) -> Tracker {
-        let mut roles = HashMap::new();
-        for t in &spec.start {
-            roles.insert(t.clone(), Role::Start);
-        }
+        let mut listed: Vec<(String, Role)> = spec.start.iter().map(|t| (t.clone(), Role::Start)).collect();
         for (i, t) in spec.steps.iter().enumerate().take(64) {
-            roles.insert(t.clone(), Role::Step(i as u8));
+            listed.push((t.clone(), Role::Step(i as u8)));
             if let Some(c) = spec.compensations.get(t) {
-                roles.insert(c.clone(), Role::Compensation(i as u8));
+                listed.push((c.clone(), Role::Compensation(i as u8)));
             }
         }
-        for t in &spec.complete {
-            roles.insert(t.clone(), Role::Complete);
-        }
-        for t in &spec.fail {
-            roles.insert(t.clone(), Role::Fail);
+        listed.extend(spec.complete.iter().map(|t| (t.clone(), Role::Complete)));
+        listed.extend(spec.fail.iter().map(|t| (t.clone(), Role::Fail)));
+        let mut roles = HashMap::new();
+        let mut types = Vec::new();
+        for (t, role) in listed {
+            if !roles.contains_key(&t) {
+                roles.insert(t.clone(), (role, types.len() as u16));
+                types.push(t);
+            }
         }
         Tracker {
             spec,
             roles,
+            types,
             instances: HashMap::new(),
             order: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
             seq: 0,
         }
     }
 
     pub fn in_flight(&self) -> usize {
         self.instances.len()
+    }
+
+    /// Every event type of the saga (the `type` label's values).
+    pub fn types(&self) -> &[String] {
+        &self.types
+    }
+
+    /// The step labels of `in_flight` and `stuck`: the first start type (instances that reached no step),
+    /// then the steps.
+    pub fn step_labels(&self) -> Vec<&str> {
+        std::iter::once(self.step_name(None))
+            .chain(self.spec.steps.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Where an event of `event_type` goes among events with the same timestamp (read from different
+    /// partitions, their order is unknown): starts first, then steps in order, compensations, the
+    /// failure and the end; `None` for a type the saga does not list.
+    pub fn rank(&self, event_type: &str) -> Option<u8> {
+        self.roles.get(event_type).map(|(role, _)| match role {
+            Role::Start => 0,
+            Role::Step(i) => 1 + *i,
+            Role::Compensation(_) => 100,
+            Role::Fail => 101,
+            Role::Complete => 102,
+        })
+    }
+
+    /// Forgets the instances whose partition `keep` refuses (partitions that moved to another replica).
+    pub fn forget(&mut self, keep: impl Fn(i32) -> bool) {
+        self.instances.retain(|_, i| keep(i.partition));
+        let instances = &self.instances;
+        self.order.retain(|(seq, id)| instances.get(id).is_some_and(|i| i.seq == *seq));
+        self.deadlines
+            .retain(|Reverse((_, seq, id))| instances.get(id).is_some_and(|i| i.seq == *seq));
     }
 
     /// One event of instance `id`, of `event_type`, appended at `at_ms`, with the trace id of its
@@ -179,9 +257,10 @@ impl Tracker {
         event_type: &str,
         at_ms: i64,
         trace_id: Option<[u8; 16]>,
+        partition: i32,
         out: &mut Vec<Transition>,
     ) -> Result<(), Unmatched> {
-        let role = *self.roles.get(event_type).ok_or(Unmatched::UnknownType)?;
+        let (role, type_index) = *self.roles.get(event_type).ok_or(Unmatched::UnknownType)?;
         if role == Role::Start {
             if self.instances.contains_key(id) {
                 return Ok(());
@@ -199,6 +278,8 @@ impl Tracker {
                     compensated: 0,
                     failed_ms: None,
                     inconsistent: false,
+                    partition,
+                    last_type: type_index,
                     trace_id,
                 },
             );
@@ -210,6 +291,7 @@ impl Tracker {
         let inst = self.instances.get_mut(id).ok_or(Unmatched::BeforeStart)?;
         let since = (at_ms.saturating_sub(inst.last_ms)).max(0) as f64 / 1000.0;
         inst.last_ms = inst.last_ms.max(at_ms);
+        inst.last_type = type_index;
         if inst.trace_id.is_none() {
             inst.trace_id = trace_id;
         }
@@ -225,7 +307,11 @@ impl Tracker {
             Role::Complete if inst.failed_ms.is_none() => Some(Outcome::Completed),
             Role::Complete => None,
             Role::Fail => {
-                inst.failed_ms.get_or_insert(at_ms);
+                if inst.failed_ms.is_none() {
+                    inst.failed_ms = Some(at_ms);
+                    let deadline = at_ms.saturating_add(self.spec.compensation_grace_ms);
+                    self.deadlines.push(Reverse((deadline, inst.seq, Arc::from(id))));
+                }
                 (inst.missing() == 0).then_some(Outcome::Compensated)
             }
             Role::Compensation(i) => {
@@ -251,12 +337,21 @@ impl Tracker {
         Ok(())
     }
 
-    /// As of `now_ms`: failed instances past their grace become inconsistent (once each).
+    /// As of `now_ms`: failed instances past their grace become inconsistent (once each). Costs what
+    /// expired, not what is in flight; called with each event's time as events are applied in time order,
+    /// so that a state rebuilt from the topics decides exactly as the live one did.
     pub fn evaluate(&mut self, now_ms: i64, out: &mut Vec<Transition>) {
-        let grace = self.spec.compensation_grace_ms;
-        for inst in self.instances.values_mut() {
+        while let Some(Reverse((deadline, seq, _))) = self.deadlines.peek() {
+            if *deadline > now_ms {
+                break;
+            }
+            let seq = *seq;
+            let Some(Reverse((_, _, id))) = self.deadlines.pop() else { break };
+            let Some(inst) = self.instances.get_mut(&id).filter(|i| i.seq == seq) else {
+                continue;
+            };
             if let Some(failed) = inst.failed_ms {
-                if !inst.inconsistent && inst.missing() != 0 && now_ms.saturating_sub(failed) >= grace {
+                if !inst.inconsistent && inst.missing() != 0 {
                     inst.inconsistent = true;
                     let seconds = (failed.saturating_sub(inst.started_ms)).max(0) as f64 / 1000.0;
                     out.push(Transition::Ended {
@@ -290,28 +385,36 @@ impl Tracker {
         (in_flight, stuck)
     }
 
-    /// The stuck and inconsistent instances, newest first, at most `limit`.
+    /// The stuck and inconsistent instances, newest first, at most `limit` (selected, not sorted whole:
+    /// a million stuck instances cost one pass).
     pub fn listed(&self, now_ms: i64, limit: usize) -> Vec<Listed> {
-        let mut out: Vec<Listed> = self
+        let newest_first =
+            |a: &(&Arc<str>, &Instance), b: &(&Arc<str>, &Instance)| b.1.started_ms.cmp(&a.1.started_ms).then_with(|| a.0.cmp(b.0));
+        let mut found: Vec<(&Arc<str>, &Instance)> = self
             .instances
             .iter()
             .filter(|(_, i)| i.inconsistent || i.stuck(now_ms, self.spec.timeout_ms))
+            .collect();
+        if found.len() > limit && limit > 0 {
+            found.select_nth_unstable_by(limit - 1, newest_first);
+        }
+        found.truncate(limit);
+        found.sort_by(newest_first);
+        found
+            .into_iter()
             .map(|(id, i)| Listed {
                 id: id.clone(),
                 inconsistent: i.inconsistent,
                 started_ms: i.started_ms,
                 last_ms: i.last_ms,
-                last_step: Some(self.step_name(i.last_step).to_string()),
+                last_event: self.types.get(i.last_type as usize).cloned().unwrap_or_default(),
                 missing_compensations: (0..self.spec.steps.len().min(64))
                     .filter(|b| i.missing() & (1 << b) != 0)
                     .filter_map(|b| self.spec.compensations.get(&self.spec.steps[b]).cloned())
                     .collect(),
                 trace_id: i.trace_id,
             })
-            .collect();
-        out.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then_with(|| a.id.cmp(&b.id)));
-        out.truncate(limit);
-        out
+            .collect()
     }
 
     /// Evicts the oldest instances beyond `max_in_flight`; compacts the start order.
@@ -323,9 +426,13 @@ impl Tracker {
                 out.push(Transition::Evicted);
             }
         }
-        if self.order.len() > 2 * self.instances.len() + 64 {
-            let instances = &self.instances;
+        let instances = &self.instances;
+        if self.order.len() > 2 * instances.len() + 64 {
             self.order.retain(|(seq, id)| instances.get(id).is_some_and(|i| i.seq == *seq));
+        }
+        if self.deadlines.len() > 2 * instances.len() + 64 {
+            self.deadlines
+                .retain(|Reverse((_, seq, id))| instances.get(id).is_some_and(|i| i.seq == *seq));
         }
     }
 }
@@ -372,7 +479,7 @@ mod tests {
             ("PaymentProcessed", 350),
             ("OrderCompleted", 1000),
         ] {
-            t.event("o-1", ty, at, None, &mut out).unwrap();
+            t.event("o-1", ty, at, None, 0, &mut out).unwrap();
         }
         assert_eq!(out[0], Transition::Started);
         assert_eq!(out[2], Transition::Step { step: 1, seconds: 0.25 });
@@ -386,7 +493,7 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         // An event after the end has no instance.
         assert_eq!(
-            t.event("o-1", "ShippingScheduled", 1100, None, &mut out),
+            t.event("o-1", "ShippingScheduled", 1100, None, 0, &mut out),
             Err(Unmatched::BeforeStart)
         );
     }
@@ -404,13 +511,13 @@ mod tests {
             ("OrderFailed", 40),
             ("InventoryReleased", 50),
         ] {
-            t.event("o-1", ty, at, None, &mut out).unwrap();
+            t.event("o-1", ty, at, None, 0, &mut out).unwrap();
         }
         assert_eq!(ended(&out), vec![Outcome::Compensated]);
         // o-2: the inventory service is offline: its reservation is never released (the August incident).
         out.clear();
         for (ty, at) in [("OrderCreated", 0), ("InventoryReserved", 10), ("OrderFailed", 1_000)] {
-            t.event("o-2", ty, at, Some([7; 16]), &mut out).unwrap();
+            t.event("o-2", ty, at, Some([7; 16]), 0, &mut out).unwrap();
         }
         t.evaluate(1_000 + 59_999, &mut out);
         assert!(ended(&out).is_empty(), "still within the grace");
@@ -424,7 +531,7 @@ mod tests {
         assert_eq!(listed[0].trace_id, Some([7; 16]));
         // The late compensation turns it into compensated, reported as late.
         out.clear();
-        t.event("o-2", "InventoryReleased", 200_000, None, &mut out).unwrap();
+        t.event("o-2", "InventoryReleased", 200_000, None, 0, &mut out).unwrap();
         assert_eq!(out, vec![Transition::LateCompensation]);
         assert!(t.listed(300_000, 10).is_empty());
     }
@@ -433,10 +540,10 @@ mod tests {
     fn stuck_is_by_the_last_step_reached_and_listed_newest_first() {
         let mut t = order_saga(10);
         let mut out = Vec::new();
-        t.event("old", "OrderCreated", 0, None, &mut out).unwrap();
-        t.event("old", "InventoryReserved", 5, None, &mut out).unwrap();
-        t.event("new", "OrderCreated", 1_000, None, &mut out).unwrap();
-        t.event("fresh", "OrderCreated", 400_000, None, &mut out).unwrap();
+        t.event("old", "OrderCreated", 0, None, 0, &mut out).unwrap();
+        t.event("old", "InventoryReserved", 5, None, 0, &mut out).unwrap();
+        t.event("new", "OrderCreated", 1_000, None, 0, &mut out).unwrap();
+        t.event("fresh", "OrderCreated", 400_000, None, 0, &mut out).unwrap();
         let (in_flight, stuck) = t.by_step(302_000);
         assert_eq!(in_flight.get("InventoryReserved"), Some(&1));
         assert_eq!(in_flight.get("OrderCreated"), Some(&2));
@@ -451,11 +558,11 @@ mod tests {
     fn events_that_do_not_fit_are_told_apart() {
         let mut t = order_saga(10);
         let mut out = Vec::new();
-        assert_eq!(t.event("x", "Unrelated", 0, None, &mut out), Err(Unmatched::UnknownType));
-        assert_eq!(t.event("x", "PaymentProcessed", 0, None, &mut out), Err(Unmatched::BeforeStart));
+        assert_eq!(t.event("x", "Unrelated", 0, None, 0, &mut out), Err(Unmatched::UnknownType));
+        assert_eq!(t.event("x", "PaymentProcessed", 0, None, 0, &mut out), Err(Unmatched::BeforeStart));
         // A repeated start does not restart the instance.
-        t.event("x", "OrderCreated", 0, None, &mut out).unwrap();
-        t.event("x", "OrderCreated", 50, None, &mut out).unwrap();
+        t.event("x", "OrderCreated", 0, None, 0, &mut out).unwrap();
+        t.event("x", "OrderCreated", 50, None, 0, &mut out).unwrap();
         assert_eq!(out, vec![Transition::Started]);
     }
 
@@ -464,15 +571,15 @@ mod tests {
         let mut t = order_saga(1_000);
         let mut out = Vec::new();
         for i in 0..10_000 {
-            t.event(&format!("o-{i}"), "OrderCreated", i, None, &mut out).unwrap();
+            t.event(&format!("o-{i}"), "OrderCreated", i, None, 0, &mut out).unwrap();
         }
         assert_eq!(t.in_flight(), 1_000);
         assert_eq!(out.iter().filter(|t| **t == Transition::Evicted).count(), 9_000);
         assert!(t.order.len() <= 2 * 1_000 + 64);
         // The newest are kept.
-        assert!(t.event("o-9999", "InventoryReserved", 10_000, None, &mut out).is_ok());
+        assert!(t.event("o-9999", "InventoryReserved", 10_000, None, 0, &mut out).is_ok());
         assert_eq!(
-            t.event("o-0", "InventoryReserved", 10_000, None, &mut out),
+            t.event("o-0", "InventoryReserved", 10_000, None, 0, &mut out),
             Err(Unmatched::BeforeStart)
         );
     }
