@@ -153,6 +153,8 @@ pub struct Reader {
     /// The last read round reached the brokers.
     up: bool,
     stale_metadata: bool,
+    /// The group asked this member to join again (or it has not joined yet).
+    rejoin: bool,
 }
 
 impl Reader {
@@ -204,6 +206,7 @@ impl Reader {
             replayed: false,
             up: false,
             stale_metadata: true,
+            rejoin: true,
         }
     }
 
@@ -218,7 +221,7 @@ impl Reader {
         let mut last_beat = Instant::now();
         self.publish(now_ms());
         while !*shutdown.borrow() {
-            if self.stale_metadata || last_metadata.is_none_or(|t| t.elapsed() >= METADATA_EVERY) {
+            if self.stale_metadata || self.rejoin || last_metadata.is_none_or(|t| t.elapsed() >= METADATA_EVERY) {
                 let refreshed = tokio::select! {
                     r = self.refresh() => r,
                     _ = shutdown.changed() => break,
@@ -241,7 +244,7 @@ impl Reader {
                     }
                 }
             }
-            if self.member.is_some() && last_beat.elapsed() >= HEARTBEAT_EVERY {
+            if self.member.is_some() && !self.rejoin && last_beat.elapsed() >= HEARTBEAT_EVERY {
                 last_beat = Instant::now();
                 self.beat().await;
             }
@@ -276,10 +279,10 @@ impl Reader {
         let Some(member) = &mut self.member else { return };
         match member.heartbeat(&self.client).await {
             Ok(Beat::Steady) => {}
-            Ok(Beat::Rejoin) => self.stale_metadata = true,
+            Ok(Beat::Rejoin) => self.rejoin = true,
             Err(e) => {
                 self.error("saga_group", &e);
-                self.stale_metadata = true;
+                self.rejoin = true;
             }
         }
     }
@@ -289,13 +292,12 @@ impl Reader {
     async fn refresh(&mut self) -> Result<(), KafkaError> {
         let md = self.client.metadata().await?;
         let assigned: BTreeSet<Tp> = match &mut self.member {
-            Some(member) => {
-                if self.stale_metadata || self.positions.is_empty() {
-                    member.join(&self.client, &md).await?.into_iter().collect()
-                } else {
-                    self.positions.keys().cloned().collect()
-                }
+            Some(member) if self.rejoin => {
+                let assigned = member.join(&self.client, &md).await?;
+                self.rejoin = false;
+                assigned.into_iter().collect()
             }
+            Some(_) => self.positions.keys().cloned().collect(),
             None => self.all_partitions(&md),
         };
         self.leaders = assigned
