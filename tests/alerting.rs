@@ -6,6 +6,8 @@
 //! this test's webhook).
 //! - A slow consumer builds lag past the seed's 10,000 messages: `KafkaConsumerLagHigh` reaches the
 //!   webhook firing with the right cluster, group and topic, then resolved once the consumer catches up.
+//! - The seed's order saga on tansu: an inconsistent order (a compensation missing) fires
+//!   `SagaCompensationMissing` to the sagas receiver, a stuck one `SagaStuck`.
 //! - Every panel query of every dashboard in `dashboards/` returns data from that Prometheus.
 
 mod support;
@@ -113,7 +115,11 @@ fn sidecar_traffic(kafka: &str, http: &str, mock: &MockCluster<'static, DefaultP
 fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
     let tansu = Tansu::start();
     tansu.create_topic("orders", 3);
-    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), ""));
+    for t in &support::saga::TOPICS[1..] {
+        tansu.create_topic(t, 1);
+    }
+    let saga = support::saga::order_saga("1s", "1s", "");
+    let es = Eventscope::collector(&format!("{}{saga}", collector_toml(&tansu.bootstrap(), "")));
     let otlp = support::otlp::OtlpReceiver::grpc();
     let app = HttpApp::start();
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
@@ -245,6 +251,54 @@ fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
     assert_eq!(resolved["receiver"], "kafka-consumer-lag");
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
+
+    // The seed's order saga: completed, compensated, one inconsistent (the inventory service offline: its
+    // reservation is never released) and one stuck. SagaCompensationMissing reaches the sagas receiver.
+    use support::saga::emit;
+    for i in 0..3 {
+        let id = format!("done-{i}");
+        for t in [
+            "OrderCreated",
+            "InventoryReserved",
+            "PaymentProcessed",
+            "ShippingScheduled",
+            "OrderCompleted",
+        ] {
+            emit(&p, &id, t, None);
+        }
+    }
+    for t in ["OrderCreated", "InventoryReserved", "OrderFailed", "InventoryReleased"] {
+        emit(&p, "declined-1", t, None);
+    }
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for t in [
+        "OrderCreated",
+        "InventoryReserved",
+        "PaymentProcessed",
+        "OrderFailed",
+        "PaymentRefunded",
+    ] {
+        emit(&p, "incident-1", t, Some(tp));
+    }
+    for t in ["OrderCreated", "InventoryReserved"] {
+        emit(&p, "stuck-1", t, None);
+    }
+    let firing = hook.wait_for(Duration::from_secs(60), "SagaCompensationMissing firing", |n| {
+        n["status"] == "firing" && alert_named(n, "SagaCompensationMissing").is_some()
+    });
+    assert_eq!(firing["receiver"], "sagas", "{firing:#}");
+    let alert = alert_named(&firing, "SagaCompensationMissing").unwrap();
+    assert_eq!(
+        (&alert["labels"]["saga"], &alert["labels"]["cluster"]),
+        (&"order".into(), &"test".into())
+    );
+    let stuck = hook.wait_for(Duration::from_secs(60), "SagaStuck firing", |n| {
+        n["status"] == "firing" && alert_named(n, "SagaStuck").is_some()
+    });
+    assert_eq!(alert_named(&stuck, "SagaStuck").unwrap()["labels"]["step"], "InventoryReserved");
+    let listed: serde_json::Value = serde_json::from_str(&es.get("/sagas?state=inconsistent").unwrap().1).unwrap();
+    assert_eq!(listed["sagas"][0]["id"], "incident-1");
+    assert_eq!(listed["sagas"][0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
 
     // Every panel of every dashboard has data in this Prometheus.
     let queries = panel_queries();

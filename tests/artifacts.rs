@@ -213,6 +213,7 @@ fn dashboards_are_well_formed() {
         let needed: &[&str] = match d["uid"].as_str().unwrap() {
             "eventscope-sidecar-kafka" => &["job", "instance"],
             "eventscope-http-sli" => &["service", "route"],
+            "eventscope-sagas" => &["cluster", "saga"],
             _ => &["cluster", "consumergroup"],
         };
         for v in needed {

@@ -269,5 +269,9 @@ fn alertmanager_routes_consumer_lag_to_its_receiver() {
         route(&["alertname=HttpErrorBudgetBurnFast", "severity=page", "service=orders"]),
         "on-call"
     );
+    assert_eq!(
+        route(&["alertname=SagaCompensationMissing", "severity=critical", "saga=order"]),
+        "sagas"
+    );
     assert_eq!(route(&["alertname=EventscopeCollectorErrors", "severity=warning"]), "default");
 }

@@ -9,70 +9,8 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use support::saga::*;
 use support::*;
-
-const TOPICS: [&str; 4] = ["orders", "inventory-events", "payment-events", "shipping-events"];
-
-/// The topic each type of the seed's order saga is on (choreographed: each service writes its own).
-fn topic_of(event_type: &str) -> &'static str {
-    match event_type {
-        "OrderCreated" | "OrderCompleted" | "OrderFailed" => "orders",
-        "InventoryReserved" | "InventoryReleased" => "inventory-events",
-        "PaymentProcessed" | "PaymentRefunded" => "payment-events",
-        _ => "shipping-events",
-    }
-}
-
-/// The order saga's `[[sagas]]` entry (correlation by key, type by CloudEvents' `ce_type` header).
-fn order_saga(extra: &str) -> String {
-    format!(
-        r#"
-[[sagas]]
-name = "order"
-cluster = "test"
-topics = ["orders", "inventory-events", "payment-events", "shipping-events"]
-correlation = "key"
-start = ["OrderCreated"]
-steps = ["InventoryReserved", "PaymentProcessed", "ShippingScheduled"]
-complete = ["OrderCompleted"]
-fail = ["OrderFailed"]
-compensations = {{ InventoryReserved = "InventoryReleased", PaymentProcessed = "PaymentRefunded" }}
-timeout = "4s"
-compensation_grace = "2s"
-{extra}
-"#
-    )
-}
-
-/// Sends one event as the services would: keyed by the order id, with CloudEvents headers and, when
-/// given, a `traceparent`; waits for its acknowledgement so that events are appended in order.
-fn emit(p: &BaseProducer, id: &str, event_type: &str, traceparent: Option<&str>) {
-    let ce_id = format!("{id}-{event_type}");
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "ce_type",
-            value: Some(event_type),
-        })
-        .insert(Header {
-            key: "ce_id",
-            value: Some(&ce_id),
-        })
-        .insert(Header {
-            key: "ce_source",
-            value: Some("/orders"),
-        });
-    if let Some(tp) = traceparent {
-        headers = headers.insert(Header {
-            key: "traceparent",
-            value: Some(tp),
-        });
-    }
-    let payload = format!("{{\"order_id\":\"{id}\",\"type\":\"{event_type}\"}}");
-    let record = BaseRecord::to(topic_of(event_type)).key(id).payload(&payload).headers(headers);
-    p.send(record).map_err(|(e, _)| e).expect("queued");
-    p.flush(Duration::from_secs(10)).expect("acknowledged");
-    std::thread::sleep(Duration::from_millis(3));
-}
 
 /// The scenarios the test produces, by what they must end as.
 #[derive(Default)]
@@ -197,7 +135,7 @@ fn order_saga_outcomes_are_exact_and_survive_a_restart() {
         tansu.create_topic(t, 2);
     }
     let p = producer(&tansu.bootstrap());
-    let config = format!("{}{}", collector_toml(&tansu.bootstrap(), ""), order_saga(""));
+    let config = format!("{}{}", collector_toml(&tansu.bootstrap(), ""), order_saga("4s", "2s", ""));
     let es = Eventscope::collector(&config);
     let mut truth = Truth::default();
     produce_orders(&p, "a", 3, &mut truth);
@@ -483,7 +421,7 @@ fn two_replicas_share_the_partitions_and_hand_them_over() {
     let config = format!(
         "{}{}",
         collector_toml(&tansu.bootstrap(), ""),
-        order_saga("group = \"eventscope-sagas\"")
+        order_saga("4s", "2s", "group = \"eventscope-sagas\"")
     );
     let partitions = |es: &Eventscope| es.scrape().get("eventscope_saga_partitions", &[("saga", "order")]);
     let up = |es: &Eventscope| es.scrape().get("eventscope_saga_up", &[("saga", "order")]) == Some(1.0);

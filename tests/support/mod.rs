@@ -6,6 +6,7 @@
 pub mod grafana;
 pub mod otlp;
 pub mod prom;
+pub mod saga;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
