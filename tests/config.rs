@@ -182,3 +182,54 @@ fn http_problems_are_reported_together() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `[[sagas]]`: every problem at once with its key (unknown cluster, a type listed twice, a
+/// compensation of a step that is not listed, a bad JSON pointer, a form a key does not take), exit 64.
+#[test]
+fn saga_problems_are_all_reported_with_their_keys() {
+    let bad = r#"
+[[clusters]]
+name = "prod"
+kafka = { "bootstrap.servers" = "127.0.0.1:9092" }
+[[sagas]]
+name = "order"
+cluster = "staging"
+topics = ["orders"]
+correlation = "json:order/id"
+event_type = "key"
+start = ["OrderCreated"]
+steps = ["InventoryReserved", "OrderCreated"]
+complete = ["OrderCompleted"]
+compensations = { InventoryReserved = "InventoryReleased", ShippingScheduled = "ShippingCancelled" }
+timeout = "soon"
+[[sagas]]
+name = "refund"
+cluster = "prod"
+correlation = "json:/a~2b"
+"#;
+    let (code, _, stderr) = check(bad, &["check-config"]);
+    assert_eq!(code, 64, "{stderr}");
+    for (key, reason) in [
+        ("sagas[0].cluster", "not a [[clusters]] name"),
+        ("sagas[0].correlation", "not a JSON pointer"),
+        ("sagas[0].event_type", "not allowed here"),
+        ("sagas[0].steps[1]", "already listed as start[0]"),
+        ("sagas[0].compensations.ShippingScheduled", "not one of the saga's steps"),
+        ("sagas[0].timeout", "not a duration"),
+        ("sagas[1].correlation", "~0"),
+        ("sagas[1].topics", "required"),
+        ("sagas[1].start", "required"),
+        ("sagas[1].complete", "required"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("- {key}:")))
+            .unwrap_or_else(|| panic!("{key} missing from:\n{stderr}"));
+        assert!(line.contains(reason), "{key}: {line}");
+    }
+    // The example configuration's saga is valid.
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/eventscope.example.toml")).unwrap();
+    assert!(example.contains("[[sagas]]"));
+    let (code, _, stderr) = check(&example, &["check-config"]);
+    assert_eq!(code, 0, "{stderr}");
+}

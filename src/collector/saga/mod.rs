@@ -120,34 +120,48 @@ pub enum Transition {
     Evicted,
 }
 
-/// One saga instance.
+/// One saga instance: 72 bytes, laid out for the hash table's buckets (a million instances in flight
+/// is the design point, so no `Option` that costs padding: sentinels instead). Which entry of the start
+/// order or of the deadlines is this instance's is told by the identity of its id's allocation
+/// (`Arc::ptr_eq`), not by a sequence number.
 #[derive(Debug, Clone)]
 struct Instance {
-    seq: u64,
     started_ms: i64,
     last_ms: i64,
-    /// The last step reached (`None`: only started).
-    last_step: Option<u8>,
     done: u64,
     compensated: u64,
-    failed_ms: Option<i64>,
+    /// When it failed, or [`NOT_FAILED`].
+    failed_at: i64,
+    /// The trace id of its events' `traceparent`; all zero (an invalid W3C trace id) for none.
+    trace: [u8; 16],
+    /// The last step reached (`None`: only started).
+    last_step: Option<u8>,
     inconsistent: bool,
     /// The partition its start was read from (all its events are there when the topics are
     /// co-partitioned): what a replica forgets when the partition moves to another.
     partition: i32,
     /// The type of its last event, as an index into [`Tracker::types`].
     last_type: u16,
-    trace_id: Option<[u8; 16]>,
 }
 
+const NOT_FAILED: i64 = i64::MIN;
+
 impl Instance {
+    fn failed_ms(&self) -> Option<i64> {
+        (self.failed_at != NOT_FAILED).then_some(self.failed_at)
+    }
+
+    fn trace_id(&self) -> Option<[u8; 16]> {
+        (self.trace != [0; 16]).then_some(self.trace)
+    }
+
     fn missing(&self) -> u64 {
         self.done & !self.compensated
     }
 
     /// In flight (not failed) for longer than `timeout_ms`.
     fn stuck(&self, now_ms: i64, timeout_ms: i64) -> bool {
-        self.failed_ms.is_none() && now_ms.saturating_sub(self.started_ms) > timeout_ms
+        self.failed_at == NOT_FAILED && now_ms.saturating_sub(self.started_ms) > timeout_ms
     }
 }
 
@@ -172,10 +186,15 @@ pub struct Tracker {
     types: Vec<String>,
     instances: HashMap<Arc<str>, Instance>,
     /// Instances by start, oldest first (entries of ended instances are skipped and compacted).
-    order: VecDeque<(u64, Arc<str>)>,
+    order: VecDeque<Arc<str>>,
     /// Failed instances by the end of their grace (entries of instances that ended since are skipped).
-    deadlines: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
-    seq: u64,
+    deadlines: BinaryHeap<Reverse<(i64, Arc<str>)>>,
+}
+
+/// Whether `id` (an entry of the start order or the deadlines) is the id of an instance still held, and
+/// not of an earlier instance with the same correlation id.
+fn current(instances: &HashMap<Arc<str>, Instance>, id: &Arc<str>) -> bool {
+    instances.get_key_value(id).is_some_and(|(key, _)| Arc::ptr_eq(key, id))
 }
 
 impl Tracker {
@@ -206,7 +225,6 @@ impl Tracker {
             instances: HashMap::new(),
             order: VecDeque::new(),
             deadlines: BinaryHeap::new(),
-            seq: 0,
         }
     }
 
@@ -244,9 +262,8 @@ impl Tracker {
     pub fn forget(&mut self, keep: impl Fn(i32) -> bool) {
         self.instances.retain(|_, i| keep(i.partition));
         let instances = &self.instances;
-        self.order.retain(|(seq, id)| instances.get(id).is_some_and(|i| i.seq == *seq));
-        self.deadlines
-            .retain(|Reverse((_, seq, id))| instances.get(id).is_some_and(|i| i.seq == *seq));
+        self.order.retain(|id| current(instances, id));
+        self.deadlines.retain(|Reverse((_, id))| current(instances, id));
     }
 
     /// One event of instance `id`, of `event_type`, appended at `at_ms`, with the trace id of its
@@ -266,34 +283,36 @@ impl Tracker {
                 return Ok(());
             }
             let id: Arc<str> = Arc::from(id);
-            self.seq += 1;
             self.instances.insert(
                 id.clone(),
                 Instance {
-                    seq: self.seq,
                     started_ms: at_ms,
                     last_ms: at_ms,
                     last_step: None,
                     done: 0,
                     compensated: 0,
-                    failed_ms: None,
+                    failed_at: NOT_FAILED,
                     inconsistent: false,
                     partition,
                     last_type: type_index,
-                    trace_id,
+                    trace: trace_id.unwrap_or_default(),
                 },
             );
-            self.order.push_back((self.seq, id));
+            self.order.push_back(id);
             out.push(Transition::Started);
             self.bound(out);
             return Ok(());
         }
+        // A failure's deadline names the instance by its id's allocation.
+        let key = (role == Role::Fail)
+            .then(|| self.instances.get_key_value(id).map(|(k, _)| k.clone()))
+            .flatten();
         let inst = self.instances.get_mut(id).ok_or(Unmatched::BeforeStart)?;
         let since = (at_ms.saturating_sub(inst.last_ms)).max(0) as f64 / 1000.0;
         inst.last_ms = inst.last_ms.max(at_ms);
         inst.last_type = type_index;
-        if inst.trace_id.is_none() {
-            inst.trace_id = trace_id;
+        if inst.trace == [0; 16] {
+            inst.trace = trace_id.unwrap_or_default();
         }
         let duration = |inst: &Instance| (at_ms.saturating_sub(inst.started_ms)).max(0) as f64 / 1000.0;
         let end = match role {
@@ -304,19 +323,21 @@ impl Tracker {
                 out.push(Transition::Step { step: i, seconds: since });
                 None
             }
-            Role::Complete if inst.failed_ms.is_none() => Some(Outcome::Completed),
+            Role::Complete if inst.failed_at == NOT_FAILED => Some(Outcome::Completed),
             Role::Complete => None,
             Role::Fail => {
-                if inst.failed_ms.is_none() {
-                    inst.failed_ms = Some(at_ms);
+                if inst.failed_at == NOT_FAILED {
+                    inst.failed_at = at_ms;
                     let deadline = at_ms.saturating_add(self.spec.compensation_grace_ms);
-                    self.deadlines.push(Reverse((deadline, inst.seq, Arc::from(id))));
+                    if let Some(key) = key {
+                        self.deadlines.push(Reverse((deadline, key)));
+                    }
                 }
                 (inst.missing() == 0).then_some(Outcome::Compensated)
             }
             Role::Compensation(i) => {
                 inst.compensated |= 1 << i;
-                match (inst.failed_ms, inst.missing(), inst.inconsistent) {
+                match (inst.failed_ms(), inst.missing(), inst.inconsistent) {
                     (Some(_), 0, true) => {
                         out.push(Transition::LateCompensation);
                         Some(Outcome::Compensated)
@@ -341,16 +362,16 @@ impl Tracker {
     /// expired, not what is in flight; called with each event's time as events are applied in time order,
     /// so that a state rebuilt from the topics decides exactly as the live one did.
     pub fn evaluate(&mut self, now_ms: i64, out: &mut Vec<Transition>) {
-        while let Some(Reverse((deadline, seq, _))) = self.deadlines.peek() {
+        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
             if *deadline > now_ms {
                 break;
             }
-            let seq = *seq;
-            let Some(Reverse((_, _, id))) = self.deadlines.pop() else { break };
-            let Some(inst) = self.instances.get_mut(&id).filter(|i| i.seq == seq) else {
+            let Some(Reverse((_, id))) = self.deadlines.pop() else { break };
+            if !current(&self.instances, &id) {
                 continue;
-            };
-            if let Some(failed) = inst.failed_ms {
+            }
+            let Some(inst) = self.instances.get_mut(&id) else { continue };
+            if let Some(failed) = inst.failed_ms() {
                 if !inst.inconsistent && inst.missing() != 0 {
                     inst.inconsistent = true;
                     let seconds = (failed.saturating_sub(inst.started_ms)).max(0) as f64 / 1000.0;
@@ -375,7 +396,7 @@ impl Tracker {
     /// longer than `timeout`).
     pub fn by_step(&self, now_ms: i64) -> (HashMap<String, u64>, HashMap<String, u64>) {
         let (mut in_flight, mut stuck) = (HashMap::new(), HashMap::new());
-        for inst in self.instances.values().filter(|i| i.failed_ms.is_none()) {
+        for inst in self.instances.values().filter(|i| i.failed_at == NOT_FAILED) {
             let step = self.step_name(inst.last_step).to_string();
             if inst.stuck(now_ms, self.spec.timeout_ms) {
                 *stuck.entry(step.clone()).or_insert(0) += 1;
@@ -412,7 +433,7 @@ impl Tracker {
                     .filter(|b| i.missing() & (1 << b) != 0)
                     .filter_map(|b| self.spec.compensations.get(&self.spec.steps[b]).cloned())
                     .collect(),
-                trace_id: i.trace_id,
+                trace_id: i.trace_id(),
             })
             .collect()
     }
@@ -420,19 +441,18 @@ impl Tracker {
     /// Evicts the oldest instances beyond `max_in_flight`; compacts the start order.
     fn bound(&mut self, out: &mut Vec<Transition>) {
         while self.instances.len() > self.spec.max_in_flight {
-            let Some((seq, id)) = self.order.pop_front() else { break };
-            if self.instances.get(&id).is_some_and(|i| i.seq == seq) {
+            let Some(id) = self.order.pop_front() else { break };
+            if current(&self.instances, &id) {
                 self.instances.remove(&id);
                 out.push(Transition::Evicted);
             }
         }
         let instances = &self.instances;
         if self.order.len() > 2 * instances.len() + 64 {
-            self.order.retain(|(seq, id)| instances.get(id).is_some_and(|i| i.seq == *seq));
+            self.order.retain(|id| current(instances, id));
         }
         if self.deadlines.len() > 2 * instances.len() + 64 {
-            self.deadlines
-                .retain(|Reverse((_, seq, id))| instances.get(id).is_some_and(|i| i.seq == *seq));
+            self.deadlines.retain(|Reverse((_, id))| current(instances, id));
         }
     }
 }
@@ -564,6 +584,32 @@ mod tests {
         t.event("x", "OrderCreated", 0, None, 0, &mut out).unwrap();
         t.event("x", "OrderCreated", 50, None, 0, &mut out).unwrap();
         assert_eq!(out, vec![Transition::Started]);
+    }
+
+    /// The start order names instances by their id's allocation: an id that ended and started again is
+    /// not evicted in place of the instance after it.
+    #[test]
+    fn a_restarted_id_is_not_evicted_by_its_earlier_instance() {
+        let mut t = order_saga(2);
+        let mut out = Vec::new();
+        for (id, ty, at) in [
+            ("x", "OrderCreated", 0),
+            ("x", "OrderCompleted", 1),
+            ("y", "OrderCreated", 2),
+            ("x", "OrderCreated", 3),
+            ("z", "OrderCreated", 4),
+        ] {
+            t.event(id, ty, at, None, 0, &mut out).unwrap();
+        }
+        assert_eq!(out.iter().filter(|t| **t == Transition::Evicted).count(), 1);
+        assert!(t.event("x", "InventoryReserved", 5, None, 0, &mut out).is_ok());
+        assert!(t.event("z", "InventoryReserved", 5, None, 0, &mut out).is_ok());
+        assert_eq!(t.event("y", "InventoryReserved", 5, None, 0, &mut out), Err(Unmatched::BeforeStart));
+    }
+
+    #[test]
+    fn an_instance_fits_a_bucket_of_72_bytes() {
+        assert_eq!(std::mem::size_of::<Instance>(), 72);
     }
 
     #[test]

@@ -609,3 +609,23 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::saga::event::NoFit;
+
+    #[test]
+    fn every_reason_has_its_counter() {
+        let labels = [NoFit::NoCorrelation, NoFit::NoType, NoFit::NotJson, NoFit::TooLarge]
+            .map(NoFit::as_label)
+            .into_iter()
+            .chain([Unmatched::UnknownType, Unmatched::BeforeStart].map(Unmatched::as_label));
+        let mut seen = BTreeSet::new();
+        for l in labels {
+            assert!(REASONS.contains(&l), "{l}");
+            seen.insert(l);
+        }
+        assert_eq!(seen.len(), REASONS.len());
+    }
+}
