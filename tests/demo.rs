@@ -38,6 +38,19 @@ fn demo_runs_serves_metrics_and_stops() {
         .unwrap()
             > 0.0
     );
+    // The order saga: followed from its events, listed by /sagas.
+    let saga = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![("cluster", "demo"), ("saga", "order")];
+        want.extend_from_slice(extra);
+        m.get(name, &want).unwrap_or_else(|| panic!("{name} {extra:?} missing"))
+    };
+    assert!(saga("eventscope_saga_started_total", &[]) > 50.0);
+    assert!(saga("eventscope_saga_ended_total", &[("outcome", "completed")]) > 0.0);
+    assert!(saga("eventscope_saga_ended_total", &[("outcome", "compensated")]) > 0.0);
+    let (status, body) = http_get(&admin, "/sagas").unwrap();
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(listed["sagas"].is_array(), "{body}");
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -50,7 +63,7 @@ fn demo_runs_serves_metrics_and_stops() {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(
-        out.contains("GROUP") && out.contains("CW_P99") && out.contains("order-readmodel"),
+        out.contains("GROUP") && out.contains("CW_P99") && out.contains("order-readmodel") && out.contains("INCONSISTENT"),
         "{out}"
     );
 }

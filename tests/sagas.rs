@@ -167,6 +167,11 @@ fn order_saga_outcomes_are_exact_and_survive_a_restart() {
     let stuck = sagas_json(&es, "?state=stuck");
     for s in stuck["sagas"].as_array().unwrap() {
         assert_eq!(s["last_event"], "InventoryReserved");
+        assert_eq!(
+            s["missing_compensations"],
+            serde_json::json!([]),
+            "in flight: nothing to compensate yet"
+        );
         assert!(s["age_seconds"].as_f64().unwrap() >= 4.0, "{s}");
     }
     let m = es.scrape();

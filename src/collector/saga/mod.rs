@@ -430,7 +430,7 @@ impl Tracker {
                 last_ms: i.last_ms,
                 last_event: self.types.get(i.last_type as usize).cloned().unwrap_or_default(),
                 missing_compensations: (0..self.spec.steps.len().min(64))
-                    .filter(|b| i.missing() & (1 << b) != 0)
+                    .filter(|b| i.failed_at != NOT_FAILED && i.missing() & (1 << b) != 0)
                     .filter_map(|b| self.spec.compensations.get(&self.spec.steps[b]).cloned())
                     .collect(),
                 trace_id: i.trace_id(),

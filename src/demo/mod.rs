@@ -6,6 +6,12 @@
 //! and its lag grows past the seed's 10,000-message threshold, `payment-notifier` stops after 20 s. The
 //! collector watches them (the mock cannot list or describe groups, so the demo names them), serves
 //! `/metrics`, and the demo prints a table of what it sees.
+//!
+//! The seed's order saga runs beside them ([`saga`]): choreographed over four topics, with completed,
+//! compensated, inconsistent (the August incident re-enacted) and stuck orders. The collector follows it
+//! from the events, the table gains a saga section and `/sagas` lists the stuck and inconsistent orders.
+
+mod saga;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +27,11 @@ use rdkafka::Message;
 use tokio::sync::watch;
 
 use crate::collector::consistency::Histogram;
+use crate::collector::saga::reader::Reader;
 use crate::collector::{ClusterCollector, Published, Snapshot};
-use crate::config::{ClusterConfig, CollectorConfig};
+use crate::config::{ClusterConfig, CollectorConfig, SagaConfig};
 use crate::telemetry::collector::CollectorMetrics;
+use crate::telemetry::saga::SagaMetrics;
 
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
@@ -67,10 +75,16 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1)?;
     mock.create_topic(ORDERS, 6, 1)?;
     mock.create_topic(PAYMENTS, 3, 1)?;
+    for t in saga::TOPICS {
+        mock.create_topic(t, 3, 1)?;
+    }
     let bootstrap = mock.bootstrap_servers();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = vec![spawn_producer(bootstrap.clone(), stop.clone())?];
+    let mut threads = vec![
+        spawn_producer(bootstrap.clone(), stop.clone())?,
+        saga::spawn(bootstrap.clone(), stop.clone())?,
+    ];
     for g in GROUPS {
         threads.push(spawn_consumer(bootstrap.clone(), g, stop.clone())?);
     }
@@ -86,15 +100,34 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
     };
     let registry = prometheus::Registry::new();
     crate::telemetry::register_process(&registry);
-    let shared = Published::new(vec!["demo".into()], CollectorMetrics::new(&registry), &[]);
+    let order_saga: SagaConfig = toml::from_str(saga::CONFIG)?;
+    let shared = Published::new(
+        vec!["demo".into()],
+        CollectorMetrics::new(&registry),
+        &[("demo".into(), order_saga.name.clone())],
+    );
+    let saga_metrics = SagaMetrics::new(&registry);
+    let reader = Reader::new(
+        0,
+        order_saga,
+        &cluster,
+        &settings,
+        saga_metrics.clone(),
+        shared.metrics().clone(),
+        shared.sagas().clone(),
+    );
     let admin = crate::admin::State::new(registry, Some(shared.clone()));
     let (tx, rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(ClusterCollector::new(0, cluster, settings, shared.clone()).run(rx.clone())),
+        tokio::spawn(reader.run(rx.clone())),
         tokio::spawn(crate::admin::serve(listener, admin, rx.clone())),
     ];
     println!("eventscope demo: librdkafka mock cluster on {bootstrap}; metrics on http://{addr}/metrics; Ctrl-C to stop");
-    println!("groups: inventory-service keeps up, order-readmodel is slow (lag passes 10,000), payment-notifier stops at 20 s\n");
+    println!("groups: inventory-service keeps up, order-readmodel is slow (lag passes 10,000), payment-notifier stops at 20 s");
+    println!("saga \"order\": most orders complete, some payments are declined and compensated; the inventory service is offline");
+    println!("from 5 s to 15 s of every minute, so some failed orders keep their reservation (inconsistent); a few stop midway (stuck)");
+    println!("stuck and inconsistent orders, with their trace ids: http://{addr}/sagas\n");
 
     let started = Instant::now();
     let mut previous: HashMap<(String, String), Histogram> = HashMap::new();
@@ -109,6 +142,7 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
         }
         if let Some(s) = shared.snapshots().first() {
             print!("{}", table(s, started.elapsed(), &mut previous));
+            print!("{}", saga_table(&saga_metrics, "demo", "order"));
         }
         if duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
             break;
@@ -166,6 +200,60 @@ pub fn table(s: &Snapshot, elapsed: Duration, previous: &mut HashMap<(String, St
     }
     out.push('\n');
     out
+}
+
+/// The saga section of the live table: instances started and ended by outcome, stuck now, and the p99
+/// duration of the completed ones, from the series `/metrics` exports.
+pub fn saga_table(m: &SagaMetrics, cluster: &str, saga: &str) -> String {
+    let ended = |o: &str| m.ended.with([cluster, saga, o]).get();
+    let stuck: i64 = ["OrderCreated", "InventoryReserved", "PaymentProcessed", "ShippingScheduled"]
+        .iter()
+        .map(|step| m.stuck.with([cluster, saga, step]).get())
+        .sum();
+    let h = m.duration.with([cluster, saga, "completed"]);
+    let p99 = histogram_quantile(&h, 0.99)
+        .map(|v| format!("{v:.2}s"))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "         {:<8} {:>8} {:>10} {:>12} {:>13} {:>6} {:>8}\n         {:<8} {:>8} {:>10} {:>12} {:>13} {:>6} {:>8}\n\n",
+        "SAGA",
+        "STARTED",
+        "COMPLETED",
+        "COMPENSATED",
+        "INCONSISTENT",
+        "STUCK",
+        "P99",
+        saga,
+        m.started.with([cluster, saga]).get(),
+        ended("completed"),
+        ended("compensated"),
+        ended("inconsistent"),
+        stuck,
+        p99
+    )
+}
+
+/// A quantile of a histogram by linear interpolation within its bucket (as `histogram_quantile`).
+fn histogram_quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
+    use prometheus::core::Collector;
+    let families = h.collect();
+    let metric = families.first()?.get_metric().first()?.get_histogram().clone();
+    let total = metric.get_sample_count() as f64;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for b in metric.get_bucket() {
+        let count = b.cumulative_count() as f64;
+        if count >= rank {
+            let within = (rank - below) / (count - below).max(1.0);
+            return Some(lower + (b.upper_bound() - lower) * within);
+        }
+        lower = b.upper_bound();
+        below = count;
+    }
+    Some(lower)
 }
 
 fn spawn_producer(bootstrap: String, stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()>> {
