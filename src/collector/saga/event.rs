@@ -7,6 +7,10 @@
 pub use crate::config::Source;
 use crate::kafka::records::RecordRef;
 
+/// Correlation ids and types longer than this are not events (`too_large`): an id is held for as long
+/// as its instance is in flight, so a hostile key must not multiply memory by `max_in_flight`.
+pub const MAX_FIELD_BYTES: usize = 256;
+
 /// How a saga's events are read.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -77,6 +81,9 @@ pub fn read(rules: &Rules, topic: &str, record: &RecordRef<'_>) -> Result<Event,
     };
     let id = field(&rules.correlation).ok_or(NoFit::NoCorrelation)?;
     let event_type = field(&rules.event_type).ok_or(NoFit::NoType)?;
+    if id.len() > MAX_FIELD_BYTES || event_type.len() > MAX_FIELD_BYTES {
+        return Err(NoFit::TooLarge);
+    }
     let trace_id = record
         .traceparent
         .and_then(|tp| crate::telemetry::traces::extract(tp, None))
@@ -162,5 +169,8 @@ mod tests {
         assert_eq!(read_one(&rules("json:/id", "topic"), &keyed), Err(NoFit::NoCorrelation));
         let huge = batch(Some("k"), &vec![b' '; 2048], &[]);
         assert_eq!(read_one(&rules("json:/id", "topic"), &huge), Err(NoFit::TooLarge));
+        let long_key: &'static str = Box::leak("k".repeat(MAX_FIELD_BYTES + 1).into_boxed_str());
+        let long = batch(Some(long_key), b"{}", &[("ce_type", "OrderCreated")]);
+        assert_eq!(read_one(&rules("key", "header:ce_type"), &long), Err(NoFit::TooLarge));
     }
 }

@@ -433,7 +433,11 @@ impl Reader {
                         self.take(&tp, fp);
                     }
                 }
-                Err(e) => self.error("saga_fetch", &e),
+                Err(e) => {
+                    // Leaders may have moved: learn them again before the next round.
+                    self.stale_metadata = true;
+                    self.error("saga_fetch", &e);
+                }
             }
         }
         reached
@@ -446,8 +450,8 @@ impl Reader {
             let e = KafkaError::from_code(fp.error_code);
             use kafka_protocol::ResponseError as R;
             match R::try_from_code(fp.error_code) {
-                // Retention passed the position: start again at the log start.
-                Some(R::OffsetOutOfRange) => pos.offset = 0,
+                // Retention passed the position: go on from the log start the broker reports.
+                Some(R::OffsetOutOfRange) => pos.offset = fp.log_start_offset.max(pos.offset),
                 _ => self.stale_metadata = true,
             }
             self.errors.collection_error(&self.cluster, "saga_fetch", &e);
