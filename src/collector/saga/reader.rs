@@ -155,6 +155,8 @@ pub struct Reader {
     stale_metadata: bool,
     /// The group asked this member to join again (or it has not joined yet).
     rejoin: bool,
+    /// Partitions of the saga's topics in the last metadata.
+    known_partitions: usize,
 }
 
 impl Reader {
@@ -207,6 +209,7 @@ impl Reader {
             up: false,
             stale_metadata: true,
             rejoin: true,
+            known_partitions: usize::MAX,
         }
     }
 
@@ -291,6 +294,22 @@ impl Reader {
     /// partition.
     async fn refresh(&mut self) -> Result<(), KafkaError> {
         let md = self.client.metadata().await?;
+        let all = self.all_partitions(&md);
+        let missing: Vec<&str> = self
+            .cfg
+            .topics
+            .iter()
+            .filter(|t| !md.topics.contains_key(t.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() && all.len() != self.known_partitions {
+            tracing::warn!(saga = %self.cfg.name, topics = ?missing, "saga topics not in the cluster's metadata");
+        }
+        // Partitions added to the topics: the group's leader assigns them only in a new generation.
+        if self.member.is_some() && all.len() != self.known_partitions {
+            self.rejoin = true;
+        }
+        self.known_partitions = all.len();
         let assigned: BTreeSet<Tp> = match &mut self.member {
             Some(member) if self.rejoin => {
                 let assigned = member.join(&self.client, &md).await?;
@@ -298,7 +317,7 @@ impl Reader {
                 assigned.into_iter().collect()
             }
             Some(_) => self.positions.keys().cloned().collect(),
-            None => self.all_partitions(&md),
+            None => all,
         };
         self.leaders = assigned
             .iter()
