@@ -39,6 +39,7 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     crate::telemetry::register_process(&registry);
     let shared = Published::new(
         config.clusters.iter().map(|c| c.name.clone()).collect(),
+        collector::broker_names(&config),
         CollectorMetrics::new(&registry),
         &config.sagas.iter().map(|s| (s.cluster.clone(), s.name.clone())).collect::<Vec<_>>(),
     );
@@ -47,7 +48,7 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     let admin = crate::admin::State::new(registry, Some(shared.clone()));
     tasks.push(tokio::spawn(crate::admin::serve(listener, admin, rx.clone())));
     tasks.push(crate::memory::spawn_release(rx.clone()));
-    tracing::info!(%addr, clusters = config.clusters.len(), sagas = config.sagas.len(), "collector running");
+    tracing::info!(%addr, clusters = config.clusters.len(), brokers = collector::broker_names(&config).len(), sagas = config.sagas.len(), "collector running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
     Ok(())

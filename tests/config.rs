@@ -233,3 +233,58 @@ correlation = "json:/a~2b"
     let (code, _, stderr) = check(&example, &["check-config"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn broker_source_problems_are_all_reported_with_their_keys() {
+    let bad = r#"
+[[clusters]]
+name = "prod"
+kafka = { "bootstrap.servers" = "127.0.0.1:9092" }
+[[rabbitmq]]
+name = "prod"
+url = "amqp://127.0.0.1:5672"
+page_size = 1000
+queue_allow = ["(unclosed"]
+[[nats]]
+name = "events"
+servers = ["nats://nohost"]
+user = "u"
+token = "t"
+creds_file = "/nonexistent/user.creds"
+[[sqs]]
+region = "eu west"
+endpoint_url = "localhost:4566"
+[[rabbitmq]]
+name = "tasks"
+url = "http://guest:guest@127.0.0.1:15672"
+colour = "blue"
+"#;
+    let (code, _, stderr) = check(bad, &["check-config"]);
+    assert_eq!(code, 64, "{stderr}");
+    for (key, reason) in [
+        ("rabbitmq[0].name", "used by another cluster or broker"),
+        ("rabbitmq[0].url", "scheme must be http or https"),
+        ("rabbitmq[0].page_size", "between 1 and 500"),
+        ("rabbitmq[0].queue_allow", "regex"),
+        ("nats[0].servers[0]", "not nats://host:port"),
+        ("nats[0].user", "one of user/password, token"),
+        ("nats[0].creds_file", "cannot read"),
+        ("sqs[0].name", "required"),
+        ("sqs[0].region", "not a region name"),
+        ("sqs[0].endpoint_url", ""),
+        ("rabbitmq[1].url", "credentials in username/password"),
+        ("rabbitmq[1].colour", "unknown field"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("- {key}")))
+            .unwrap_or_else(|| panic!("{key} missing from:\n{stderr}"));
+        assert!(line.contains(reason), "{key}: {line}");
+    }
+    // A collector that watches only other brokers is a valid collector.
+    let (code, _, stderr) = check(
+        "[[nats]]\nname = \"events\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
+        &["check-config"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+}

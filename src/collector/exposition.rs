@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::backlog::{Broker, BrokerSnapshot, Row};
+use super::consistency::Histogram;
 use super::snapshot::{GroupTopicRow, Snapshot};
 use super::status::Status;
 use crate::telemetry::contract::{self as m, Family};
@@ -104,10 +106,10 @@ fn labels_of(s: &Snapshot) -> Labels {
     }
 }
 
-/// Renders snapshots, each family once with the series of every cluster.
-pub fn render(snaps: &[Arc<Snapshot>]) -> Bytes {
-    if snaps.is_empty() {
-        // No collector in this process (the sidecar role): no collection families at all.
+/// Renders snapshots, each family once with the series of every cluster and broker.
+pub fn render(snaps: &[Arc<Snapshot>], brokers: &[Arc<BrokerSnapshot>]) -> Bytes {
+    if snaps.is_empty() && brokers.is_empty() {
+        // No collector in this process (the sidecar role), or nothing collected: no collection families.
         return Bytes::new();
     }
     let labels: Vec<Labels> = snaps.iter().map(|s| labels_of(s)).collect();
@@ -156,8 +158,87 @@ pub fn render(snaps: &[Arc<Snapshot>]) -> Bytes {
                 }
             }
         }
+        if n == m::CONSISTENCY_WINDOW.name {
+            // Other brokers' windows (NATS), in the same family: the Kafka labels plus `broker`.
+            for b in brokers {
+                for c in &b.consistency {
+                    let labels = label_set(&[
+                        (m::L_CLUSTER, &b.cluster),
+                        (m::L_GROUP, &c.consumer),
+                        (m::L_TOPIC, &c.destination),
+                        (m::L_SOURCE, SOURCE),
+                        (m::L_BROKER, b.broker.as_label()),
+                    ]);
+                    histogram(&mut w, n, &labels, &c.histogram, &bucket_bounds);
+                }
+            }
+        }
+    }
+    backlog_families(&mut w, snaps, brokers);
+    for fam in m::BROKER_FAMILIES {
+        w.header(fam);
+        for b in brokers {
+            for sample in b.samples.iter().filter(|s| s.family.name == fam.name) {
+                let pairs: Vec<(&str, &str)> = sample.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                w.sample(fam.name, "", &label_set(&pairs), None, Value::Float(sample.value));
+            }
+        }
     }
     Bytes::from(w.out)
+}
+
+/// `eventscope_backlog_*`: Kafka's groups from the cluster snapshots, then every other broker's rows.
+fn backlog_families(w: &mut Writer, snaps: &[Arc<Snapshot>], brokers: &[Arc<BrokerSnapshot>]) {
+    let kafka = snaps.iter().map(|s| (Broker::Kafka, s.cluster.as_str(), &s.backlog));
+    let others = brokers.iter().map(|b| (b.broker, b.cluster.as_str(), &b.rows));
+    let all: Vec<(Broker, &str, &Vec<Row>)> = kafka.chain(others).collect();
+    let labels: Vec<Vec<Vec<u8>>> = all
+        .iter()
+        .map(|(broker, cluster, rows)| {
+            rows.iter()
+                .map(|r| {
+                    label_set(&[
+                        (m::L_BROKER, broker.as_label()),
+                        (m::L_CLUSTER, cluster),
+                        (m::L_DESTINATION, &r.destination),
+                        (m::L_CONSUMER, &r.consumer),
+                    ])
+                })
+                .collect()
+        })
+        .collect();
+    for fam in m::BACKLOG_FAMILIES {
+        w.header(fam);
+        let n = fam.name;
+        for ((_, _, rows), ls) in all.iter().zip(&labels) {
+            for (r, l) in rows.iter().zip(ls) {
+                if n == m::BACKLOG_STATUS.name {
+                    for st in Status::ALL {
+                        w.sample(n, "", l, Some((m::L_STATUS, st.as_label())), Value::Int((st == r.status) as i64));
+                    }
+                    continue;
+                }
+                let v = if n == m::BACKLOG_MESSAGES.name {
+                    Some(r.messages as f64)
+                } else if n == m::BACKLOG_AGE.name {
+                    r.age_seconds
+                } else {
+                    r.drain_seconds
+                };
+                if let Some(v) = v {
+                    w.sample(n, "", l, None, Value::Float(v));
+                }
+            }
+        }
+    }
+}
+
+fn histogram(w: &mut Writer, n: &str, labels: &[u8], h: &Histogram, bucket_bounds: &[String]) {
+    for (bound, cum) in bucket_bounds.iter().zip(h.cumulative()) {
+        w.sample(n, "_bucket", labels, Some(("le", bound)), Value::Int(cum as i64));
+    }
+    w.sample(n, "_sum", labels, None, Value::Float(h.sum));
+    w.sample(n, "_count", labels, None, Value::Int(h.count as i64));
 }
 
 fn group_topic_family(w: &mut Writer, fam: &Family, t: &GroupTopicRow, tl: &[u8], bucket_bounds: &[String], pbuf: &mut itoa::Buffer) {
@@ -177,12 +258,7 @@ fn group_topic_family(w: &mut Writer, fam: &Family, t: &GroupTopicRow, tl: &[u8]
         };
         w.sample(n, "", tl, None, Value::Int(v));
     } else if n == m::CONSISTENCY_WINDOW.name {
-        let h = &t.consistency;
-        for (bound, cum) in bucket_bounds.iter().zip(h.cumulative()) {
-            w.sample(n, "_bucket", tl, Some(("le", bound)), Value::Int(cum as i64));
-        }
-        w.sample(n, "_sum", tl, None, Value::Float(h.sum));
-        w.sample(n, "_count", tl, None, Value::Int(h.count as i64));
+        histogram(w, n, tl, &t.consistency, bucket_bounds);
     } else {
         for p in &t.partitions {
             let v = if n == m::GROUP_LAG.name {
@@ -201,7 +277,6 @@ fn group_topic_family(w: &mut Writer, fam: &Family, t: &GroupTopicRow, tl: &[u8]
 
 #[cfg(test)]
 mod tests {
-    use super::super::consistency::Histogram;
     use super::super::snapshot::{GroupRow, PartitionRow, TopicRow};
     use super::*;
 
@@ -232,9 +307,59 @@ mod tests {
                         consistency: h.clone(),
                     }],
                 }],
+                backlog: vec![Row {
+                    destination: "orders".into(),
+                    consumer: "read\"model".into(),
+                    messages: 6,
+                    age_seconds: Some(1.5),
+                    drain_seconds: None,
+                    status: Status::Warn,
+                }],
             })
         };
-        let text = String::from_utf8(render(&[snap("a"), snap("b")]).to_vec()).unwrap();
+        let nats = Arc::new(BrokerSnapshot {
+            broker: Broker::Nats,
+            cluster: "n".into(),
+            taken_at_ms: 0,
+            rows: vec![Row {
+                destination: "ORDERS".into(),
+                consumer: "billing".into(),
+                messages: 0,
+                age_seconds: Some(0.0),
+                drain_seconds: Some(0.0),
+                status: Status::Ok,
+            }],
+            samples: vec![super::super::backlog::Sample {
+                family: &m::NATS_PENDING,
+                labels: vec![
+                    (m::L_CLUSTER, "n".into()),
+                    (m::L_DESTINATION, "ORDERS".into()),
+                    (m::L_CONSUMER, "billing".into()),
+                ],
+                value: 0.0,
+            }],
+            consistency: vec![super::super::backlog::ConsistencyRow {
+                destination: "ORDERS".into(),
+                consumer: "billing".into(),
+                histogram: h.clone(),
+            }],
+        });
+        let text = String::from_utf8(render(&[snap("a"), snap("b")], &[nats]).to_vec()).unwrap();
+        assert!(
+            text.contains(
+                "eventscope_backlog_messages{broker=\"kafka\",cluster=\"a\",destination=\"orders\",consumer=\"read\\\"model\"} 6\n"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains("eventscope_backlog_drain_seconds{broker=\"nats\",cluster=\"n\",destination=\"ORDERS\",consumer=\"billing\"} 0\n"));
+        assert!(!text.contains("eventscope_backlog_drain_seconds{broker=\"kafka\""));
+        assert!(text.contains("eventscope_backlog_status{broker=\"kafka\",cluster=\"b\",destination=\"orders\",consumer=\"read\\\"model\",status=\"WARN\"} 1\n"));
+        assert!(text.contains("eventscope_nats_consumer_pending_messages{cluster=\"n\",destination=\"ORDERS\",consumer=\"billing\"} 0\n"));
+        assert!(text.contains(
+            "eventscope_consistency_window_seconds_count{cluster=\"n\",consumergroup=\"billing\",topic=\"ORDERS\",source=\"collector\",broker=\"nats\"} 3\n"
+        ));
+        assert_eq!(text.matches("# TYPE eventscope_consistency_window_seconds histogram").count(), 1);
         assert_eq!(text.matches("# TYPE kafka_consumergroup_lag gauge").count(), 1);
         assert!(
             text.contains("kafka_consumergroup_lag{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",partition=\"0\"} 6\n"),

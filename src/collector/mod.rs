@@ -11,6 +11,7 @@
 //! `eventscope_collector_errors_total` counts each failure by kind. Connections are re-dialled on the next
 //! poll, so collection recovers by itself. A group whose offsets cannot be read reports status ERR.
 
+pub mod backlog;
 pub mod consistency;
 pub mod exposition;
 pub mod lag;
@@ -129,6 +130,8 @@ pub struct ClusterCollector {
     client: ClusterClient,
     filters: Filters,
     state: State,
+    /// The groups' backlog trend, for the common view's drain time.
+    trend: backlog::Trend,
     shared: Arc<Published>,
 }
 
@@ -144,6 +147,7 @@ impl ClusterCollector {
         );
         let filters = Filters::new(&cfg);
         ClusterCollector {
+            trend: backlog::Trend::new(settings.status_window, settings.allowed_lag),
             index,
             cfg,
             settings,
@@ -241,11 +245,13 @@ impl ClusterCollector {
                     .collect(),
             })
             .collect();
+        let backlog = backlog::kafka_rows(&snapshot_groups, &mut self.trend, now);
         Ok(Snapshot {
             cluster: self.cfg.name.clone(),
             taken_at_ms: now,
             topics: topic_rows,
             groups: snapshot_groups,
+            backlog,
         })
     }
 
@@ -649,6 +655,13 @@ impl ClusterCollector {
     }
 }
 
+/// The names of the other brokers' sources, in the order of their slots in [`Published`].
+pub fn broker_names(config: &crate::config::Config) -> Vec<String> {
+    let rabbitmq = config.rabbitmq.iter().map(|r| r.name.clone());
+    let nats = config.nats.iter().map(|n| n.name.clone());
+    rabbitmq.chain(nats).collect()
+}
+
 /// Spawns one collector per cluster and one reader per saga (their series registered in `registry`);
 /// returns their join handles.
 pub fn spawn_all(
@@ -666,6 +679,35 @@ pub fn spawn_all(
             tokio::spawn(collector.run(shutdown.clone()))
         })
         .collect();
+    let interval = config.collector.poll_interval;
+    let mut index = 0;
+    for r in &config.rabbitmq {
+        match backlog::rabbitmq::Rabbitmq::new(r.clone(), &config.collector) {
+            Ok(source) => tasks.push(tokio::spawn(backlog::run(
+                source,
+                r.name.clone(),
+                index,
+                interval,
+                shared.clone(),
+                shutdown.clone(),
+            ))),
+            // Checked when the configuration was read: cannot happen.
+            Err(why) => tracing::error!(source = %r.name, %why, "not watched"),
+        }
+        index += 1;
+    }
+    for n in &config.nats {
+        let source = backlog::nats::Nats::new(n.clone(), &config.collector);
+        tasks.push(tokio::spawn(backlog::run(
+            source,
+            n.name.clone(),
+            index,
+            interval,
+            shared.clone(),
+            shutdown.clone(),
+        )));
+        index += 1;
+    }
     if !config.sagas.is_empty() {
         let metrics = crate::telemetry::saga::SagaMetrics::new(registry);
         for (i, saga) in config.sagas.iter().enumerate() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::backlog::BrokerSnapshot;
 use super::consistency::Histogram;
 use super::status::Status;
 use crate::telemetry::collector::CollectorMetrics;
@@ -55,41 +56,56 @@ pub struct Snapshot {
     pub taken_at_ms: i64,
     pub topics: Vec<TopicRow>,
     pub groups: Vec<GroupRow>,
+    /// The groups in the common backlog view (`eventscope_backlog_*{broker="kafka"}`).
+    pub backlog: Vec<super::backlog::Row>,
 }
 
-/// A cluster's published state.
-struct ClusterSlot {
+/// A cluster's (or another broker's) published state.
+struct Slot<T> {
     name: String,
-    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    snapshot: Mutex<Option<Arc<T>>>,
     ready: AtomicBool,
+}
+
+impl<T> Slot<T> {
+    fn new(name: String) -> Slot<T> {
+        Slot {
+            name,
+            snapshot: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    fn set(&self, snapshot: Option<Arc<T>>) {
+        if snapshot.is_some() {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        *lock(&self.snapshot) = snapshot;
+    }
 }
 
 /// The clusters' latest snapshots, and their exposition rendered once per new snapshot.
 pub struct Published {
     metrics: CollectorMetrics,
     sagas: Arc<super::saga::board::Board>,
-    clusters: Vec<ClusterSlot>,
+    clusters: Vec<Slot<Snapshot>>,
+    brokers: Vec<Slot<BrokerSnapshot>>,
     version: AtomicU64,
     cache: Mutex<(u64, Bytes)>,
 }
 
 impl Published {
-    /// The slots of the `names` clusters and of the sagas, `(cluster, saga)`.
-    pub fn new(names: Vec<String>, metrics: CollectorMetrics, sagas: &[(String, String)]) -> Arc<Published> {
-        for n in &names {
+    /// The slots of the `names` Kafka clusters, of the other brokers' sources (`brokers`, in the order
+    /// of [`super::broker_names`]) and of the sagas, `(cluster, saga)`.
+    pub fn new(names: Vec<String>, brokers: Vec<String>, metrics: CollectorMetrics, sagas: &[(String, String)]) -> Arc<Published> {
+        for n in names.iter().chain(&brokers) {
             metrics.init_cluster(n);
         }
         Arc::new(Published {
             metrics,
             sagas: Arc::new(super::saga::board::Board::new(sagas)),
-            clusters: names
-                .into_iter()
-                .map(|name| ClusterSlot {
-                    name,
-                    snapshot: Mutex::new(None),
-                    ready: AtomicBool::new(false),
-                })
-                .collect(),
+            clusters: names.into_iter().map(Slot::new).collect(),
+            brokers: brokers.into_iter().map(Slot::new).collect(),
             version: AtomicU64::new(1),
             cache: Mutex::new((0, Bytes::new())),
         })
@@ -106,16 +122,22 @@ impl Published {
 
     /// Replaces cluster `index`'s snapshot (`None`: withdraws it).
     pub fn publish(&self, index: usize, snapshot: Option<Arc<Snapshot>>) {
-        let slot = &self.clusters[index];
-        if snapshot.is_some() {
-            slot.ready.store(true, Ordering::Relaxed);
-        }
-        *lock(&slot.snapshot) = snapshot;
+        self.clusters[index].set(snapshot);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Replaces broker source `index`'s snapshot (`None`: withdraws it).
+    pub fn publish_broker(&self, index: usize, snapshot: Option<Arc<BrokerSnapshot>>) {
+        self.brokers[index].set(snapshot);
         self.version.fetch_add(1, Ordering::Release);
     }
 
     pub fn snapshots(&self) -> Vec<Arc<Snapshot>> {
         self.clusters.iter().filter_map(|c| lock(&c.snapshot).clone()).collect()
+    }
+
+    pub fn broker_snapshots(&self) -> Vec<Arc<BrokerSnapshot>> {
+        self.brokers.iter().filter_map(|c| lock(&c.snapshot).clone()).collect()
     }
 }
 
@@ -131,18 +153,24 @@ impl crate::admin::Collection for Published {
         let mut cache = lock(&self.cache);
         if cache.0 != version {
             let started = Instant::now();
-            *cache = (version, super::exposition::render(&self.snapshots()));
+            *cache = (version, super::exposition::render(&self.snapshots(), &self.broker_snapshots()));
             self.metrics.render_duration.observe(started.elapsed().as_secs_f64());
         }
         cache.1.clone()
     }
 
     fn waiting(&self) -> Vec<String> {
-        self.clusters
+        let kafka = self
+            .clusters
             .iter()
             .filter(|c| !c.ready.load(Ordering::Relaxed))
-            .map(|c| c.name.clone())
-            .collect()
+            .map(|c| c.name.clone());
+        let brokers = self
+            .brokers
+            .iter()
+            .filter(|c| !c.ready.load(Ordering::Relaxed))
+            .map(|c| c.name.clone());
+        kafka.chain(brokers).collect()
     }
 
     fn listing(&self, path: &str, query: Option<&str>) -> Option<Result<Bytes, String>> {

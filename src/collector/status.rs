@@ -73,6 +73,10 @@ impl Window {
         self.obs.push_back(o);
     }
 
+    pub fn first(&self) -> Option<&Observation> {
+        self.obs.front()
+    }
+
     pub fn last(&self) -> Option<&Observation> {
         self.obs.back()
     }

@@ -16,6 +16,7 @@
 //!
 //! Any problem makes the process exit with code 64 (`EX_USAGE`). Each role takes its section as it is.
 
+pub mod brokers;
 pub mod load;
 pub mod saga;
 pub mod types;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 
 use crate::kafka::Security;
 use crate::telemetry::route::Template;
+pub use brokers::{HttpBase, NatsConfig, RabbitmqConfig, SqsConfig};
 pub use saga::{SagaConfig, Source};
 use types::{address, duration, optional_address, optional_host_port, scalar_map};
 pub use types::{HostPort, LogLevel, Pattern, Servers};
@@ -51,6 +53,12 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// The sagas the collector follows from their events (collector role).
     pub sagas: Vec<SagaConfig>,
+    /// RabbitMQ queues to watch, through the management API (collector role).
+    pub rabbitmq: Vec<RabbitmqConfig>,
+    /// NATS JetStream streams and consumers to watch (collector role).
+    pub nats: Vec<NatsConfig>,
+    /// SQS queues (and SNS topics) to watch (collector role).
+    pub sqs: Vec<SqsConfig>,
     /// The sidecar role: a Kafka protocol proxy and an HTTP reverse proxy beside the application.
     pub sidecar: Option<SidecarConfig>,
 }
@@ -369,10 +377,15 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// Whether the collector has anything to watch: a Kafka cluster or another broker.
+    pub fn watches_anything(&self) -> bool {
+        !(self.clusters.is_empty() && self.rabbitmq.is_empty() && self.nats.is_empty() && self.sqs.is_empty())
+    }
+
     /// The roles this configuration's sections ask for.
     pub fn roles(&self) -> Vec<Role> {
         let mut r = Vec::new();
-        if !self.clusters.is_empty() {
+        if self.watches_anything() {
             r.push(Role::Collector);
         }
         if self.sidecar.is_some() {

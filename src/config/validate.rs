@@ -154,6 +154,9 @@ impl Config {
                 );
             }
         }
+        for (key, reason) in super::brokers::problems(&self.rabbitmq, &self.nats, &self.sqs, &cluster_names) {
+            push(key, reason);
+        }
         out
     }
 
@@ -161,9 +164,9 @@ impl Config {
     pub fn validate_role(&self, role: Role) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
         match role {
-            Role::Collector if self.clusters.is_empty() => out.push(ConfigIssue {
+            Role::Collector if !self.watches_anything() => out.push(ConfigIssue {
                 key: "clusters".into(),
-                reason: "at least one [[clusters]] entry is required".into(),
+                reason: "at least one [[clusters]], [[rabbitmq]], [[nats]] or [[sqs]] entry is required".into(),
             }),
             Role::Sidecar
                 if self

@@ -103,6 +103,7 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
     let order_saga: SagaConfig = toml::from_str(saga::CONFIG)?;
     let shared = Published::new(
         vec!["demo".into()],
+        Vec::new(),
         CollectorMetrics::new(&registry),
         &[("demo".into(), order_saga.name.clone())],
     );

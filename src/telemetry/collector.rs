@@ -130,7 +130,11 @@ impl CollectorMetrics {
 
     /// The one place a collection error is both logged and counted.
     pub fn collection_error(&self, cluster: &str, step: &str, err: &crate::kafka::KafkaError) {
-        let kind = ErrorKind::from(err);
+        self.source_error(cluster, step, ErrorKind::from(err), err);
+    }
+
+    /// The same for any source (RabbitMQ, NATS, SQS), its error already sorted into a kind.
+    pub fn source_error(&self, cluster: &str, step: &str, kind: ErrorKind, err: &dyn std::fmt::Display) {
         tracing::warn!(cluster, step, kind = kind.as_label(), error = %err, "collection step failed");
         self.errors.with([cluster, kind.as_label()]).inc();
     }

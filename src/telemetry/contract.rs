@@ -27,6 +27,7 @@ pub const L_KIND: &str = "kind";
 pub const L_SOURCE: &str = "source";
 
 /// A metric family: name, type and help.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Family {
     pub name: &'static str,
     pub kind: &'static str,
@@ -104,6 +105,155 @@ family!(
     "histogram",
     "Time from a record's append until a commit of the group past it was observed: the read model's eventual-consistency window."
 );
+
+// One view of backlogs across brokers (collector role): Kafka groups, RabbitMQ queues, JetStream consumers,
+// SQS queues. Labels: `broker` (a closed set), `cluster` (a configured name), `destination` and `consumer`
+// (what the broker holds, filtered by the configuration's allow and deny lists).
+pub const L_BROKER: &str = "broker";
+pub const L_CONSUMER: &str = "consumer";
+family!(
+    BACKLOG_MESSAGES,
+    "eventscope_backlog_messages",
+    "gauge",
+    "Messages not yet consumed: a Kafka group's lag on the topic, a RabbitMQ queue's ready + unacked, a JetStream consumer's pending + ack pending, an SQS queue's visible + in flight."
+);
+family!(
+    BACKLOG_AGE,
+    "eventscope_backlog_age_seconds",
+    "gauge",
+    "Age of the oldest message not yet consumed, where it can be known (0 when there is none)."
+);
+family!(
+    BACKLOG_DRAIN,
+    "eventscope_backlog_drain_seconds",
+    "gauge",
+    "Seconds to consume the backlog at the net consumption rate over the status window (absent while it does not shrink)."
+);
+family!(
+    BACKLOG_STATUS,
+    "eventscope_backlog_status",
+    "gauge",
+    "Burrow-style evaluation of the consumer on the destination: 1 for the current status, 0 for the others."
+);
+family!(
+    RABBITMQ_READY,
+    "eventscope_rabbitmq_queue_messages_ready",
+    "gauge",
+    "Messages ready for delivery in the RabbitMQ queue."
+);
+family!(
+    RABBITMQ_UNACKED,
+    "eventscope_rabbitmq_queue_messages_unacked",
+    "gauge",
+    "Messages delivered to consumers and not yet acknowledged."
+);
+family!(
+    RABBITMQ_CONSUMERS,
+    "eventscope_rabbitmq_queue_consumers",
+    "gauge",
+    "Consumers of the queue."
+);
+family!(
+    RABBITMQ_UTILISATION,
+    "eventscope_rabbitmq_queue_consumer_utilisation",
+    "gauge",
+    "Fraction of the time the queue can deliver to its consumers at once (RabbitMQ's consumer_utilisation, 0 to 1)."
+);
+family!(
+    RABBITMQ_PUBLISHED,
+    "eventscope_rabbitmq_queue_published_total",
+    "counter",
+    "Messages published into the queue (the management statistics' count; it restarts with the node)."
+);
+family!(
+    RABBITMQ_DELIVERED,
+    "eventscope_rabbitmq_queue_delivered_total",
+    "counter",
+    "Messages delivered or fetched from the queue."
+);
+family!(
+    RABBITMQ_ACKED,
+    "eventscope_rabbitmq_queue_acked_total",
+    "counter",
+    "Messages consumed from the queue: acknowledged, or delivered with automatic acknowledgement."
+);
+family!(
+    RABBITMQ_REDELIVERED,
+    "eventscope_rabbitmq_queue_redelivered_total",
+    "counter",
+    "Messages delivered again (requeued or not acknowledged before the consumer went away)."
+);
+family!(
+    NATS_PENDING,
+    "eventscope_nats_consumer_pending_messages",
+    "gauge",
+    "Messages of the stream the JetStream consumer has not yet delivered (num_pending)."
+);
+family!(
+    NATS_ACK_PENDING,
+    "eventscope_nats_consumer_ack_pending_messages",
+    "gauge",
+    "Messages delivered and not yet acknowledged (num_ack_pending)."
+);
+family!(
+    NATS_REDELIVERED,
+    "eventscope_nats_consumer_redelivered_messages",
+    "gauge",
+    "Messages delivered more than once and not yet acknowledged (num_redelivered)."
+);
+family!(
+    NATS_WAITING,
+    "eventscope_nats_consumer_waiting_pulls",
+    "gauge",
+    "Pull requests waiting for messages (num_waiting): a pull consumer's active fetchers."
+);
+family!(
+    NATS_STREAM_MESSAGES,
+    "eventscope_nats_stream_messages",
+    "gauge",
+    "Messages stored in the stream."
+);
+family!(
+    NATS_STREAM_BYTES,
+    "eventscope_nats_stream_bytes",
+    "gauge",
+    "Bytes stored in the stream."
+);
+family!(
+    NATS_STREAM_FIRST_SEQ,
+    "eventscope_nats_stream_first_sequence",
+    "gauge",
+    "Sequence of the stream's first stored message."
+);
+family!(
+    NATS_STREAM_LAST_SEQ,
+    "eventscope_nats_stream_last_sequence",
+    "gauge",
+    "Sequence of the stream's last stored message."
+);
+
+/// The broker-specific families, in render order.
+pub const BROKER_FAMILIES: &[&Family] = &[
+    &RABBITMQ_READY,
+    &RABBITMQ_UNACKED,
+    &RABBITMQ_CONSUMERS,
+    &RABBITMQ_UTILISATION,
+    &RABBITMQ_PUBLISHED,
+    &RABBITMQ_DELIVERED,
+    &RABBITMQ_ACKED,
+    &RABBITMQ_REDELIVERED,
+    &NATS_PENDING,
+    &NATS_ACK_PENDING,
+    &NATS_REDELIVERED,
+    &NATS_WAITING,
+    &NATS_STREAM_MESSAGES,
+    &NATS_STREAM_BYTES,
+    &NATS_STREAM_FIRST_SEQ,
+    &NATS_STREAM_LAST_SEQ,
+];
+
+/// The families of the common backlog view, in render order.
+pub const BACKLOG_FAMILIES: &[&Family] = &[&BACKLOG_MESSAGES, &BACKLOG_AGE, &BACKLOG_DRAIN, &BACKLOG_STATUS];
 
 /// Every family the collection snapshot renders, in render order.
 pub const SNAPSHOT_FAMILIES: &[&Family] = &[
@@ -245,6 +395,8 @@ pub const PROXY_LATENCY_BUCKETS: &[f64] = &[
 
 pub fn collector_names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
+    v.extend(BACKLOG_FAMILIES.iter().map(|f| f.name));
+    v.extend(BROKER_FAMILIES.iter().map(|f| f.name));
     v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO, RENDER_DURATION]);
     v.extend(PROCESS_NAMES);
     v

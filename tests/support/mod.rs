@@ -3,6 +3,7 @@
 //! committing with librdkafka (rdkafka).
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod grafana;
 pub mod otlp;
 pub mod prom;
@@ -61,6 +62,7 @@ const TOOLS: &[(&str, &str)] = &[
         "the machine's Python (with confluent-kafka, kubernetes-validate and jsonschema from PyPI)",
     ),
     ("tansu", "crates.io: cargo install --locked tansu@0.6.0 --features dynostore"),
+    ("nats-server", "Debian's nats-server package"),
 ];
 
 /// A command for an external tool of the tests; if the tool is missing, the test fails saying which
@@ -439,6 +441,21 @@ impl Drop for Eventscope {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A GET with basic authentication (`user:password`); `None` if the server is unreachable.
+pub fn http_get_auth(addr: &str, path: &str, user_password: &str) -> Option<(u16, String)> {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(user_password);
+    let r = ureq::get(&format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(10))
+        .set("Authorization", &format!("Basic {token}"))
+        .call();
+    match r {
+        Ok(resp) => Some((resp.status(), resp.into_string().ok()?)),
+        Err(ureq::Error::Status(code, resp)) => Some((code, resp.into_string().unwrap_or_default())),
+        Err(_) => None,
     }
 }
 

@@ -1,0 +1,337 @@
+//! The seed's other brokers in the collector: real RabbitMQ and NATS servers from Debian, started here on
+//! 127.0.0.1, real clients (pika from PyPI for AMQP, async-nats for JetStream), backlogs built to known
+//! sizes and asserted exactly at rest, ages against the messages' own timestamps, STOP and STALL, a
+//! server killed and restarted.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::brokers::{NatsServer, Rabbitmq};
+use support::{now_ms, wait_for, Eventscope, Metrics};
+
+const BACKLOG: &str = "eventscope_backlog_messages";
+const AGE: &str = "eventscope_backlog_age_seconds";
+const DRAIN: &str = "eventscope_backlog_drain_seconds";
+
+fn pika(args: &[&str]) {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/rabbitmq_traffic.py"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "rabbitmq_traffic.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The status whose `eventscope_backlog_status` sample is 1.
+fn status(m: &Metrics, broker: &str, cluster: &str, destination: &str, consumer: &str) -> Option<String> {
+    m.samples
+        .iter()
+        .find(|(n, l, v)| {
+            n == "eventscope_backlog_status"
+                && *v == 1.0
+                && [
+                    ("broker", broker),
+                    ("cluster", cluster),
+                    ("destination", destination),
+                    ("consumer", consumer),
+                ]
+                .iter()
+                .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
+        })
+        .map(|(_, l, _)| l["status"].clone())
+}
+
+fn queue(d: &str) -> [(&'static str, &str); 3] {
+    [("broker", "rabbitmq"), ("cluster", "tasks"), ("destination", d)]
+}
+
+#[test]
+fn rabbitmq_queues_backlog_age_status_and_a_restart() {
+    let mut rmq = Rabbitmq::start();
+    let es = Eventscope::collector(&format!(
+        r#"
+[collector]
+poll_interval = "1s"
+status_window = 3
+[[rabbitmq]]
+name = "tasks"
+url = "http://{}"
+queue_deny = ["^ignored"]
+"#,
+        rmq.management()
+    ));
+    let port = rmq.amqp_port.to_string();
+    // Past the seed's 10,000, published two minutes ago by the AMQP timestamp property.
+    let orders_published = now_ms();
+    pika(&["publish", &port, "orders", "12000", "120"]);
+    pika(&["publish", &port, "ignored", "5"]);
+    // No timestamps: the age is interpolated on the publish count.
+    let emails_published = now_ms();
+    pika(&["publish", &port, "emails", "300"]);
+    std::thread::sleep(Duration::from_secs(4));
+    pika(&["publish", &port, "emails", "200"]);
+    // A consumer that takes 10 and never acks: STALL.
+    pika(&["publish", &port, "stalled", "100"]);
+    let mut holder = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/rabbitmq_traffic.py"))
+        .args(["hold", &port, "stalled", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+
+    let m = es.wait_metrics("the queues' backlogs at rest", |m| {
+        let settled = m.get(BACKLOG, &queue("orders")) == Some(12000.0)
+            && m.get(BACKLOG, &queue("emails")) == Some(500.0)
+            && m.get(
+                "eventscope_rabbitmq_queue_messages_unacked",
+                &[("cluster", "tasks"), ("destination", "stalled")],
+            ) == Some(10.0)
+            && status(m, "rabbitmq", "tasks", "stalled", "").as_deref() == Some("STALL");
+        settled.then(|| Metrics::parse(&es.raw_metrics()))
+    });
+    let scraped = now_ms();
+    assert_eq!(m.get(BACKLOG, &queue("stalled")), Some(100.0));
+    let stalled = [("cluster", "tasks"), ("destination", "stalled")];
+    assert_eq!(m.get("eventscope_rabbitmq_queue_messages_ready", &stalled), Some(90.0));
+    assert_eq!(m.get("eventscope_rabbitmq_queue_consumers", &stalled), Some(1.0));
+    // No consumer at all: STOP.
+    assert_eq!(status(&m, "rabbitmq", "tasks", "orders", "").as_deref(), Some("STOP"));
+    assert_eq!(m.count(BACKLOG, &[("destination", "ignored")]), 0, "queue_deny");
+    // head_message_timestamp: whole seconds, taken at the poll (at most 1 s before the scrape).
+    let orders_age = m.get(AGE, &queue("orders")).unwrap();
+    let truth = 120.0 + (scraped - orders_published) as f64 / 1000.0;
+    assert!((orders_age - truth).abs() <= 2.5, "orders age {orders_age}, truth {truth}");
+    // Interpolated: within a poll interval plus the statistics interval (1 s each here) of the truth.
+    let truth = (scraped - emails_published) as f64 / 1000.0;
+    let emails_age = m.get(AGE, &queue("emails")).unwrap();
+    assert!((emails_age - truth).abs() <= 3.0, "emails age {emails_age}, truth {truth}");
+    assert_eq!(
+        m.get("eventscope_rabbitmq_queue_published_total", &[("destination", "emails")]),
+        Some(500.0)
+    );
+    assert!(
+        m.get(DRAIN, &queue("orders")).is_none(),
+        "a backlog that does not shrink has no drain time"
+    );
+
+    // Consumed to the end: 0, OK, drain 0, and every message counted as acked.
+    pika(&["consume", &port, "orders", "12000"]);
+    es.wait_metrics("orders consumed", |m| {
+        (m.get(BACKLOG, &queue("orders")) == Some(0.0)
+            && status(m, "rabbitmq", "tasks", "orders", "").as_deref() == Some("OK")
+            && m.get(DRAIN, &queue("orders")) == Some(0.0)
+            && m.get("eventscope_rabbitmq_queue_acked_total", &[("destination", "orders")]) == Some(12000.0))
+        .then_some(())
+    });
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+
+    // The node crashes: its series are withdrawn, not served stale; it comes back by itself.
+    rmq.kill();
+    let m = es.wait_metrics("the node's series withdrawn", |m| {
+        (m.count(BACKLOG, &[("cluster", "tasks")]) == 0 && m.get("eventscope_collector_up", &[("cluster", "tasks")]) == Some(0.0))
+            .then_some(m.samples.len())
+    });
+    assert!(m > 0);
+    let errors = es
+        .scrape()
+        .get("eventscope_collector_errors_total", &[("cluster", "tasks"), ("kind", "connect")])
+        .unwrap();
+    assert!(errors >= 1.0);
+    rmq.restart();
+    // Durable queue, persistent messages: the same 500 after the restart.
+    wait_for(Duration::from_secs(60), "collection back after the restart", || {
+        let m = es.scrape();
+        (m.get(BACKLOG, &queue("emails")) == Some(500.0) && m.get("eventscope_collector_up", &[("cluster", "tasks")]) == Some(1.0))
+            .then_some(())
+    });
+    let (status, _) = es.terminate();
+    assert!(status.success());
+}
+
+mod nats {
+    use super::*;
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    use futures::StreamExt;
+
+    fn consumer(c: &str) -> [(&'static str, &str); 4] {
+        [
+            ("broker", "nats"),
+            ("cluster", "events"),
+            ("destination", "ORDERS"),
+            ("consumer", c),
+        ]
+    }
+
+    async fn publish(js: &jetstream::Context, n: usize) {
+        for i in 0..n {
+            js.publish(format!("orders.{}", i % 3), "order".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Fetches `n` messages from a durable pull consumer and acks them (double ack: the floor has moved
+    /// when it returns).
+    async fn ack(c: &jetstream::consumer::Consumer<pull::Config>, n: usize) {
+        let mut msgs = c.fetch().max_messages(n).expires(Duration::from_secs(5)).messages().await.unwrap();
+        let mut done = 0;
+        while let Some(m) = msgs.next().await {
+            m.unwrap().double_ack().await.unwrap();
+            done += 1;
+        }
+        assert_eq!(done, n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_consumers_backlog_measured_age_consistency_and_a_restart() {
+        let mut server = NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .create_stream(stream::Config {
+                name: "ORDERS".into(),
+                subjects: vec!["orders.*".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let billing = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("billing".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some("audit".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        publish(&js, 500).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        publish(&js, 1000).await;
+        ack(&billing, 500).await;
+        // The oldest message billing has not consumed is the 501st: its stored time is the truth.
+        let truth_ts = stream.get_raw_message(501).await.unwrap().time.unix_timestamp_nanos() as i64 / 1_000_000;
+
+        let url = server.url();
+        let es = tokio::task::spawn_blocking(move || {
+            Eventscope::collector(&format!(
+                "[collector]\npoll_interval = \"1s\"\nstatus_window = 3\n[[nats]]\nname = \"events\"\nservers = [\"{url}\"]\n"
+            ))
+        })
+        .await
+        .unwrap();
+        let es = std::sync::Arc::new(es);
+        let scrape = |es: std::sync::Arc<Eventscope>| async move { tokio::task::spawn_blocking(move || es.scrape()).await.unwrap() };
+        let until = |what: &'static str, es: std::sync::Arc<Eventscope>, f: fn(&Metrics) -> bool| async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let m = scrape(es.clone()).await;
+                if f(&m) {
+                    return m;
+                }
+                assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let m = until("the consumers' backlogs", es.clone(), |m| {
+            m.get(BACKLOG, &consumer("billing")) == Some(1000.0)
+                && m.get(BACKLOG, &consumer("audit")) == Some(1500.0)
+                && status(m, "nats", "events", "ORDERS", "audit").as_deref() == Some("STOP")
+        })
+        .await;
+        let scraped = now_ms();
+        let age = m.get(AGE, &consumer("billing")).unwrap();
+        let truth = (scraped - truth_ts) as f64 / 1000.0;
+        // Measured at the poll, at most one poll interval (1 s) before the scrape.
+        assert!(age <= truth + 0.05 && age >= truth - 1.5, "billing age {age}, truth {truth}");
+        // The stream's first message is 3 s older than the 501st: the age is not the stream's.
+        let audit_age = m.get(AGE, &consumer("audit")).unwrap();
+        assert!(audit_age >= age + 2.5, "audit {audit_age}, billing {age}");
+        let labels = [("cluster", "events"), ("destination", "ORDERS"), ("consumer", "billing")];
+        assert_eq!(m.get("eventscope_nats_consumer_pending_messages", &labels), Some(1000.0));
+        assert_eq!(
+            m.get("eventscope_nats_consumer_ack_pending_messages", &labels),
+            Some(0.0),
+            "{}",
+            es.raw_metrics()
+        );
+        assert_eq!(
+            m.get(
+                "eventscope_nats_stream_messages",
+                &[("cluster", "events"), ("destination", "ORDERS")]
+            ),
+            Some(1500.0)
+        );
+        assert_eq!(
+            m.get(
+                "eventscope_nats_stream_last_sequence",
+                &[("cluster", "events"), ("destination", "ORDERS")]
+            ),
+            Some(1500.0)
+        );
+
+        // Consumption in steps: a drain time while it shrinks, and the floor's movement in the
+        // consistency window: exactly the messages acked while the collector watched.
+        let mut drains = Vec::new();
+        for _ in 0..4 {
+            ack(&billing, 200).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            drains.extend(scrape(es.clone()).await.get(DRAIN, &consumer("billing")));
+        }
+        until("billing at 200", es.clone(), |m| {
+            m.get(BACKLOG, &consumer("billing")) == Some(200.0)
+                && m.get(
+                    "eventscope_consistency_window_seconds_count",
+                    &[
+                        ("broker", "nats"),
+                        ("cluster", "events"),
+                        ("topic", "ORDERS"),
+                        ("consumergroup", "billing"),
+                    ],
+                ) == Some(800.0)
+        })
+        .await;
+        // 200 acked a second, 200 left: about a second to drain.
+        assert!(drains.iter().any(|d| *d > 0.0 && *d < 10.0), "drain times seen {drains:?}");
+
+        // The server crashes: withdrawn; restarted on the same store: back by itself, same backlog.
+        server.kill();
+        until("nats series withdrawn", es.clone(), |m| {
+            m.count(BACKLOG, &[("cluster", "events")]) == 0 && m.get("eventscope_collector_up", &[("cluster", "events")]) == Some(0.0)
+        })
+        .await;
+        server.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = scrape(es.clone()).await;
+            if m.get(BACKLOG, &consumer("audit")) == Some(1500.0) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "collection did not come back");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(client);
+        let es = std::sync::Arc::try_unwrap(es).ok().unwrap();
+        let (status, _) = es.terminate();
+        assert!(status.success());
+    }
+}
