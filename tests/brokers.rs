@@ -335,3 +335,92 @@ mod nats {
         assert!(status.success());
     }
 }
+
+/// moto's server (an emulator: the one SQS and SNS implementation that installs here) on a fresh port.
+struct Moto {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = support::free_port();
+        let child = support::tool("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(30), "moto_server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Moto { port, child }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sqs_queues_dead_letters_and_sns_subscriptions_on_moto() {
+    let moto = Moto::start();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sqs_traffic.py"))
+        .args(["setup", &moto.endpoint()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let es = Eventscope::collector_env(
+        &format!(
+            "[collector]\npoll_interval = \"1s\"\nstatus_window = 3\n[[sqs]]\nname = \"edge\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n",
+            moto.endpoint()
+        ),
+        &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_EC2_METADATA_DISABLED", "true")],
+    );
+    let q = |d: &'static str| [("broker", "sqs"), ("cluster", "edge"), ("destination", d)];
+    let m = es.wait_metrics("the SQS queues", |m| {
+        (status(m, "sqs", "edge", "orders", "").as_deref() == Some("STALL")
+            && status(m, "sqs", "edge", "idle", "").as_deref() == Some("STOP"))
+        .then(|| Metrics::parse(&es.raw_metrics()))
+    });
+    // Visible + in flight, exactly; delayed messages are not a backlog yet.
+    assert_eq!(m.get(BACKLOG, &q("orders")), Some(1200.0));
+    let orders = [("cluster", "edge"), ("destination", "orders")];
+    assert_eq!(m.get("eventscope_sqs_queue_visible_messages", &orders), Some(1000.0));
+    assert_eq!(m.get("eventscope_sqs_queue_in_flight_messages", &orders), Some(200.0));
+    assert_eq!(m.get(BACKLOG, &q("idle")), Some(50.0));
+    assert_eq!(m.get(BACKLOG, &q("delayed")), Some(0.0));
+    assert_eq!(
+        m.get("eventscope_sqs_queue_delayed_messages", &[("destination", "delayed")]),
+        Some(30.0)
+    );
+    // The dead-letter queue, reported as the payments queue's.
+    assert_eq!(
+        m.get(
+            "eventscope_sqs_queue_dead_letter_messages",
+            &[("destination", "payments"), ("dead_letter_queue", "payments-dlq")]
+        ),
+        Some(5.0)
+    );
+    // The SNS topic that feeds orders.
+    assert_eq!(
+        m.get(
+            "eventscope_sqs_queue_sns_subscription_info",
+            &[("destination", "orders"), ("sns_topic", "order-events")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.count("eventscope_sqs_queue_sns_subscription_info", &[("destination", "idle")]), 0);
+    // No age for SQS: its API does not tell it.
+    assert_eq!(m.count(AGE, &[("broker", "sqs")]), 0);
+    let (status, _) = es.terminate();
+    assert!(status.success());
+}

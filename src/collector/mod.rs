@@ -659,7 +659,8 @@ impl ClusterCollector {
 pub fn broker_names(config: &crate::config::Config) -> Vec<String> {
     let rabbitmq = config.rabbitmq.iter().map(|r| r.name.clone());
     let nats = config.nats.iter().map(|n| n.name.clone());
-    rabbitmq.chain(nats).collect()
+    let sqs = config.sqs.iter().map(|q| q.name.clone());
+    rabbitmq.chain(nats).chain(sqs).collect()
 }
 
 /// Spawns one collector per cluster and one reader per saga (their series registered in `registry`);
@@ -701,6 +702,18 @@ pub fn spawn_all(
         tasks.push(tokio::spawn(backlog::run(
             source,
             n.name.clone(),
+            index,
+            interval,
+            shared.clone(),
+            shutdown.clone(),
+        )));
+        index += 1;
+    }
+    for q in &config.sqs {
+        let source = backlog::sqs::Sqs::new(q.clone(), &config.collector);
+        tasks.push(tokio::spawn(backlog::run(
+            source,
+            q.name.clone(),
             index,
             interval,
             shared.clone(),

@@ -231,6 +231,38 @@ family!(
     "gauge",
     "Sequence of the stream's last stored message."
 );
+family!(
+    SQS_VISIBLE,
+    "eventscope_sqs_queue_visible_messages",
+    "gauge",
+    "Messages available for retrieval from the SQS queue (ApproximateNumberOfMessages)."
+);
+family!(
+    SQS_IN_FLIGHT,
+    "eventscope_sqs_queue_in_flight_messages",
+    "gauge",
+    "Messages received and not yet deleted, invisible until their visibility timeout (ApproximateNumberOfMessagesNotVisible)."
+);
+family!(
+    SQS_DELAYED,
+    "eventscope_sqs_queue_delayed_messages",
+    "gauge",
+    "Messages delayed and not yet available (ApproximateNumberOfMessagesDelayed); not in the backlog."
+);
+family!(
+    SQS_DEAD_LETTER,
+    "eventscope_sqs_queue_dead_letter_messages",
+    "gauge",
+    "Messages in the queue's dead-letter queue (the one its RedrivePolicy names)."
+);
+family!(
+    SQS_SUBSCRIPTION,
+    "eventscope_sqs_queue_sns_subscription_info",
+    "gauge",
+    "1 for each SNS topic that delivers to the queue."
+);
+pub const L_DEAD_LETTER_QUEUE: &str = "dead_letter_queue";
+pub const L_SNS_TOPIC: &str = "sns_topic";
 
 /// The broker-specific families, in render order.
 pub const BROKER_FAMILIES: &[&Family] = &[
@@ -250,6 +282,11 @@ pub const BROKER_FAMILIES: &[&Family] = &[
     &NATS_STREAM_BYTES,
     &NATS_STREAM_FIRST_SEQ,
     &NATS_STREAM_LAST_SEQ,
+    &SQS_VISIBLE,
+    &SQS_IN_FLIGHT,
+    &SQS_DELAYED,
+    &SQS_DEAD_LETTER,
+    &SQS_SUBSCRIPTION,
 ];
 
 /// The families of the common backlog view, in render order.

@@ -63,6 +63,7 @@ const TOOLS: &[(&str, &str)] = &[
     ),
     ("tansu", "crates.io: cargo install --locked tansu@0.6.0 --features dynostore"),
     ("nats-server", "Debian's nats-server package"),
+    ("moto_server", "PyPI: moto[server]"),
 ];
 
 /// A command for an external tool of the tests; if the tool is missing, the test fails saying which
@@ -177,18 +178,19 @@ pub struct Eventscope {
 impl Eventscope {
     /// Starts `eventscope collector` with `[admin] listen` set to a fresh port and the given TOML appended.
     pub fn collector(toml: &str) -> Eventscope {
+        Self::collector_env(toml, &[])
+    }
+
+    /// The same, with environment variables (`AWS_*` for the SQS source).
+    pub fn collector_env(toml: &str, env: &[(&str, &str)]) -> Eventscope {
         let admin = format!("127.0.0.1:{}", free_port());
         let mut config = tempfile::NamedTempFile::new().unwrap();
         write!(config, "[admin]\nlisten = \"{admin}\"\nshutdown_grace = \"2s\"\n{toml}").unwrap();
         let path = config.path().to_str().unwrap().to_string();
-        Self::spawn(&["collector", "--config", &path], admin, config)
+        Self::spawn_env(&["collector", "--config", &path], admin, config, env)
     }
 
     /// Runs the binary with `args` and waits until its admin server answers /healthz.
-    fn spawn(args: &[&str], admin: String, config: tempfile::NamedTempFile) -> Eventscope {
-        Self::spawn_env(args, admin, config, &[])
-    }
-
     fn spawn_env(args: &[&str], admin: String, config: tempfile::NamedTempFile, env: &[(&str, &str)]) -> Eventscope {
         let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
             .args(args)

@@ -16,6 +16,7 @@
 pub mod http;
 pub mod nats;
 pub mod rabbitmq;
+pub mod sqs;
 
 use std::collections::HashMap;
 use std::sync::Arc;
