@@ -273,5 +273,21 @@ fn alertmanager_routes_consumer_lag_to_its_receiver() {
         route(&["alertname=SagaCompensationMissing", "severity=critical", "saga=order"]),
         "sagas"
     );
+    for alert in [
+        "EventBacklogHigh",
+        "EventConsumerStalled",
+        "DeadLetterQueueReceiving",
+        "KafkaPartitionSkew",
+    ] {
+        assert_eq!(
+            route(&[
+                &format!("alertname={alert}"),
+                "severity=warning",
+                "broker=rabbitmq",
+                "cluster=tasks"
+            ]),
+            "event-backlog"
+        );
+    }
     assert_eq!(route(&["alertname=EventscopeCollectorErrors", "severity=warning"]), "default");
 }

@@ -141,6 +141,12 @@ pub fn render(snaps: &[Arc<Snapshot>], brokers: &[Arc<BrokerSnapshot>]) -> Bytes
                 for (t, tl) in s.topics.iter().zip(&l.topic) {
                     w.sample(n, "", tl, None, Value::Int(t.partitions.len() as i64));
                 }
+            } else if n == m::TOPIC_SKEW.name {
+                for (t, tl) in s.topics.iter().zip(&l.topic) {
+                    if let Some(v) = t.skew {
+                        w.sample(n, "", tl, None, Value::Float(v));
+                    }
+                }
             } else if n == m::TOPIC_CURRENT_OFFSET.name || n == m::TOPIC_OLDEST_OFFSET.name {
                 let newest = n == m::TOPIC_CURRENT_OFFSET.name;
                 for (t, tl) in s.topics.iter().zip(&l.topic) {
@@ -259,6 +265,10 @@ fn group_topic_family(w: &mut Writer, fam: &Family, t: &GroupTopicRow, tl: &[u8]
         w.sample(n, "", tl, None, Value::Int(v));
     } else if n == m::CONSISTENCY_WINDOW.name {
         histogram(w, n, tl, &t.consistency, bucket_bounds);
+    } else if n == m::GROUP_LAG_SKEW.name {
+        if let Some(v) = super::skew(t.partitions.iter().filter_map(|p| p.lag.map(|l| l as f64))) {
+            w.sample(n, "", tl, None, Value::Float(v));
+        }
     } else {
         for p in &t.partitions {
             let v = if n == m::GROUP_LAG.name {
@@ -290,6 +300,7 @@ mod tests {
                 taken_at_ms: 0,
                 topics: vec![TopicRow {
                     topic: "orders".into(),
+                    skew: Some(1.25),
                     partitions: vec![(0, Some(0), Some(10))],
                 }],
                 groups: vec![GroupRow {
@@ -360,6 +371,10 @@ mod tests {
             "eventscope_consistency_window_seconds_count{cluster=\"n\",consumergroup=\"billing\",topic=\"ORDERS\",source=\"collector\",broker=\"nats\"} 3\n"
         ));
         assert_eq!(text.matches("# TYPE eventscope_consistency_window_seconds histogram").count(), 1);
+        assert!(text.contains("kafka_topic_partition_skew_ratio{cluster=\"a\",topic=\"orders\"} 1.25\n"));
+        assert!(text.contains(
+            "kafka_consumergroup_lag_skew_ratio{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\"} 1\n"
+        ));
         assert_eq!(text.matches("# TYPE kafka_consumergroup_lag gauge").count(), 1);
         assert!(
             text.contains("kafka_consumergroup_lag{cluster=\"a\",consumergroup=\"read\\\"model\",topic=\"orders\",source=\"collector\",partition=\"0\"} 6\n"),

@@ -116,6 +116,8 @@ enum PollFailed {
 #[derive(Default)]
 struct State {
     timelines: HashMap<Tp, Timeline>,
+    /// Each partition's log-end offsets over the status window, for the append-rate skew.
+    ends: HashMap<Tp, std::collections::VecDeque<(i64, i64)>>,
     record_times: HashMap<(Tp, i64), RecordTime>,
     groups: HashMap<String, GroupState>,
     coordinators: HashMap<String, i32>,
@@ -222,7 +224,13 @@ impl ClusterCollector {
         let (log_start, log_end) = self.read_partition_offsets(&topics).await;
         for (tp, end) in &log_end {
             self.state.timelines.entry(tp.clone()).or_default().observe_log_end(*end, now);
+            let ends = self.state.ends.entry(tp.clone()).or_default();
+            if ends.len() == self.settings.status_window {
+                ends.pop_front();
+            }
+            ends.push_back((*end, now));
         }
+        self.state.ends.retain(|tp, _| log_end.contains_key(tp));
         self.state
             .timelines
             .retain(|tp, _| log_end.contains_key(tp) || topics.contains_key(&tp.0));
@@ -236,6 +244,11 @@ impl ClusterCollector {
             .iter()
             .map(|(t, parts)| TopicRow {
                 topic: t.clone(),
+                skew: skew(parts.iter().filter_map(|(p, _)| {
+                    let ends = self.state.ends.get(&(t.clone(), *p))?;
+                    let (&(e0, t0), &(e1, t1)) = (ends.front()?, ends.back()?);
+                    (t1 > t0).then(|| (e1 - e0).max(0) as f64 / ((t1 - t0) as f64 / 1000.0))
+                })),
                 partitions: parts
                     .iter()
                     .map(|(p, _)| {
@@ -655,6 +668,17 @@ impl ClusterCollector {
     }
 }
 
+/// The busiest value over the mean (the seed's partition skew): `None` without values or with a mean of 0.
+pub fn skew(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut n, mut sum, mut max) = (0usize, 0.0f64, 0.0f64);
+    for v in values {
+        n += 1;
+        sum += v;
+        max = max.max(v);
+    }
+    (n > 0 && sum > 0.0).then(|| max / (sum / n as f64))
+}
+
 /// The names of the other brokers' sources, in the order of their slots in [`Published`].
 pub fn broker_names(config: &crate::config::Config) -> Vec<String> {
     let rabbitmq = config.rabbitmq.iter().map(|r| r.name.clone());
@@ -755,6 +779,14 @@ mod tests {
         assert!(denied.contains("orders"));
         denied.expire(1_000 + FETCH_DENIED_RETRY_MS);
         assert!(!denied.contains("orders"));
+    }
+
+    #[test]
+    fn skew_is_the_busiest_over_the_mean() {
+        assert_eq!(skew([30.0, 10.0, 20.0].into_iter()), Some(1.5));
+        assert_eq!(skew([5.0].into_iter()), Some(1.0));
+        assert_eq!(skew([0.0, 0.0].into_iter()), None);
+        assert_eq!(skew(std::iter::empty()), None);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct GroupRow {
 #[derive(Debug, Clone)]
 pub struct TopicRow {
     pub topic: Arc<str>,
+    /// The busiest partition's append rate over the mean, over the status window (`None`: no appends).
+    pub skew: Option<f64>,
     /// Partition, log-start offset, log-end offset.
     pub partitions: Vec<(i32, Option<i64>, Option<i64>)>,
 }

@@ -88,6 +88,18 @@ family!(
 );
 family!(TOPIC_PARTITIONS, "kafka_topic_partitions", "gauge", "Partitions of the topic.");
 family!(
+    TOPIC_SKEW,
+    "kafka_topic_partition_skew_ratio",
+    "gauge",
+    "The busiest partition's append rate over the mean of the topic's partitions, over the status window (1: even; absent without appends)."
+);
+family!(
+    GROUP_LAG_SKEW,
+    "kafka_consumergroup_lag_skew_ratio",
+    "gauge",
+    "The group's largest partition lag on the topic over its mean partition lag (1: even; absent when caught up)."
+);
+family!(
     TOPIC_CURRENT_OFFSET,
     "kafka_topic_partition_current_offset",
     "gauge",
@@ -302,6 +314,8 @@ pub const SNAPSHOT_FAMILIES: &[&Family] = &[
     &GROUP_MEMBERS,
     &GROUP_STATUS,
     &TOPIC_PARTITIONS,
+    &TOPIC_SKEW,
+    &GROUP_LAG_SKEW,
     &TOPIC_CURRENT_OFFSET,
     &TOPIC_OLDEST_OFFSET,
     &CONSISTENCY_WINDOW,
