@@ -8,6 +8,9 @@
 //!   webhook firing with the right cluster, group and topic, then resolved once the consumer catches up.
 //! - The seed's order saga on tansu: an inconsistent order (a compensation missing) fires
 //!   `SagaCompensationMissing` to the sagas receiver, a stuck one `SagaStuck`.
+//! - The seed's other brokers beside Kafka: a JetStream consumer past 10,000 messages fires
+//!   `EventBacklogHigh` to the event-backlog receiver, with `broker="nats"`; RabbitMQ (Debian's server,
+//!   pika) and SQS (moto's server, boto3) feed the backlog dashboard.
 //! - Every panel query of every dashboard in `dashboards/` returns data from that Prometheus.
 
 mod support;
@@ -111,15 +114,92 @@ fn sidecar_traffic(kafka: &str, http: &str, mock: &MockCluster<'static, DefaultP
     }
 }
 
+/// The other brokers of the test, with traffic: a NATS stream of 10,500 messages that consumer `audit`
+/// never reads and `billing` partly acks; a RabbitMQ queue with messages published and some consumed;
+/// moto's SQS queues, SNS topic and dead letters.
+fn other_brokers() -> (support::brokers::NatsServer, support::brokers::Rabbitmq, support::brokers::Moto) {
+    use support::brokers::{pika, Moto, NatsServer, Rabbitmq};
+    let rabbit = std::thread::spawn(|| {
+        let r = Rabbitmq::start();
+        let port = r.amqp_port.to_string();
+        pika(&["publish", &port, "emails", "300"]);
+        pika(&["consume", &port, "emails", "100"]);
+        r
+    });
+    let moto = std::thread::spawn(|| {
+        let m = Moto::start();
+        m.setup();
+        m
+    });
+    let nats = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use async_nats::jetstream::{self, consumer::pull, stream};
+        use futures::StreamExt;
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let s = js
+            .create_stream(stream::Config {
+                name: "ORDERS".into(),
+                subjects: vec!["orders.*".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for name in ["audit", "billing"] {
+            s.create_consumer(pull::Config {
+                durable_name: Some(name.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        // Acks awaited in batches: the client limits the publishes awaiting their ack.
+        for batch in 0..21 {
+            let mut acks = Vec::new();
+            for i in 0..500 {
+                acks.push(
+                    js.publish(format!("orders.{}", (batch * 500 + i) % 3), "order".into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        }
+        let billing: jetstream::consumer::Consumer<pull::Config> = s.get_consumer("billing").await.unwrap();
+        let mut msgs = billing.fetch().max_messages(100).messages().await.unwrap();
+        while let Some(m) = msgs.next().await {
+            m.unwrap().double_ack().await.unwrap();
+        }
+    });
+    (nats, rabbit.join().unwrap(), moto.join().unwrap())
+}
+
 #[test]
 fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
+    let (nats, rabbit, moto) = other_brokers();
     let tansu = Tansu::start();
     tansu.create_topic("orders", 3);
     for t in &support::saga::TOPICS[1..] {
         tansu.create_topic(t, 1);
     }
     let saga = support::saga::order_saga("1s", "1s", "");
-    let es = Eventscope::collector(&format!("{}{saga}", collector_toml(&tansu.bootstrap(), "")));
+    let brokers = format!(
+        "[[rabbitmq]]\nname = \"tasks\"\nurl = \"http://{}\"\n[[nats]]\nname = \"events\"\nservers = [\"{}\"]\n\
+         [[sqs]]\nname = \"edge\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n",
+        rabbit.management(),
+        nats.url(),
+        moto.endpoint()
+    );
+    let es = Eventscope::collector_env(
+        &format!("{}{saga}{brokers}", collector_toml(&tansu.bootstrap(), "")),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
     let otlp = support::otlp::OtlpReceiver::grpc();
     let app = HttpApp::start();
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
@@ -299,6 +379,28 @@ fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
     let listed: serde_json::Value = serde_json::from_str(&es.get("/sagas?state=inconsistent").unwrap().1).unwrap();
     assert_eq!(listed["sagas"][0]["id"], "incident-1");
     assert_eq!(listed["sagas"][0]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+
+    // A JetStream consumer past 10,000: EventBacklogHigh, any broker, to the event-backlog receiver.
+    let audit = |n: &serde_json::Value| {
+        alert_named(n, "EventBacklogHigh")
+            .filter(|a| a["labels"]["broker"] == "nats" && a["labels"]["consumer"] == "audit")
+            .is_some()
+    };
+    let firing = hook.wait_for(Duration::from_secs(60), "EventBacklogHigh firing for NATS", |n| {
+        n["status"] == "firing" && audit(n)
+    });
+    assert_eq!(firing["receiver"], "event-backlog", "{firing:#}");
+    let alert = alert_named(&firing, "EventBacklogHigh").unwrap();
+    assert_eq!(
+        (
+            &alert["labels"]["cluster"],
+            &alert["labels"]["destination"],
+            &alert["labels"]["consumer"]
+        ),
+        (&"events".into(), &"ORDERS".into(), &"audit".into()),
+        "{alert:#}"
+    );
+    assert_eq!(alert["annotations"]["summary"], "10500 messages wait on nats ORDERS");
 
     // Every panel of every dashboard has data in this Prometheus.
     let queries = panel_queries();

@@ -214,6 +214,7 @@ fn dashboards_are_well_formed() {
             "eventscope-sidecar-kafka" => &["job", "instance"],
             "eventscope-http-sli" => &["service", "route"],
             "eventscope-sagas" => &["cluster", "saga"],
+            "eventscope-backlog" => &["broker", "cluster", "destination"],
             _ => &["cluster", "consumergroup"],
         };
         for v in needed {

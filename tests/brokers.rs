@@ -9,25 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::brokers::{NatsServer, Rabbitmq};
+use support::brokers::{pika, Moto, NatsServer, Rabbitmq};
 use support::{now_ms, wait_for, Eventscope, Metrics};
 
 const BACKLOG: &str = "eventscope_backlog_messages";
 const AGE: &str = "eventscope_backlog_age_seconds";
 const DRAIN: &str = "eventscope_backlog_drain_seconds";
-
-fn pika(args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/rabbitmq_traffic.py"))
-        .args(args)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "rabbitmq_traffic.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The status whose `eventscope_backlog_status` sample is 1.
 fn status(m: &Metrics, broker: &str, cluster: &str, destination: &str, consumer: &str) -> Option<String> {
@@ -69,12 +56,10 @@ queue_deny = ["^ignored"]
     ));
     let port = rmq.amqp_port.to_string();
     // Past the seed's 10,000, published two minutes ago by the AMQP timestamp property.
-    let orders_published = now_ms();
-    pika(&["publish", &port, "orders", "12000", "120"]);
+    let orders_published: i64 = pika(&["publish", &port, "orders", "12000", "120"]).parse().unwrap();
     pika(&["publish", &port, "ignored", "5"]);
     // No timestamps: the age is interpolated on the publish count.
-    let emails_published = now_ms();
-    pika(&["publish", &port, "emails", "300"]);
+    let emails_published: i64 = pika(&["publish", &port, "emails", "300"]).parse().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     pika(&["publish", &port, "emails", "200"]);
     // A consumer that takes 10 and never acks: STALL.
@@ -112,10 +97,11 @@ queue_deny = ["^ignored"]
     let orders_age = m.get(AGE, &queue("orders")).unwrap();
     let truth = 120.0 + (scraped - orders_published) as f64 / 1000.0;
     assert!((orders_age - truth).abs() <= 2.5, "orders age {orders_age}, truth {truth}");
-    // Interpolated: within a poll interval plus the statistics interval (1 s each here) of the truth.
+    // Interpolated: within a poll interval plus the statistics interval (1 s each here) of the truth, and
+    // the statistics' own lag on a node that shares 2 cores with the other tests (2 s more allowed).
     let truth = (scraped - emails_published) as f64 / 1000.0;
     let emails_age = m.get(AGE, &queue("emails")).unwrap();
-    assert!((emails_age - truth).abs() <= 3.0, "emails age {emails_age}, truth {truth}");
+    assert!((emails_age - truth).abs() <= 4.0, "emails age {emails_age}, truth {truth}");
     assert_eq!(
         m.get("eventscope_rabbitmq_queue_published_total", &[("destination", "emails")]),
         Some(500.0)
@@ -336,48 +322,10 @@ mod nats {
     }
 }
 
-/// moto's server (an emulator: the one SQS and SNS implementation that installs here) on a fresh port.
-struct Moto {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = support::free_port();
-        let child = support::tool("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(Duration::from_secs(30), "moto_server", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Moto { port, child }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn sqs_queues_dead_letters_and_sns_subscriptions_on_moto() {
     let moto = Moto::start();
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sqs_traffic.py"))
-        .args(["setup", &moto.endpoint()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    moto.setup();
     let es = Eventscope::collector_env(
         &format!(
             "[collector]\npoll_interval = \"1s\"\nstatus_window = 3\n[[sqs]]\nname = \"edge\"\nregion = \"eu-west-1\"\nendpoint_url = \"{}\"\n",
@@ -421,6 +369,68 @@ fn sqs_queues_dead_letters_and_sns_subscriptions_on_moto() {
     assert_eq!(m.count("eventscope_sqs_queue_sns_subscription_info", &[("destination", "idle")]), 0);
     // No age for SQS: its API does not tell it.
     assert_eq!(m.count(AGE, &[("broker", "sqs")]), 0);
+    let (status, _) = es.terminate();
+    assert!(status.success());
+}
+
+/// A hostile management API: one listener per behaviour, each connection served on its own thread.
+fn hostile_http(behaviour: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                match behaviour {
+                    // Says 2 GB and streams until the client gives up.
+                    "huge" => {
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        let chunk = format!("10000\r\n{}\r\n", "[".repeat(0x10000));
+                        while c.write_all(chunk.as_bytes()).is_ok() {}
+                    }
+                    "garbage" => {
+                        let body = r#"{"items":[{"name":5,"vhost":"#;
+                        let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    // Accepts, reads, never answers.
+                    _ => std::thread::sleep(Duration::from_secs(120)),
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn hostile_management_api_answers_are_counted_and_the_other_sources_carry_on() {
+    let nats = NatsServer::start();
+    let mut toml = "[collector]\npoll_interval = \"1s\"\nrequest_timeout = \"1s\"\nmax_response_bytes = 1048576\n".to_string();
+    for b in ["huge", "garbage", "slow"] {
+        toml += &format!("[[rabbitmq]]\nname = \"{b}\"\nurl = \"http://127.0.0.1:{}\"\n", hostile_http(b));
+    }
+    toml += &format!("[[nats]]\nname = \"events\"\nservers = [\"{}\"]\n", nats.url());
+    let es = Eventscope::collector(&toml);
+    let errors = |m: &Metrics, cluster: &str, kind: &str| {
+        m.get("eventscope_collector_errors_total", &[("cluster", cluster), ("kind", kind)])
+            .unwrap_or(0.0)
+    };
+    let m = es.wait_metrics("every hostile answer counted", |m| {
+        (errors(m, "huge", "protocol") >= 2.0 && errors(m, "garbage", "protocol") >= 2.0 && errors(m, "slow", "timeout") >= 2.0)
+            .then(|| Metrics::parse(&es.raw_metrics()))
+    });
+    for b in ["huge", "garbage", "slow"] {
+        assert_eq!(m.get("eventscope_collector_up", &[("cluster", b)]), Some(0.0), "{b}");
+        assert_eq!(m.count(BACKLOG, &[("cluster", b)]), 0, "{b}: nothing served");
+    }
+    // The healthy source beside them is collected all along.
+    assert_eq!(m.get("eventscope_collector_up", &[("cluster", "events")]), Some(1.0));
+    // A 2 GB answer was cut at the limit, not buffered.
+    let rss = es.peak_rss() / 1e6;
+    assert!(rss < 100.0, "peak RSS {rss} MB");
     let (status, _) = es.terminate();
     assert!(status.success());
 }

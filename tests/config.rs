@@ -268,7 +268,6 @@ colour = "blue"
         ("rabbitmq[0].queue_allow", "regex"),
         ("nats[0].servers[0]", "not nats://host:port"),
         ("nats[0].user", "one of user/password, token"),
-        ("nats[0].creds_file", "cannot read"),
         ("sqs[0].name", "required"),
         ("sqs[0].region", "not a region name"),
         ("sqs[0].endpoint_url", ""),

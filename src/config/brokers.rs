@@ -4,7 +4,8 @@
 //!
 //! Secrets come from files (`password_file`, `token_file`, `creds_file`: a Kubernetes Secret mounted as a
 //! volume) or from `EVENTSCOPE_...` variables, never from the ConfigMap; they are read when a source
-//! connects, so a rotated Secret is picked up without a restart.
+//! connects (a file that cannot be read is an `authorization` error of that poll, with its path), so a
+//! rotated Secret is picked up without a restart, and `check-config` runs where the Secret is not mounted.
 
 use std::path::PathBuf;
 
@@ -104,9 +105,6 @@ pub fn problems(rabbitmq: &[RabbitmqConfig], nats: &[NatsConfig], sqs: &[SqsConf
         if r.username.is_empty() {
             out.push((k("username"), "required".into()));
         }
-        if let Some(f) = &r.password_file {
-            readable(&mut out, k("password_file"), f);
-        }
         if r.page_size == 0 || r.page_size > 500 {
             out.push((k("page_size"), "must be between 1 and 500 (RabbitMQ's largest page)".into()));
         }
@@ -130,15 +128,6 @@ pub fn problems(rabbitmq: &[RabbitmqConfig], nats: &[NatsConfig], sqs: &[SqsConf
         }
         if !user && (!n.password.is_empty() || n.password_file.is_some()) {
             out.push((k("password"), "a password needs a user".into()));
-        }
-        for (key, f) in [
-            ("password_file", &n.password_file),
-            ("token_file", &n.token_file),
-            ("creds_file", &n.creds_file),
-        ] {
-            if let Some(f) = f {
-                readable(&mut out, k(key), f);
-            }
         }
     }
     for (i, s) in sqs.iter().enumerate() {
@@ -164,12 +153,6 @@ fn check_name(out: &mut Vec<(String, String)>, key: String, name: &str, names: &
         out.push((key, format!("{name:?} is used by another cluster or broker")));
     } else {
         names.push(name.to_string());
-    }
-}
-
-fn readable(out: &mut Vec<(String, String)>, key: String, f: &std::path::Path) {
-    if let Err(e) = std::fs::metadata(f) {
-        out.push((key, format!("cannot read {}: {e}", f.display())));
     }
 }
 

@@ -1,7 +1,8 @@
 """RabbitMQ traffic for tests/brokers.rs, through pika (a real AMQP 0-9-1 client from PyPI).
 
     publish PORT QUEUE N [AGE_SECONDS]   declare QUEUE (durable) and publish N persistent messages; with
-                                         AGE_SECONDS, each carries the AMQP timestamp property now - AGE
+                                         AGE_SECONDS, each carries the AMQP timestamp property now - AGE;
+                                         prints the first publish's time (ms since the epoch)
     hold PORT QUEUE PREFETCH             take PREFETCH messages and never ack them: print "held" once they
                                          are in, then keep the channel open until stdin closes (a stalled
                                          consumer)
@@ -25,11 +26,13 @@ def main():
     if cmd == "publish":
         n = int(sys.argv[4])
         age = int(sys.argv[5]) if len(sys.argv) > 5 else None
+        first = time.time()
         for _ in range(n):
             props = pika.BasicProperties(delivery_mode=2, timestamp=int(time.time()) - age if age is not None else None)
             ch.basic_publish("", queue, b"order", props)
         conn.close()
-        print(f"published {n}", flush=True)
+        # The first message's publish time, in ms: the test's ground truth for the queue's age.
+        print(int(first * 1000), flush=True)
     elif cmd == "hold":
         prefetch = int(sys.argv[4])
         ch.basic_qos(prefetch_count=prefetch)
@@ -48,7 +51,10 @@ def main():
             r, _, _ = select.select([sys.stdin], [], [], 0)
             if r and not sys.stdin.readline():
                 break
-        conn.close()
+        try:
+            conn.close()
+        except Exception:
+            pass  # the test may have stopped the node first
     elif cmd == "consume":
         n = int(sys.argv[4])
         done = 0

@@ -1,12 +1,29 @@
 //! The seed's other brokers, real servers from Debian started by the tests on 127.0.0.1 with fresh ports
 //! and stopped when dropped: a RabbitMQ node (with the management plugin) and a NATS server with
-//! JetStream. `bash .ci/install-test-deps` installs both.
+//! JetStream; and moto's server for SQS and SNS (an emulator, PyPI's `moto[server]`: the one SQS and SNS
+//! implementation that installs here). `bash .ci/install-test-deps` installs them.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{free_port, http_get_auth, tool, wait_for};
+
+/// Runs `tests/clients/rabbitmq_traffic.py` (pika) with `args`, checks that it succeeded, and returns what
+/// it printed.
+pub fn pika(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/rabbitmq_traffic.py"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "rabbitmq_traffic.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 /// A RabbitMQ node of its own: its own node name, ports, Erlang port mapper and data folder.
 pub struct Rabbitmq {
@@ -185,5 +202,48 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// moto's server (an emulator: the one SQS and SNS implementation that installs here) on a fresh port.
+pub struct Moto {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = tool("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(30), "moto_server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Moto { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Builds the queues, topic and dead letters of `tests/clients/sqs_traffic.py setup` with boto3.
+    pub fn setup(&self) {
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sqs_traffic.py"))
+            .args(["setup", &self.endpoint()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
