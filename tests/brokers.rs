@@ -434,3 +434,82 @@ fn hostile_management_api_answers_are_counted_and_the_other_sources_carry_on() {
     let (status, _) = es.terminate();
     assert!(status.success());
 }
+
+/// A hostile NATS server: speaks enough of the protocol for a client to connect (INFO, PONG), then answers
+/// every request with `behaviour`: `garbage` (a JetStream answer that is not one) or `slow` (nothing).
+fn hostile_nats(behaviour: &'static str) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let info = format!(
+                    "INFO {{\"server_id\":\"hostile\",\"version\":\"2.9.10\",\"proto\":1,\"host\":\"127.0.0.1\",\"port\":{port},\"max_payload\":1048576,\"headers\":true,\"jetstream\":true}}\r\n"
+                );
+                if w.write_all(info.as_bytes()).is_err() {
+                    return;
+                }
+                let mut r = BufReader::new(c);
+                let mut sid = String::from("1");
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let parts: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+                    line.clear();
+                    let Some(op) = parts.first() else { continue };
+                    match op.as_str() {
+                        "PING" => {
+                            let _ = w.write_all(b"PONG\r\n");
+                        }
+                        "SUB" if parts.len() >= 3 => sid = parts[parts.len() - 1].clone(),
+                        "PUB" | "HPUB" if parts.len() >= 4 => {
+                            let total: usize = parts[parts.len() - 1].parse().unwrap_or(0);
+                            let mut body = vec![0u8; total.min(1 << 20) + 2];
+                            if r.read_exact(&mut body).is_err() {
+                                return;
+                            }
+                            if behaviour == "garbage" {
+                                let payload = r#"{"type":"io.nats.jetstream.api.v1.stream_list_response","total":1,"streams":[{"config":5"#;
+                                let _ = write!(w, "MSG {} {sid} {}\r\n{payload}\r\n", parts[2], payload.len());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn hostile_jetstream_answers_are_counted_and_the_other_sources_carry_on() {
+    let nats = NatsServer::start();
+    let mut toml = "[collector]\npoll_interval = \"1s\"\nrequest_timeout = \"1s\"\n".to_string();
+    for b in ["garbage", "slow"] {
+        toml += &format!("[[nats]]\nname = \"{b}\"\nservers = [\"nats://127.0.0.1:{}\"]\n", hostile_nats(b));
+    }
+    toml += &format!("[[nats]]\nname = \"events\"\nservers = [\"{}\"]\n", nats.url());
+    let es = Eventscope::collector(&toml);
+    let errors = |m: &Metrics, cluster: &str, kinds: &[&str]| -> f64 {
+        kinds
+            .iter()
+            .map(|k| {
+                m.get("eventscope_collector_errors_total", &[("cluster", cluster), ("kind", k)])
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let m = es.wait_metrics("every hostile answer counted", |m| {
+        (errors(m, "garbage", &["protocol"]) >= 2.0 && errors(m, "slow", &["timeout"]) >= 2.0).then(|| Metrics::parse(&es.raw_metrics()))
+    });
+    for b in ["garbage", "slow"] {
+        assert_eq!(m.get("eventscope_collector_up", &[("cluster", b)]), Some(0.0), "{b}");
+        assert_eq!(m.count(BACKLOG, &[("cluster", b)]), 0, "{b}: nothing served");
+    }
+    assert_eq!(m.get("eventscope_collector_up", &[("cluster", "events")]), Some(1.0));
+    let (status, _) = es.terminate();
+    assert!(status.success());
+}

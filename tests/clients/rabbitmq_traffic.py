@@ -7,6 +7,8 @@
                                          are in, then keep the channel open until stdin closes (a stalled
                                          consumer)
     consume PORT QUEUE N                 consume and ack N messages, then exit
+    declare PORT PREFIX N                declare N queues PREFIX-00000 ... and put one message in every tenth
+                                         (for the scale benchmark)
 """
 import sys
 import time
@@ -22,6 +24,15 @@ def main():
     cmd, port, queue = sys.argv[1], sys.argv[2], sys.argv[3]
     conn = connect(port)
     ch = conn.channel()
+    if cmd == "declare":
+        n = int(sys.argv[4])
+        for i in range(n):
+            name = f"{queue}-{i:05}"
+            ch.queue_declare(name, durable=True)
+            if i % 10 == 0:
+                ch.basic_publish("", name, b"task", pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        return
     ch.queue_declare(queue, durable=True)
     if cmd == "publish":
         n = int(sys.argv[4])

@@ -125,15 +125,20 @@ struct Seen {
     members: usize,
 }
 
-fn api_error(e: impl std::fmt::Display) -> SourceError {
-    let s = e.to_string();
-    if s.contains("timed out") || s.contains("timeout") {
-        SourceError::Timeout(Duration::ZERO)
+/// Sorts a JetStream API error into a kind, by what the client says of it (its error kinds differ per
+/// call; their text and sources tell them apart).
+fn api_error(e: impl std::fmt::Display + std::fmt::Debug, timeout: Duration) -> SourceError {
+    let s = format!("{e}: {e:?}");
+    if s.contains("timed out") || s.contains("TimedOut") || s.contains("timeout") {
+        SourceError::Timeout(timeout)
     } else if s.contains("authorization") || s.contains("permissions") {
         SourceError::Authorization(s)
     } else if s.contains("no responders") || s.contains("disconnected") {
         SourceError::Connect(s)
-    } else if s.contains("decode") || s.contains("deserial") || s.contains("JSON") || s.contains("parse") {
+    } else if ["decode", "deserial", "Deserial", "JSON", "json", "parse", "EOF", "expected"]
+        .iter()
+        .any(|w| s.contains(w))
+    {
         SourceError::Protocol(s)
     } else {
         SourceError::Broker(s)
@@ -154,7 +159,7 @@ impl Source for Nats {
         let infos: Vec<jetstream::stream::Info> = tokio::time::timeout(deadline, js.streams().take(MAX_STREAMS).try_collect())
             .await
             .map_err(|_| SourceError::Timeout(deadline))?
-            .map_err(api_error)?;
+            .map_err(|e| api_error(e, deadline))?;
         let cluster = self.cfg.name.clone();
         let mut samples = Vec::new();
         let mut consumers: Vec<Seen> = Vec::new();
@@ -184,11 +189,11 @@ impl Source for Nats {
                 timeline.observe_exact(st.last_sequence as i64, nanos_ms(st.last_timestamp.unix_timestamp_nanos()));
             }
             streams_seen.insert(name.clone());
-            let stream = js.get_stream_no_info(&name).await.map_err(api_error)?;
+            let stream = js.get_stream_no_info(&name).await.map_err(|e| api_error(e, deadline))?;
             let list: Vec<jetstream::consumer::Info> = tokio::time::timeout(deadline, stream.consumers().take(MAX_CONSUMERS).try_collect())
                 .await
                 .map_err(|_| SourceError::Timeout(deadline))?
-                .map_err(api_error)?;
+                .map_err(|e| api_error(e, deadline))?;
             for c in list {
                 if !allowed(&c.name, &self.cfg.consumer_allow, &self.cfg.consumer_deny) {
                     continue;
@@ -234,8 +239,10 @@ impl Source for Nats {
         let read: Vec<_> = futures::stream::iter(wanted)
             .map(|(stream, name, filter, floor)| async move {
                 let r = async {
-                    let s = js_ref.get_stream_no_info(&stream).await.map_err(api_error)?;
-                    s.get_first_raw_message_by_subject(&filter, floor + 1).await.map_err(api_error)
+                    let s = js_ref.get_stream_no_info(&stream).await.map_err(|e| api_error(e, deadline))?;
+                    s.get_first_raw_message_by_subject(&filter, floor + 1)
+                        .await
+                        .map_err(|e| api_error(e, deadline))
                 };
                 let r = tokio::time::timeout(deadline, r)
                     .await
