@@ -401,6 +401,13 @@ fn lag_alert_fires_and_resolves_and_every_dashboard_panel_has_data() {
         "{alert:#}"
     );
     assert_eq!(alert["annotations"]["summary"], "10500 messages wait on nats ORDERS");
+    // Every broker-specific series is exported (RabbitMQ's redelivered count exists once a message was
+    // redelivered, which this traffic does not do).
+    let names: Vec<&str> = eventscope::telemetry::contract::broker_names()
+        .into_iter()
+        .filter(|n| *n != "eventscope_rabbitmq_queue_redelivered_total")
+        .collect();
+    es.scrape().assert_exports(&names, "the collector's broker sources");
 
     // Every panel of every dashboard has data in this Prometheus.
     let queries = panel_queries();

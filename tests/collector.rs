@@ -84,8 +84,14 @@ fn lag_offsets_and_lag_seconds_are_exact_at_rest() {
     assert!((l2 - expect(0)).abs() < 1.5, "lag seconds p2 {l2} vs {}", expect(0));
     assert_eq!(g("kafka_consumergroup_lag_seconds", "1"), Some(0.0));
 
-    // Every metric of the contract that this scenario can produce is exported.
-    m.assert_exports(&eventscope::telemetry::contract::collector_names(), "the collector");
+    // Every metric of the contract that this scenario can produce is exported (nothing is appended while
+    // the collector watches, so there is no append-rate skew to report, and a backlog that does not
+    // shrink has no drain time).
+    let names: Vec<&str> = eventscope::telemetry::contract::collector_names()
+        .into_iter()
+        .filter(|n| !["kafka_topic_partition_skew_ratio", "eventscope_backlog_drain_seconds"].contains(n))
+        .collect();
+    m.assert_exports(&names, "the collector");
     assert_eq!(es.get("/readyz").map(|r| r.0), Some(200));
 
     // A rewind to offset 0: lag seconds is the true age of record 0 (about 100 s), not years.
@@ -458,4 +464,47 @@ fn sigterm_stops_the_collector() {
     let (status, took) = es.terminate();
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+}
+
+/// The seed's "monitor partition skew to avoid hotspots": 30, 10 and 10 records appended to three
+/// partitions within the status window give an append-rate skew of 30 / (50 / 3) = 1.8; a group committed
+/// at 0 lags 30, 10 and 10, the same skew; the cross-broker view shows the group's 50.
+#[test]
+fn partition_skew_of_appends_and_of_lag() {
+    let tansu = Tansu::start();
+    tansu.create_topic("hot", 3);
+    let c = committer(&tansu.bootstrap(), "reader");
+    commit(&c, "hot", &[(0, 0), (1, 0), (2, 0)]);
+    let es = Eventscope::collector(&collector_toml(&tansu.bootstrap(), "status_window = 20\n"));
+    es.wait_metrics("the group seen", |m| {
+        m.get("kafka_consumergroup_lag_sum", &[("consumergroup", "reader")])
+    });
+    // Nothing appended yet: no skew to report.
+    assert_eq!(es.scrape().count("kafka_topic_partition_skew_ratio", &[("topic", "hot")]), 0);
+    let p = producer(&tansu.bootstrap());
+    let now = now_ms();
+    for (partition, n) in [(0, 30), (1, 10), (2, 10)] {
+        produce(&p, "hot", partition, &vec![now; n]);
+    }
+    let m = es.wait_metrics("the appends' skew", |m| {
+        (m.get("kafka_consumergroup_lag_sum", &[("consumergroup", "reader")]) == Some(50.0)
+            && m.get("kafka_topic_partition_skew_ratio", &[("topic", "hot")]).is_some())
+        .then(|| Metrics::parse(&es.raw_metrics()))
+    });
+    let skew = m.get("kafka_topic_partition_skew_ratio", &[("topic", "hot")]).unwrap();
+    assert!((skew - 1.8).abs() < 1e-9, "append skew {skew}");
+    let lag_skew = m
+        .get(
+            "kafka_consumergroup_lag_skew_ratio",
+            &[("consumergroup", "reader"), ("topic", "hot")],
+        )
+        .unwrap();
+    assert!((lag_skew - 1.8).abs() < 1e-9, "lag skew {lag_skew}");
+    assert_eq!(
+        m.get(
+            "eventscope_backlog_messages",
+            &[("broker", "kafka"), ("cluster", C), ("destination", "hot"), ("consumer", "reader")]
+        ),
+        Some(50.0)
+    );
 }

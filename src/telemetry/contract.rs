@@ -447,10 +447,14 @@ pub const PROXY_LATENCY_BUCKETS: &[f64] = &[
 pub fn collector_names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = SNAPSHOT_FAMILIES.iter().map(|f| f.name).collect();
     v.extend(BACKLOG_FAMILIES.iter().map(|f| f.name));
-    v.extend(BROKER_FAMILIES.iter().map(|f| f.name));
     v.extend([POLL_DURATION, LAST_SUCCESS, ERRORS_TOTAL, CLUSTER_UP, BUILD_INFO, RENDER_DURATION]);
     v.extend(PROCESS_NAMES);
     v
+}
+
+/// What the collector adds for `[[rabbitmq]]`, `[[nats]]` and `[[sqs]]`: each broker's own series.
+pub fn broker_names() -> Vec<&'static str> {
+    BROKER_FAMILIES.iter().map(|f| f.name).collect()
 }
 
 /// Every metric name the sidecar role exports.
@@ -510,6 +514,7 @@ pub fn http_outbound_names() -> Vec<&'static str> {
 pub fn exported_names() -> Vec<&'static str> {
     let mut v = collector_names();
     v.extend(saga_names());
+    v.extend(broker_names());
     v.extend(sidecar_names());
     v.extend(http_names());
     v.extend(http_outbound_names());
@@ -551,7 +556,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_per_role() {
-        for names in [collector_names(), saga_names(), sidecar_names()] {
+        for names in [collector_names(), saga_names(), broker_names(), sidecar_names()] {
             let mut sorted = names.clone();
             sorted.sort_unstable();
             sorted.dedup();
