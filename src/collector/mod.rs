@@ -704,46 +704,41 @@ pub fn spawn_all(
             tokio::spawn(collector.run(shutdown.clone()))
         })
         .collect();
+    // The other brokers' sources, in the order of their slots (`broker_names`).
+    fn spawn<S: backlog::Source>(
+        source: S,
+        name: &str,
+        index: usize,
+        interval: std::time::Duration,
+        shared: &Arc<Published>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(backlog::run(
+            source,
+            name.to_string(),
+            index,
+            interval,
+            shared.clone(),
+            shutdown.clone(),
+        ))
+    }
     let interval = config.collector.poll_interval;
-    let mut index = 0;
+    let mut slots = 0..;
     for r in &config.rabbitmq {
+        let index = slots.next().unwrap_or_default();
         match backlog::rabbitmq::Rabbitmq::new(r.clone(), &config.collector) {
-            Ok(source) => tasks.push(tokio::spawn(backlog::run(
-                source,
-                r.name.clone(),
-                index,
-                interval,
-                shared.clone(),
-                shutdown.clone(),
-            ))),
+            Ok(source) => tasks.push(spawn(source, &r.name, index, interval, shared, shutdown)),
             // Checked when the configuration was read: cannot happen.
             Err(why) => tracing::error!(source = %r.name, %why, "not watched"),
         }
-        index += 1;
     }
     for n in &config.nats {
         let source = backlog::nats::Nats::new(n.clone(), &config.collector);
-        tasks.push(tokio::spawn(backlog::run(
-            source,
-            n.name.clone(),
-            index,
-            interval,
-            shared.clone(),
-            shutdown.clone(),
-        )));
-        index += 1;
+        tasks.push(spawn(source, &n.name, slots.next().unwrap_or_default(), interval, shared, shutdown));
     }
     for q in &config.sqs {
         let source = backlog::sqs::Sqs::new(q.clone(), &config.collector);
-        tasks.push(tokio::spawn(backlog::run(
-            source,
-            q.name.clone(),
-            index,
-            interval,
-            shared.clone(),
-            shutdown.clone(),
-        )));
-        index += 1;
+        tasks.push(spawn(source, &q.name, slots.next().unwrap_or_default(), interval, shared, shutdown));
     }
     if !config.sagas.is_empty() {
         let metrics = crate::telemetry::saga::SagaMetrics::new(registry);

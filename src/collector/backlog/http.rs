@@ -27,11 +27,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: HttpBase, username: &str, password: &str, timeout: Duration, max_bytes: usize) -> Client {
-        use base64::Engine;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
         Client {
             base,
-            authorization: format!("Basic {token}"),
+            authorization: basic(username, password),
             timeout,
             max_bytes,
             sender: None,
@@ -40,9 +38,9 @@ impl Client {
 
     /// Sets new credentials (a rotated secret), dropping the connection.
     pub fn set_credentials(&mut self, username: &str, password: &str) {
-        let fresh = Client::new(self.base.clone(), username, password, self.timeout, self.max_bytes);
-        if fresh.authorization != self.authorization {
-            self.authorization = fresh.authorization;
+        let authorization = basic(username, password);
+        if authorization != self.authorization {
+            self.authorization = authorization;
             self.sender = None;
         }
     }
@@ -147,6 +145,15 @@ impl Client {
             handshake(tcp).await
         }
     }
+}
+
+/// The `Authorization` header of HTTP basic authentication.
+fn basic(username: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+    )
 }
 
 async fn handshake<T>(io: T) -> Result<SendRequest<Empty<Bytes>>, SourceError>

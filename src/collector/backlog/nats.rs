@@ -329,10 +329,15 @@ impl Source for Nats {
         self.floors.retain(|k, _| seen.contains(k));
         self.heads.retain(|k, _| seen.contains(k));
         self.timelines.retain(|s, _| streams_seen.contains(s));
+        // Each stream's timeline is needed from its slowest consumer's floor on (one pass over the floors).
+        let mut lowest: HashMap<&str, u64> = HashMap::new();
+        for ((stream, _), (floor, _)) in &self.floors {
+            let l = lowest.entry(stream.as_str()).or_insert(*floor);
+            *l = (*l).min(*floor);
+        }
         for (stream, t) in self.timelines.iter_mut() {
-            let floor = self.floors.iter().filter(|(k, _)| &k.0 == stream).map(|(_, (f, _))| *f).min();
-            if let Some(f) = floor {
-                t.prune_below(f as i64);
+            if let Some(f) = lowest.get(stream.as_str()) {
+                t.prune_below(*f as i64);
             }
         }
         Ok(BrokerSnapshot {
