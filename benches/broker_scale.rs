@@ -3,12 +3,18 @@
 //! consumers, each stream 100 messages, so every consumer lags and has its age read). For each, in the
 //! same run:
 //! - **eventscope** (the release binary as its own process, `poll_interval = 5s`): poll duration from its
-//!   own histogram, resident memory, every queue and consumer reported;
+//!   own histogram, resident memory, every queue and consumer reported; for RabbitMQ both as shipped and
+//!   made to read every page (`max_unpaged_queues = 0`);
 //! - **baseline**: the same data read bare, with nothing computed: the same paged `GET /api/queues`
-//!   requests (ureq), and the JetStream stream and consumer lists (async-nats). The ratio is what
-//!   eventscope's processing adds to the broker's own answer time.
+//!   requests (ureq: the first page and one unpaged answer, as eventscope reads up to 20,000 queues;
+//!   every page on two connections, as it reads more; every page in turn), and the JetStream stream and consumer lists (async-nats). The ratio
+//!   is what eventscope's processing adds to the broker's own answer time.
 //!
-//! Run: `cargo bench --bench broker_scale` (BENCH_QUEUES, BENCH_CONSUMERS to change the sizes). Results:
+//! RabbitMQ is measured twice: with its default statistics interval (5 s) and with the tests' 1 s, under
+//! which the node itself is busier.
+//!
+//! Run: `cargo bench --bench broker_scale` (BENCH_QUEUES, BENCH_CONSUMERS to change the sizes,
+//! BENCH_STATISTICS_MS=5000,1000 the intervals). Results:
 //! docs/benchmarks.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -43,8 +49,8 @@ fn measure(es: &Eventscope, cluster: &str, polls: f64, check: impl Fn(&Metrics) 
     }
 }
 
-fn rabbitmq(queues: usize, smoke: bool) {
-    let rmq = Rabbitmq::start();
+fn rabbitmq(queues: usize, smoke: bool, statistics_interval_ms: u32) {
+    let rmq = Rabbitmq::start_with_statistics_every(statistics_interval_ms);
     let t0 = Instant::now();
     pika(&["declare", &rmq.amqp_port.to_string(), "task", &queues.to_string()]);
     println!("rabbitmq: {queues} queues declared in {:.1} s", t0.elapsed().as_secs_f64());
@@ -53,48 +59,80 @@ fn rabbitmq(queues: usize, smoke: bool) {
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         (v["total_count"].as_u64()? as usize == queues).then_some(())
     });
-    let es = Eventscope::collector(&format!(
-        "[collector]\npoll_interval = \"5s\"\n[[rabbitmq]]\nname = \"bench\"\nurl = \"http://{}\"\n",
-        rmq.management()
-    ));
     let with_messages = queues.div_ceil(10) as f64;
-    let (poll, rss) = measure(&es, "bench", if smoke { 2.0 } else { 4.0 }, |m| {
-        m.count("eventscope_backlog_messages", &[("cluster", "bench")]) == queues
-            && m.samples
-                .iter()
-                .filter(|(n, l, _)| n == "eventscope_backlog_messages" && l.get("cluster").map(String::as_str) == Some("bench"))
-                .map(|(_, _, v)| *v)
-                .sum::<f64>()
-                == with_messages
-    });
-    drop(es);
-    // Baseline: the same pages, bare.
+    // eventscope as shipped (the first page, then one unpaged answer up to 20,000 queues), and forced
+    // to read every page (on its default 2 connections).
+    let run = |extra: &str| {
+        let es = Eventscope::collector(&format!(
+            "[collector]\npoll_interval = \"5s\"\n[[rabbitmq]]\nname = \"bench\"\nurl = \"http://{}\"\n{extra}",
+            rmq.management()
+        ));
+        measure(&es, "bench", if smoke { 2.0 } else { 4.0 }, |m| {
+            m.count("eventscope_backlog_messages", &[("cluster", "bench")]) == queues
+                && m.samples
+                    .iter()
+                    .filter(|(n, l, _)| n == "eventscope_backlog_messages" && l.get("cluster").map(String::as_str) == Some("bench"))
+                    .map(|(_, _, v)| *v)
+                    .sum::<f64>()
+                    == with_messages
+        })
+    };
+    let (poll, rss) = run("");
+    let (paged_poll, paged_rss) = run("max_unpaged_queues = 0\npage_size = 500\n");
+    // Baselines, bare: the first page and one unpaged answer, as eventscope reads them by default; every
+    // page on as many connections as eventscope uses (its default `concurrency`, 2); every page in turn.
     let columns = "name,vhost,type,messages_ready,messages_unacknowledged,consumers,consumer_utilisation,\
 head_message_timestamp,message_stats.publish,message_stats.deliver_get,message_stats.ack,\
 message_stats.deliver_no_ack,message_stats.redeliver";
+    let page = |n: u64| {
+        let (status, body) = rmq.api(&format!("/api/queues?page={n}&page_size=500&columns={columns}")).unwrap();
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["page_count"].as_u64().unwrap_or(0)
+    };
     let rounds = 3;
-    let t0 = Instant::now();
-    for _ in 0..rounds {
-        let mut page = 1;
-        loop {
-            let (status, body) = rmq
-                .api(&format!("/api/queues?page={page}&page_size=500&columns={columns}"))
-                .unwrap();
-            assert_eq!(status, 200);
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if page >= v["page_count"].as_u64().unwrap_or(0) {
-                break;
-            }
-            page += 1;
+    let timed = |f: &dyn Fn()| {
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            f();
         }
-    }
-    let baseline = t0.elapsed().as_secs_f64() / rounds as f64;
+        t0.elapsed().as_secs_f64() / rounds as f64
+    };
+    let sequential = timed(&|| {
+        let pages = page(1);
+        (2..=pages).for_each(|n| {
+            page(n);
+        });
+    });
+    let concurrent = timed(&|| {
+        let pages = page(1);
+        std::thread::scope(|s| {
+            for first in [2, 3] {
+                s.spawn(move || {
+                    (first..=pages).step_by(2).for_each(|n| {
+                        page(n);
+                    })
+                });
+            }
+        });
+    });
+    let unpaged = timed(&|| {
+        page(1);
+        let (status, _) = rmq.api(&format!("/api/queues?columns={columns}")).unwrap();
+        assert_eq!(status, 200);
+    });
     println!(
-        "rabbitmq: {queues} queues | eventscope poll {:.3} s (of a 5 s interval), RSS {:.1} MB | bare paged GETs {:.3} s | ratio {:.2}",
-        poll,
+        "rabbitmq: {queues} queues, statistics every {statistics_interval_ms} ms | eventscope as shipped: poll \
+         {poll:.3} s (of a 5 s interval), RSS {:.1} MB; bare first page + unpaged answer {unpaged:.3} s, ratio {:.2}",
         rss / 1e6,
-        baseline,
-        poll / baseline
+        poll / unpaged,
+    );
+    println!(
+        "rabbitmq: {queues} queues, statistics every {statistics_interval_ms} ms | eventscope in pages: poll \
+         {paged_poll:.3} s, RSS {:.1} MB; bare pages on 2 connections {concurrent:.3} s, ratio {:.2}; bare pages in \
+         turn {sequential:.3} s",
+        paged_rss / 1e6,
+        paged_poll / concurrent,
     );
 }
 
@@ -180,5 +218,12 @@ fn main() {
     let consumers = env_or("BENCH_CONSUMERS", if smoke { 20 } else { 1_000 });
     let streams = if smoke { 2 } else { 10 };
     nats(streams, consumers / streams, smoke);
-    rabbitmq(queues, smoke);
+    // RabbitMQ's default statistics interval (5 s), and the tests' 1 s, which keeps the node busier.
+    let intervals: Vec<u32> = std::env::var("BENCH_STATISTICS_MS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if smoke { vec![1000] } else { vec![5000, 1000] });
+    for ms in intervals {
+        rabbitmq(queues, smoke, ms);
+    }
 }

@@ -49,8 +49,21 @@ poll_interval = "1s"
 status_window = 3
 [[rabbitmq]]
 name = "tasks"
-url = "http://{}"
+url = "http://{0}"
 queue_deny = ["^ignored"]
+# The same node read a page per queue on three connections, and the first page then one unpaged answer.
+[[rabbitmq]]
+name = "tasks-pages"
+url = "http://{0}"
+queue_deny = ["^ignored"]
+page_size = 1
+max_unpaged_queues = 0
+concurrency = 3
+[[rabbitmq]]
+name = "tasks-unpaged"
+url = "http://{0}"
+queue_deny = ["^ignored"]
+page_size = 1
 "#,
         rmq.management()
     ));
@@ -87,6 +100,22 @@ queue_deny = ["^ignored"]
     });
     let scraped = now_ms();
     assert_eq!(m.get(BACKLOG, &queue("stalled")), Some(100.0));
+    // Every way of reading the listing gives the same queues and backlogs.
+    let backlogs = |m: &Metrics, cluster: &str| {
+        let mut v: Vec<(String, u64)> = m
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == BACKLOG && l.get("cluster").map(String::as_str) == Some(cluster))
+            .map(|(_, l, v)| (l["destination"].clone(), *v as u64))
+            .collect();
+        v.sort();
+        v
+    };
+    let want = backlogs(&m, "tasks");
+    assert_eq!(want.len(), 3, "{want:?}");
+    es.wait_metrics("the paged and unpaged readers agree", |m| {
+        (backlogs(m, "tasks-pages") == want && backlogs(m, "tasks-unpaged") == want).then_some(())
+    });
     let stalled = [("cluster", "tasks"), ("destination", "stalled")];
     assert_eq!(m.get("eventscope_rabbitmq_queue_messages_ready", &stalled), Some(90.0));
     assert_eq!(m.get("eventscope_rabbitmq_queue_consumers", &stalled), Some(1.0));
@@ -103,7 +132,10 @@ queue_deny = ["^ignored"]
     let emails_age = m.get(AGE, &queue("emails")).unwrap();
     assert!((emails_age - truth).abs() <= 4.0, "emails age {emails_age}, truth {truth}");
     assert_eq!(
-        m.get("eventscope_rabbitmq_queue_published_total", &[("destination", "emails")]),
+        m.get(
+            "eventscope_rabbitmq_queue_published_total",
+            &[("cluster", "tasks"), ("destination", "emails")]
+        ),
         Some(500.0)
     );
     assert!(
@@ -117,7 +149,10 @@ queue_deny = ["^ignored"]
         (m.get(BACKLOG, &queue("orders")) == Some(0.0)
             && status(m, "rabbitmq", "tasks", "orders", "").as_deref() == Some("OK")
             && m.get(DRAIN, &queue("orders")) == Some(0.0)
-            && m.get("eventscope_rabbitmq_queue_acked_total", &[("destination", "orders")]) == Some(12000.0))
+            && m.get(
+                "eventscope_rabbitmq_queue_acked_total",
+                &[("cluster", "tasks"), ("destination", "orders")],
+            ) == Some(12000.0))
         .then_some(())
     });
     drop(holder.stdin.take());
@@ -470,9 +505,26 @@ fn hostile_nats(behaviour: &'static str) -> u16 {
                             if r.read_exact(&mut body).is_err() {
                                 return;
                             }
-                            if behaviour == "garbage" {
-                                let payload = r#"{"type":"io.nats.jetstream.api.v1.stream_list_response","total":1,"streams":[{"config":5"#;
-                                let _ = write!(w, "MSG {} {sid} {}\r\n{payload}\r\n", parts[2], payload.len());
+                            match behaviour {
+                                "garbage" => {
+                                    let payload =
+                                        r#"{"type":"io.nats.jetstream.api.v1.stream_list_response","total":1,"streams":[{"config":5"#;
+                                    let _ = write!(w, "MSG {} {sid} {}\r\n{payload}\r\n", parts[2], payload.len());
+                                }
+                                // An answer announced at 2 GB, streamed until the client hangs up; and a
+                                // protocol line that never ends.
+                                "huge" | "endless" => {
+                                    if behaviour == "huge" {
+                                        let _ = write!(w, "MSG {} {sid} 2000000000\r\n", parts[2]);
+                                    }
+                                    let chunk = vec![b'x'; 1 << 16];
+                                    let mut sent = 0usize;
+                                    while sent < 4_000_000_000 && w.write_all(&chunk).is_ok() {
+                                        sent += chunk.len();
+                                    }
+                                    return;
+                                }
+                                _ => {}
                             }
                         }
                         _ => {}
@@ -488,7 +540,8 @@ fn hostile_nats(behaviour: &'static str) -> u16 {
 fn hostile_jetstream_answers_are_counted_and_the_other_sources_carry_on() {
     let nats = NatsServer::start();
     let mut toml = "[collector]\npoll_interval = \"1s\"\nrequest_timeout = \"1s\"\n".to_string();
-    for b in ["garbage", "slow"] {
+    let hostile = ["garbage", "slow", "huge", "endless"];
+    for b in hostile {
         toml += &format!("[[nats]]\nname = \"{b}\"\nservers = [\"nats://127.0.0.1:{}\"]\n", hostile_nats(b));
     }
     toml += &format!("[[nats]]\nname = \"events\"\nservers = [\"{}\"]\n", nats.url());
@@ -502,10 +555,18 @@ fn hostile_jetstream_answers_are_counted_and_the_other_sources_carry_on() {
             })
             .sum()
     };
+    let any = ["protocol", "timeout", "connect"];
     let m = es.wait_metrics("every hostile answer counted", |m| {
-        (errors(m, "garbage", &["protocol"]) >= 2.0 && errors(m, "slow", &["timeout"]) >= 2.0).then(|| Metrics::parse(&es.raw_metrics()))
+        (errors(m, "garbage", &["protocol"]) >= 2.0
+            && errors(m, "slow", &["timeout"]) >= 2.0
+            && errors(m, "huge", &any) >= 2.0
+            && errors(m, "endless", &any) >= 2.0)
+            .then(|| Metrics::parse(&es.raw_metrics()))
     });
-    for b in ["garbage", "slow"] {
+    // The 2 GB answer and the endless line were cut off (the client's buffer is bounded), not held.
+    let rss = es.peak_rss() / 1e6;
+    assert!(rss < 100.0, "peak RSS {rss} MB");
+    for b in hostile {
         assert_eq!(m.get("eventscope_collector_up", &[("cluster", b)]), Some(0.0), "{b}");
         assert_eq!(m.count(BACKLOG, &[("cluster", b)]), 0, "{b}: nothing served");
     }

@@ -244,6 +244,7 @@ kafka = { "bootstrap.servers" = "127.0.0.1:9092" }
 name = "prod"
 url = "amqp://127.0.0.1:5672"
 page_size = 1000
+concurrency = 0
 queue_allow = ["(unclosed"]
 [[nats]]
 name = "events"
@@ -265,6 +266,7 @@ colour = "blue"
         ("rabbitmq[0].name", "used by another cluster or broker"),
         ("rabbitmq[0].url", "scheme must be http or https"),
         ("rabbitmq[0].page_size", "between 1 and 500"),
+        ("rabbitmq[0].concurrency", "between 1 and 8"),
         ("rabbitmq[0].queue_allow", "regex"),
         ("nats[0].servers[0]", "not nats://host:port"),
         ("nats[0].user", "one of user/password, token"),

@@ -30,6 +30,13 @@ pub struct RabbitmqConfig {
     pub queue_deny: Vec<Pattern>,
     /// Queues per `/api/queues` page (RabbitMQ allows at most 500).
     pub page_size: usize,
+    /// A vhost with at most this many queues (the first page's `filtered_count`) is read in one unpaged
+    /// answer: the management API lists and sorts every queue for each page it serves, so the pages of a
+    /// whole listing cost several times one answer. Larger ones are read in pages, which keeps each
+    /// answer's time and the node's memory per request bounded. 0: always pages.
+    pub max_unpaged_queues: u64,
+    /// Pages requested at once, each on its own connection (RabbitMQ serves them in parallel).
+    pub concurrency: usize,
 }
 
 impl Default for RabbitmqConfig {
@@ -45,6 +52,8 @@ impl Default for RabbitmqConfig {
             queue_allow: Vec::new(),
             queue_deny: Vec::new(),
             page_size: 500,
+            max_unpaged_queues: 20_000,
+            concurrency: 2,
         }
     }
 }
@@ -107,6 +116,9 @@ pub fn problems(rabbitmq: &[RabbitmqConfig], nats: &[NatsConfig], sqs: &[SqsConf
         }
         if r.page_size == 0 || r.page_size > 500 {
             out.push((k("page_size"), "must be between 1 and 500 (RabbitMQ's largest page)".into()));
+        }
+        if r.concurrency == 0 || r.concurrency > 8 {
+            out.push((k("concurrency"), "must be between 1 and 8 connections".into()));
         }
     }
     for (i, n) in nats.iter().enumerate() {

@@ -32,11 +32,18 @@ pub struct Rabbitmq {
     epmd_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    statistics_interval_ms: u32,
 }
 
 impl Rabbitmq {
     /// Starts a node and waits until its management API answers (10 to 30 s on 2 cores).
+    /// Statistics are refreshed every second (5 s by default), so that counts settle quickly in the tests.
     pub fn start() -> Rabbitmq {
+        Rabbitmq::start_with_statistics_every(1000)
+    }
+
+    /// As `start`, with `collect_statistics_interval` in milliseconds (RabbitMQ's default: 5000).
+    pub fn start_with_statistics_every(statistics_interval_ms: u32) -> Rabbitmq {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Rabbitmq {
             amqp_port: free_port(),
@@ -44,6 +51,7 @@ impl Rabbitmq {
             epmd_port: free_port(),
             dir,
             child: None,
+            statistics_interval_ms,
         };
         r.boot();
         r
@@ -54,13 +62,12 @@ impl Rabbitmq {
     }
 
     fn boot(&mut self) {
-        // Statistics every second (5 s by default), so that counts settle quickly in the tests.
         std::fs::write(
             self.path("rabbitmq.conf"),
             format!(
                 "listeners.tcp.default = 127.0.0.1:{}\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {}\n\
-                 collect_statistics_interval = 1000\nloopback_users = none\n",
-                self.amqp_port, self.management_port
+                 collect_statistics_interval = {}\nloopback_users = none\n",
+                self.amqp_port, self.management_port, self.statistics_interval_ms
             ),
         )
         .unwrap();

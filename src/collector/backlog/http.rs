@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 GET client for management APIs (hyper's client connection, rustls for `https`): one
-//! kept-alive connection per poll, every answer bounded in size and time, as the Kafka client is.
+//! kept-alive connection per `Client` (a source holds as many as it reads at once), every answer bounded
+//! in size and time, as the Kafka client is.
 //!
 //! The answers are untrusted: a body past `max_bytes` is cut off with an error (never buffered whole), a
 //! server that stops talking hits the deadline, a non-2xx status is an error with its code.
