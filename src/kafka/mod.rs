@@ -9,6 +9,7 @@ pub mod batch;
 pub mod client;
 pub mod conn;
 pub mod decode;
+pub mod fetch_stream;
 pub mod group;
 pub mod records;
 pub mod security;

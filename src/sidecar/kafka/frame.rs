@@ -70,6 +70,35 @@ pub fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
 /// writes and client wake-ups rather than 800 (strace).
 const STREAM_CHUNK: usize = 1024 * 1024;
 
+/// Moves `n` bytes from `from` to `to` as they arrive, showing each chunk to `observe` once it is
+/// written: the observer sees the bytes without a copy of the whole being kept.
+pub async fn stream_observed<R: AsyncRead + Unpin>(
+    from: &mut BufReader<R>,
+    to: &mut (impl AsyncWrite + Unpin),
+    mut n: usize,
+    observe: &mut impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    let buffered = from.buffer().len().min(n);
+    if buffered > 0 {
+        to.write_all(&from.buffer()[..buffered]).await?;
+        observe(&from.buffer()[..buffered]);
+        std::pin::Pin::new(&mut *from).consume(buffered);
+        n -= buffered;
+    }
+    let mut scratch = vec![0; n.min(STREAM_CHUNK)];
+    while n > 0 {
+        let want = n.min(STREAM_CHUNK);
+        let got = from.read(&mut scratch[..want]).await?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        to.write_all(&scratch[..got]).await?;
+        observe(&scratch[..got]);
+        n -= got;
+    }
+    Ok(())
+}
+
 /// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given: what the
 /// read buffer holds first, then reads straight into `copy` (or a scratch buffer) past the read buffer.
 pub async fn stream<R: AsyncRead + Unpin>(

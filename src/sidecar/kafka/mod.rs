@@ -45,7 +45,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::SidecarConfig;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
-use frame::{checked_length, read_frame, read_rest, stream, FrameError};
+use frame::{checked_length, read_frame, read_rest, stream, stream_observed, FrameError};
 use kafka_protocol::messages::ApiKey;
 use listeners::Listeners;
 use observer::{Observation, Observer};
@@ -81,6 +81,8 @@ enum Ask {
     None,
     Produce(produce::ProduceAsk),
     Fetch(consume::FetchAsk),
+    /// One partition's piece of a Fetch response being streamed (the observation's frame is its batches).
+    FetchPiece(Arc<consume::FetchAsk>, consume::FetchPiece),
     Commit(consume::CommitAsk),
 }
 /// Why a connection's request relay ended.
@@ -127,6 +129,7 @@ impl Proxy {
             tracer.clone(),
             settings.cluster.clone(),
             settings.max_frame_bytes,
+            settings.max_batch_bytes,
         ));
         let observer = {
             let (consumption, panic_consumption) = (consumption.clone(), consumption.clone());
@@ -139,7 +142,8 @@ impl Proxy {
                     match o.ask {
                         Ask::None => {}
                         Ask::Produce(ask) => produce::observe_response(&metrics, &tracer, &o.frame, o.version, o.latency, o.sent_at, ask),
-                        Ask::Fetch(ask) => consumption.fetch_response(&o.frame, o.version, ask, at),
+                        Ask::Fetch(ask) => consumption.fetch_response(&o.frame, o.version, &ask, at),
+                        Ask::FetchPiece(ask, piece) => consumption.fetch_piece(&ask, &piece, &o.frame, at),
                         Ask::Commit(ask) => consumption.commit_response(&o.frame, o.version, ask, at),
                     }
                 },
@@ -436,6 +440,16 @@ impl Proxy {
                 }
                 continue;
             }
+            if let Ask::Fetch(ask) = ask {
+                let ask = Arc::new(ask);
+                if !self
+                    .relay_fetch(&mut from, &mut to, &head, n, version, received.duration_since(sent), sent_at, ask)
+                    .await
+                {
+                    return;
+                }
+                continue;
+            }
             // What the response tells (acknowledged offsets, delivered records, commits) is read by the
             // observer task from a copy, after the client has the response.
             let permit = if matches!(ask, Ask::None) {
@@ -485,6 +499,79 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Relays a Fetch response (`head` read, `n` bytes after the length prefix) as it arrives, cutting it
+    /// into pieces for the observer on the way: nothing holds the whole response. False if the
+    /// connection failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_fetch<R: AsyncRead + Unpin>(
+        &self,
+        from: &mut BufReader<R>,
+        to: &mut (impl AsyncWrite + Unpin),
+        head: &[u8; 8],
+        n: usize,
+        version: i16,
+        latency: Duration,
+        sent_at: SystemTime,
+        ask: Arc<consume::FetchAsk>,
+    ) -> bool {
+        let mut pieces = consume::Pieces::new(version, self.settings.max_batch_bytes);
+        let mut emit = |piece: consume::FetchPiece, records: Bytes| {
+            if piece.skipped_batches > 0 {
+                self.metrics.error(
+                    ProxyErrorKind::RecordsUnreadable,
+                    &format!(
+                        "fetch {}/{}: {} batch(es) over max_batch_bytes relayed unread",
+                        piece.topic, piece.partition, piece.skipped_batches
+                    ),
+                );
+            }
+            let sent = self.observer.reserve(records.len()).is_some_and(|budget| {
+                self.observer.send(Observation {
+                    frame: records,
+                    version,
+                    latency,
+                    sent_at,
+                    ask: Ask::FetchPiece(ask.clone(), piece),
+                    budget,
+                })
+            });
+            if !sent {
+                self.metrics.unobserved.inc();
+            }
+        };
+        let mut failed = false;
+        let mut observe = |chunk: &[u8]| {
+            if let Some(p) = pieces.as_mut().filter(|_| !failed) {
+                if let Err(e) = p.feed(chunk, &mut emit) {
+                    failed = true;
+                    self.metrics
+                        .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
+                }
+            }
+        };
+        if n <= STREAM_ABOVE {
+            // Small: read whole, written in one go (one packet), then observed.
+            let Ok(frame) = read_rest(from, head, n).await else {
+                return false;
+            };
+            if to.write_all(&frame).await.is_err() {
+                return false;
+            }
+            observe(&frame[4..]);
+        } else {
+            // The correlation id is the body's first field.
+            observe(&head[4..]);
+            if to.write_all(head).await.is_err() || stream_observed(from, to, n - 4, &mut observe).await.is_err() {
+                return false;
+            }
+        }
+        if let Some(Err(e)) = pieces.as_ref().filter(|_| !failed).map(|p| p.finish()) {
+            self.metrics
+                .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
+        }
+        true
+    }
+
     /// What a request's response will be matched with; for Produce with trace injection, the rewritten frame.
     fn read_request(&self, frame: Bytes, key: i16, version: i16) -> (Ask, Bytes) {
         match ApiKey::try_from(key) {

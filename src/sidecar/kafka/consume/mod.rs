@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::kafka::unix_ms;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::messages::{ApiKey, FetchRequest, OffsetCommitRequest, OffsetCommitResponse};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
@@ -40,8 +40,10 @@ pub const MAX_TRACKED_ENTRIES: usize = 100_000;
 /// A partition not fetched or committed for this long is forgotten (its consumer moved or stopped).
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
 
+mod pieces;
 mod runs;
 
+pub use pieces::{FetchPiece, Pieces};
 use runs::Run;
 use runs::Runs;
 
@@ -152,6 +154,7 @@ pub struct Consumption {
     tracer: Tracer,
     cluster: String,
     decompress_limit: usize,
+    max_batch: usize,
     /// Called while a batch is decoded (tests: to check that nothing waits on the observer meanwhile).
     #[cfg(test)]
     decode_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
@@ -196,8 +199,10 @@ enum Gauge {
 }
 
 impl Consumption {
-    pub fn new(metrics: ProxyMetrics, tracer: Tracer, cluster: String, decompress_limit: usize) -> Consumption {
+    /// `max_batch`: record batches of Fetch responses larger than this are relayed, not read.
+    pub fn new(metrics: ProxyMetrics, tracer: Tracer, cluster: String, decompress_limit: usize, max_batch: usize) -> Consumption {
         Consumption {
+            max_batch,
             state: Mutex::new(State::default()),
             metrics,
             groups: BoundedLabel::new(MAX_GROUP_LABELS),
@@ -230,62 +235,73 @@ impl Consumption {
         m.consistency.reset();
     }
 
-    /// A Fetch response (length prefix included) for `ask`, relayed at `delivered_at`: high watermarks and
-    /// the records delivered. Batches are decompressed and read without the state's lock, which is taken
-    /// twice per partition, briefly: to learn where its delivered records end, and to add the new ones.
-    pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: FetchAsk, delivered_at: SystemTime) {
-        let Some(response) = crate::kafka::decode::response::<FetchResponse>(frame, ApiKey::Fetch, version) else {
+    /// A whole Fetch response (length prefix included) for `ask`, relayed at `delivered_at`: read as the
+    /// relay reads a streamed one, cut into [`FetchPiece`]s (tests, the fuzz targets).
+    pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: &FetchAsk, delivered_at: SystemTime) {
+        let Some(mut pieces) = Pieces::new(version, self.max_batch) else {
             return;
         };
+        let body = frame.get(4..).unwrap_or_default();
+        let mut observe = |piece: FetchPiece, records: Bytes| self.fetch_piece(ask, &piece, &records, delivered_at);
+        if let Err(e) = pieces.feed(body, &mut observe).and_then(|()| pieces.finish()) {
+            self.metrics
+                .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
+        }
+    }
+
+    /// One partition's piece of a Fetch response for `ask`, relayed at `delivered_at`: its high watermark,
+    /// and the records `batches` delivered. Batches are decompressed and read without the state's lock,
+    /// which is taken twice, briefly: to learn where the partition's delivered records end, and to add
+    /// the new ones.
+    pub fn fetch_piece(&self, ask: &FetchAsk, piece: &FetchPiece, batches: &[u8], delivered_at: SystemTime) {
+        if piece.error_code != 0 {
+            return;
+        }
         let now = Instant::now();
         let now_ms = unix_ms(delivered_at);
-        for t in &response.responses {
-            let topic = t.topic.0.to_string();
-            let label = self.metrics.topic_label(&topic);
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    continue;
-                }
-                let key = (ask.client.clone(), topic.clone(), p.partition_index);
-                let last = {
-                    let mut state = self.lock();
-                    state
-                        .high_watermarks
-                        .insert((topic.clone(), p.partition_index), (p.high_watermark, now));
-                    state.delivered.get(&key).and_then(|part| part.last_offset)
-                };
-                let Some(records) = p.records.as_deref().filter(|r| !r.is_empty()) else {
-                    continue;
-                };
-                // Records before the fetch position (a batch starts earlier) are not delivered to the
-                // application; neither are ones delivered before (a re-fetch).
-                let from = ask
-                    .offsets
-                    .get(&(topic.clone(), p.partition_index))
-                    .copied()
-                    .or(last.map(|o| o + 1))
-                    .unwrap_or(i64::MIN);
-                let delivered = self.read_delivered(records, from, now_ms, delivered_at, &label, &topic, p.partition_index);
-                let untracked = self.add_delivered(key, from, now, delivered.runs, delivered.spans, delivered.last);
-                if untracked > 0 {
-                    self.m().untracked.inc_by(untracked);
-                }
-                for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
-                    if delivered.by_timestamp[i] > 0 {
-                        self.m()
-                            .delivered
-                            .with([label.as_str(), timestamp_type])
-                            .inc_by(delivered.by_timestamp[i]);
-                    }
-                }
-                for (i, context) in ["continued", "invalid", "absent"].iter().enumerate() {
-                    if delivered.by_context[i] > 0 {
-                        self.m()
-                            .trace_context
-                            .with([label.as_str(), "consume", context])
-                            .inc_by(delivered.by_context[i]);
-                    }
-                }
+        let topic = piece.topic.clone();
+        let label = self.metrics.topic_label(&topic);
+        let key = (ask.client.clone(), topic.clone(), piece.partition);
+        let last = {
+            let mut state = self.lock();
+            if !piece.continuation {
+                state
+                    .high_watermarks
+                    .insert((topic.clone(), piece.partition), (piece.high_watermark, now));
+            }
+            state.delivered.get(&key).and_then(|part| part.last_offset)
+        };
+        if batches.is_empty() {
+            return;
+        }
+        // Records before the fetch position (a batch starts earlier) are not delivered to the application;
+        // neither are ones delivered before (a re-fetch). A continuation starts after the piece before it.
+        let asked = ask.offsets.get(&(topic.clone(), piece.partition)).copied();
+        let from = if piece.continuation {
+            last.map(|o| o + 1).or(asked)
+        } else {
+            asked.or(last.map(|o| o + 1))
+        }
+        .unwrap_or(i64::MIN);
+        let delivered = self.read_delivered(batches, from, now_ms, delivered_at, &label, &topic, piece.partition);
+        let untracked = self.add_delivered(key, from, now, delivered.runs, delivered.spans, delivered.last);
+        if untracked > 0 {
+            self.m().untracked.inc_by(untracked);
+        }
+        for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
+            if delivered.by_timestamp[i] > 0 {
+                self.m()
+                    .delivered
+                    .with([label.as_str(), timestamp_type])
+                    .inc_by(delivered.by_timestamp[i]);
+            }
+        }
+        for (i, context) in ["continued", "invalid", "absent"].iter().enumerate() {
+            if delivered.by_context[i] > 0 {
+                self.m()
+                    .trace_context
+                    .with([label.as_str(), "consume", context])
+                    .inc_by(delivered.by_context[i]);
             }
         }
     }
@@ -605,6 +621,7 @@ mod tests {
     use bytes::{BufMut, BytesMut};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+    use kafka_protocol::messages::FetchResponse;
     use kafka_protocol::messages::{ResponseHeader, TopicName};
     use kafka_protocol::protocol::{Encodable, StrBytes};
     use kafka_protocol::records::Compression;
@@ -613,7 +630,7 @@ mod tests {
         let registry = prometheus::Registry::new();
         let metrics = ProxyMetrics::new(&registry);
         let tracer = Tracer::disabled(crate::telemetry::traces::TraceMetrics::new(&registry));
-        (Consumption::new(metrics, tracer, "c".into(), 1 << 20), registry)
+        (Consumption::new(metrics, tracer, "c".into(), 1 << 20, 1 << 20), registry)
     }
 
     fn framed(key: ApiKey, version: i16, body: impl Fn(&mut BytesMut)) -> Bytes {
@@ -628,7 +645,7 @@ mod tests {
         f.freeze()
     }
 
-    /// A Fetch response (v12) delivering `timestamps.len()` records of `topic`/0 from offset `base`.
+    /// A Fetch response (v11) delivering `timestamps.len()` records of `topic`/0 from offset `base`.
     fn fetch(topic: &'static str, base: i64, timestamps: &[i64], high_watermark: i64) -> Bytes {
         let batch = Bytes::from(crate::kafka::batch::test_batch(base, timestamps, Compression::Lz4));
         let response = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
@@ -637,7 +654,7 @@ mod tests {
                 .with_partition_index(0)
                 .with_high_watermark(high_watermark)
                 .with_records(Some(batch))])]);
-        framed(ApiKey::Fetch, 12, |f| response.encode(f, 12).unwrap())
+        framed(ApiKey::Fetch, 11, |f| response.encode(f, 11).unwrap())
     }
 
     fn fetch_ask(topic: &str, offset: i64) -> FetchAsk {
@@ -677,8 +694,8 @@ mod tests {
         let appended = crate::kafka::now_ms() - 2000;
         c.fetch_response(
             &fetch("orders", 0, &[appended; 10], 10),
-            12,
-            fetch_ask("orders", 0),
+            11,
+            &fetch_ask("orders", 0),
             SystemTime::now(),
         );
         commit(&c, "readmodel", "orders", 4, SystemTime::now());
@@ -705,7 +722,7 @@ mod tests {
         }));
         let observer = {
             let c = c.clone();
-            std::thread::spawn(move || c.fetch_response(&fetch("orders", 0, &[1000; 5], 5), 12, fetch_ask("orders", 0), SystemTime::now()))
+            std::thread::spawn(move || c.fetch_response(&fetch("orders", 0, &[1000; 5], 5), 11, &fetch_ask("orders", 0), SystemTime::now()))
         };
         decoding.recv_timeout(Duration::from_secs(10)).expect("the batch is being decoded");
         let free = c.state.try_lock().is_ok();
@@ -721,7 +738,7 @@ mod tests {
     #[test]
     fn a_panic_under_the_lock_leaves_no_frozen_series() {
         let (c, registry) = consumption();
-        c.fetch_response(&fetch("orders", 0, &[1000; 3], 3), 12, fetch_ask("orders", 0), SystemTime::now());
+        c.fetch_response(&fetch("orders", 0, &[1000; 3], 3), 11, &fetch_ask("orders", 0), SystemTime::now());
         commit(&c, "g", "orders", 1, SystemTime::now());
         assert!(!series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -734,7 +751,7 @@ mod tests {
         assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
         assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
         // Later traffic measures again.
-        c.fetch_response(&fetch("orders", 3, &[1000; 2], 5), 12, fetch_ask("orders", 3), SystemTime::now());
+        c.fetch_response(&fetch("orders", 3, &[1000; 2], 5), 11, &fetch_ask("orders", 3), SystemTime::now());
         commit(&c, "g", "orders", 4, SystemTime::now());
         assert_eq!(c.m().lag.with(["c", "g", "orders", "0", "sidecar"]).get(), 1);
     }
