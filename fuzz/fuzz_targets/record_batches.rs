@@ -98,9 +98,9 @@ fuzz_target!(|data: &[u8]| {
             .encode(b, 11)
             .unwrap();
     });
-    let consumption = consume::Consumption::new(metrics.clone(), tracer.clone(), "c".into(), 1 << 20);
+    let consumption = consume::Consumption::new(metrics.clone(), tracer.clone(), "c".into(), 1 << 20, 1 << 20);
     if let Some(ask) = consume::fetch_request(&fetch, 11) {
-        consumption.fetch_response(&response, 11, ask, std::time::SystemTime::now());
+        consumption.fetch_response(&response, 11, &ask, std::time::SystemTime::now());
     }
     consumption.refresh();
 });

@@ -259,6 +259,22 @@ impl<'a> RecordRef<'a> {
         self.key_value().1
     }
 
+    /// Every header, `(name, value)` in order (`None` for a null value), as far as they can be read.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+        let body = self.body;
+        let mut at = self.headers_at;
+        let mut left = varint(body, &mut at).unwrap_or(0).max(0);
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let key = bytes_field(body, &mut at).ok()?.unwrap_or_default();
+            let value = bytes_field(body, &mut at).ok()?;
+            Some((key, value))
+        })
+    }
+
     /// The value of the first header named `name` (`None` when absent or null).
     pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
         let body = self.body;
