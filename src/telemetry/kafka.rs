@@ -204,7 +204,7 @@ impl ProxyMetrics {
                 registry,
                 IntCounter::new(
                     UNOBSERVED_RESPONSES,
-                    "Responses (Fetch: pieces of one) relayed but not measured: the observer's backlog was full (16 MiB).",
+                    "Responses (Fetch: pieces of one) relayed but not measured: the observer's backlog was full (8 MiB).",
                 )
                 .expect("valid metric"),
             ),

@@ -22,7 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of relayed responses waiting to be observed, at most (each counts its length + 256, a larger
 /// one the whole budget).
-pub const OBSERVE_BUDGET: u32 = 16 * 1024 * 1024;
+pub const OBSERVE_BUDGET: u32 = 8 * 1024 * 1024;
 
 /// How long a spare observation buffer is kept unused before it is freed.
 pub const SPARE_IDLE: Duration = Duration::from_secs(2);
