@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench sidecar_throughput`. Results: docs/benchmarks.md. `BENCH_ROUNDS` (default 3),
 //! `BENCH_RECORDS` (default 200,000), `BENCH_PASSES` (times each topic is consumed, default 5) and `BENCH_CODECS` (default `none,lz4`) narrow a run to one case.
+//! Then `BENCH_CONSUMERS` (default 100; 0 for none) consumers read one topic at once through fresh
+//! sidecars, for their peak RSS.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -198,6 +200,32 @@ impl Round {
     }
 }
 
+/// `consumers` consumers at once, each reading a topic of `n` records whole (one consumer per
+/// librdkafka instance, default `fetch.max.bytes` of 50 MB, so every connection streams large responses
+/// at the same time), through fresh sidecars: their peak RSS, and the pieces left unobserved.
+fn many_consumers(receiver: &support::otlp::OtlpReceiver, consumers: usize, n: usize) {
+    let r = Round::start(receiver);
+    let [direct, off, inject] = r.paths();
+    r.mock.create_topic("many", PARTITIONS, 1).unwrap();
+    produce(&direct, "many", n, "none");
+    for (name, bootstrap, es) in [("tracing off", off, &r.off.0), ("inject + export", inject, &r.inject.0)] {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..consumers {
+                s.spawn(|| consume(&bootstrap, "many", n, 1));
+            }
+        });
+        let m = es.scrape();
+        println!(
+            "| {consumers} consumers at once, {n} records each, sidecar {name} | {:.1} s | peak RSS **{:.1} MB** | unobserved pieces {:.0} | untracked records {:.0} |",
+            started.elapsed().as_secs_f64(),
+            es.peak_rss() / 1e6,
+            m.get("eventscope_kafka_unobserved_responses_total", &[]).unwrap_or(0.0),
+            m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0)
+        );
+    }
+}
+
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let n = std::env::var("BENCH_RECORDS")
@@ -337,4 +365,14 @@ fn main() {
         m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0),
         m.get("eventscope_kafka_unobserved_responses_total", &[]).unwrap_or(0.0)
     );
+    drop(r);
+    // Many consumers on one sidecar (`BENCH_CONSUMERS`, default 100).
+    let consumers = std::env::var("BENCH_CONSUMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 3 } else { 100 });
+    if consumers > 0 {
+        println!();
+        many_consumers(&receiver, consumers, if smoke { 500 } else { 10_000 });
+    }
 }

@@ -182,9 +182,9 @@ fuzz_target!(|data: &[u8]| {
     let body = if input.byte() % 2 == 0 { input.0.to_vec() } else { structured(&mut input, version) };
 
     // The streaming side, in chunks of 1 to 256 bytes varying along the way.
-    let mut pieces = Pieces::new(version, MAX_BATCH).expect("a version the reader reads");
+    let mut pieces = Pieces::new(version, MAX_BATCH, None).expect("a version the reader reads");
     let mut got: Vec<(FetchPiece, Bytes)> = Vec::new();
-    let mut emit = |p: FetchPiece, r: Bytes| got.push((p, r));
+    let mut emit = |p: FetchPiece, r: Bytes, _| got.push((p, r));
     let mut at = 0;
     let mut step = chunk_seed as usize;
     let mut accepted = true;

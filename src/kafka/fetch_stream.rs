@@ -2,7 +2,8 @@
 //! `kafka-protocol` decodes too, so that each is checked against it; Kafka 4 dropped v0 to v3): fed the
 //! response's bytes as they are relayed, in chunks of any size, it tells each partition's header and
 //! each complete record batch, and keeps nothing else. Its memory is one batch (at most `max_batch`
-//! bytes; larger ones are skipped and said so) and a topic name, whatever the response's size.
+//! bytes; larger ones are skipped and said so), held only when the batch is split across chunks and the
+//! sink agrees to it, and a topic name, whatever the response's size.
 //!
 //! Why not `kafka-protocol`: its decoders take a whole message, so observing a 50 MB response meant
 //! holding a 50 MB copy of it. The layout read here is the non-flexible one (fixed-width integers,
@@ -33,6 +34,11 @@ pub enum Event<'a> {
     Partition(PartitionHead<'a>),
     /// One whole record batch of the current partition (its 12-byte offset and length prefix included).
     Batch(&'a [u8]),
+    /// A batch of this many bytes (within `max_batch`) arrives split across chunks: the sink's answer
+    /// decides whether the reader buffers it to tell it whole (`true`) or skips it, telling nothing more
+    /// of it (`false`), so that a caller can charge the buffer to a budget. Every other event's answer
+    /// is ignored.
+    Buffer(usize),
     /// A whole batch larger than `max_batch` (its length): relayed, not read.
     BatchSkipped(usize),
     /// The current partition's records are done.
@@ -203,7 +209,7 @@ impl FetchStream {
 
     /// Reads `input`, the next bytes of the response, telling `sink` what they complete. Bytes after the
     /// response's structure is done are ignored.
-    pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(Event<'_>)) -> Result<(), FetchStreamError> {
+    pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(Event<'_>) -> bool) -> Result<(), FetchStreamError> {
         let input = &mut input;
         loop {
             match self.step {
@@ -345,12 +351,12 @@ impl FetchStream {
                     }
                     self.records_left -= total;
                     self.batch_left = total - BATCH_HEAD as u64;
-                    self.keep = total as usize <= self.max_batch;
+                    self.keep = total as usize <= self.max_batch && sink(Event::Buffer(total as usize));
                     self.batch.clear();
                     if self.keep {
                         self.batch.reserve(total as usize);
                         self.batch.extend_from_slice(&self.scratch[..BATCH_HEAD]);
-                    } else {
+                    } else if total as usize > self.max_batch {
                         sink(Event::BatchSkipped(total as usize));
                     }
                     self.step = Step::BatchBody;
@@ -417,7 +423,9 @@ mod tests {
                 Event::Batch(b) => Owned::Batch(b.to_vec()),
                 Event::BatchSkipped(n) => Owned::Skipped(n),
                 Event::PartitionEnd => Owned::End,
-            })
+                Event::Buffer(_) => return true,
+            });
+            true
         };
         for c in body.chunks(chunk.max(1)) {
             if let Err(e) = r.feed(c, &mut sink) {
@@ -481,6 +489,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_split_batch_the_sink_refuses_to_buffer_is_passed_over() {
+        let a = test_batch(10, &[1000, 2000], Compression::None);
+        let b = test_batch(12, &[3000], Compression::None);
+        let mut two = a.clone();
+        two.extend(&b);
+        let body = body(11, vec![("orders", 0, Some(two))]);
+        // In 20-byte chunks both batches are split; the first is refused, the second kept.
+        let mut r = FetchStream::any(11, 1 << 20);
+        let (mut asked, mut told) = (Vec::new(), Vec::new());
+        let mut sink = |e: Event<'_>| match e {
+            Event::Buffer(n) => {
+                asked.push(n);
+                asked.len() > 1
+            }
+            Event::Batch(x) => {
+                told.push(x.to_vec());
+                true
+            }
+            _ => true,
+        };
+        for c in body.chunks(20) {
+            r.feed(c, &mut sink).unwrap();
+        }
+        r.finish().unwrap();
+        assert_eq!(asked, vec![a.len(), b.len()]);
+        assert_eq!(told, vec![b]);
     }
 
     #[test]

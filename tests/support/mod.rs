@@ -220,6 +220,11 @@ impl Eventscope {
         (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
     }
 
+    /// The process's resident memory now (VmRSS), in bytes.
+    pub fn rss(&self) -> f64 {
+        proc_status_bytes(&self.child.id().to_string(), "VmRSS:").unwrap_or(0.0)
+    }
+
     /// The process's peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> f64 {
         proc_status_bytes(&self.child.id().to_string(), "VmHWM:").unwrap_or(0.0)

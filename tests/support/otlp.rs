@@ -1,6 +1,7 @@
 //! An OTLP trace receiver for tests, on the real protocol types of `opentelemetry-proto`: gRPC (tonic's
 //! `TraceService`) or HTTP/protobuf (`POST /v1/traces`). It keeps every span it receives with its
-//! resource's attributes.
+//! resource's attributes, or only counts them ([`OtlpReceiver::count_only`], for benchmarks that send
+//! millions).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,10 +59,27 @@ fn attrs(kv: &[KeyValue]) -> HashMap<String, String> {
         .collect()
 }
 
-type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+#[derive(Default)]
+struct Kept {
+    spans: Vec<ReceivedSpan>,
+    count_only: bool,
+    count: u64,
+}
+
+type Store = Arc<Mutex<Kept>>;
 
 fn keep(store: &Store, request: ExportTraceServiceRequest) {
-    let mut out = store.lock().unwrap();
+    let mut kept = store.lock().unwrap();
+    kept.count += request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum::<u64>();
+    if kept.count_only {
+        return;
+    }
+    let out = &mut kept.spans;
     for rs in request.resource_spans {
         let resource = rs.resource.map(|r| attrs(&r.attributes)).unwrap_or_default();
         for ss in rs.scope_spans {
@@ -177,8 +195,19 @@ impl OtlpReceiver {
         }
     }
 
+    /// Keeps no span from now on, only their number.
+    pub fn count_only(self) -> OtlpReceiver {
+        self.spans.lock().unwrap().count_only = true;
+        self
+    }
+
+    /// Spans received so far.
+    pub fn received(&self) -> u64 {
+        self.spans.lock().unwrap().count
+    }
+
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.spans.lock().unwrap().spans.clone()
     }
 
     /// Waits until at least `n` spans match `f`; returns those.

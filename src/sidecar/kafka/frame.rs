@@ -56,7 +56,7 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize
 pub async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
     let mut frame = BytesMut::with_capacity(4 + n);
     frame.extend_from_slice(head);
-    stream(from, &mut tokio::io::sink(), n - 4, Some(&mut frame)).await?;
+    stream(from, &mut tokio::io::sink(), n - 4, STREAM_CHUNK, Some(&mut frame)).await?;
     Ok(frame.freeze())
 }
 
@@ -67,15 +67,23 @@ pub fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
 
 /// Most bytes moved per read when streaming a response: a read takes whatever the socket holds, up to
 /// this (16 of the 64 KiB reads it replaces), so a 50 MB Fetch response costs the proxy about 50 reads,
-/// writes and client wake-ups rather than 800 (strace).
-const STREAM_CHUNK: usize = 1024 * 1024;
+/// writes and client wake-ups rather than 800 (strace). The proxy lets a few connections at a time
+/// read this much at once ([`LARGE_READS`]); the others read [`SMALL_CHUNK`].
+pub const STREAM_CHUNK: usize = 1024 * 1024;
 
-/// Moves `n` bytes from `from` to `to` as they arrive, showing each chunk to `observe` once it is
-/// written: the observer sees the bytes without a copy of the whole being kept.
+/// Bytes per read for a connection that has no large read buffer.
+pub const SMALL_CHUNK: usize = 64 * 1024;
+
+/// Connections streaming a response with a [`STREAM_CHUNK`] buffer at one time (4 MiB in all).
+pub const LARGE_READS: usize = 4;
+
+/// Moves `n` bytes from `from` to `to` as they arrive, at most `chunk` per read, showing each chunk to
+/// `observe` once it is written: the observer sees the bytes without a copy of the whole being kept.
 pub async fn stream_observed<R: AsyncRead + Unpin>(
     from: &mut BufReader<R>,
     to: &mut (impl AsyncWrite + Unpin),
     mut n: usize,
+    chunk: usize,
     observe: &mut impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
     let buffered = from.buffer().len().min(n);
@@ -85,9 +93,9 @@ pub async fn stream_observed<R: AsyncRead + Unpin>(
         std::pin::Pin::new(&mut *from).consume(buffered);
         n -= buffered;
     }
-    let mut scratch = vec![0; n.min(STREAM_CHUNK)];
+    let mut scratch = vec![0; n.min(chunk)];
     while n > 0 {
-        let want = n.min(STREAM_CHUNK);
+        let want = n.min(chunk);
         let got = from.read(&mut scratch[..want]).await?;
         if got == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -99,12 +107,14 @@ pub async fn stream_observed<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Moves `n` bytes from `from` to `to` as they arrive, appending them to `copy` too when given: what the
-/// read buffer holds first, then reads straight into `copy` (or a scratch buffer) past the read buffer.
+/// Moves `n` bytes from `from` to `to` as they arrive, at most `chunk` per read, appending them to `copy`
+/// too when given: what the read buffer holds first, then reads straight into `copy` (or a scratch
+/// buffer) past the read buffer.
 pub async fn stream<R: AsyncRead + Unpin>(
     from: &mut BufReader<R>,
     to: &mut (impl AsyncWrite + Unpin),
     mut n: usize,
+    chunk: usize,
     mut copy: Option<&mut BytesMut>,
 ) -> std::io::Result<()> {
     let buffered = from.buffer().len().min(n);
@@ -118,7 +128,7 @@ pub async fn stream<R: AsyncRead + Unpin>(
     }
     let mut scratch = Vec::new();
     while n > 0 {
-        let want = n.min(STREAM_CHUNK);
+        let want = n.min(chunk);
         let got = match copy.as_deref_mut() {
             Some(c) => {
                 let at = c.len();

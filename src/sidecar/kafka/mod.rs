@@ -112,6 +112,8 @@ pub struct Proxy {
     observer: Arc<Observer<Ask>>,
     listeners: Listeners,
     permits: Arc<Semaphore>,
+    /// Streams that may read [`frame::STREAM_CHUNK`] at a time; the others read [`frame::SMALL_CHUNK`].
+    large_reads: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -161,6 +163,7 @@ impl Proxy {
             observer,
             consumption,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
+            large_reads: Arc::new(Semaphore::new(frame::LARGE_READS)),
             listeners: Listeners::new(settings.kafka_listen, tokio::runtime::Handle::current()),
             tracer,
             settings,
@@ -413,7 +416,8 @@ impl Proxy {
                     ProxyErrorKind::MalformedFrame,
                     &format!("response to unknown correlation id {correlation}"),
                 );
-                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, None).await.is_err() {
+                let (chunk, _large) = self.read_chunk();
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, chunk, None).await.is_err() {
                     return;
                 }
                 continue;
@@ -476,7 +480,8 @@ impl Proxy {
                     b.extend_from_slice(&head);
                     b
                 });
-                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, copy.as_mut()).await.is_err() {
+                let (chunk, _large) = self.read_chunk();
+                if to.write_all(&head).await.is_err() || stream(&mut from, &mut to, n - 4, chunk, copy.as_mut()).await.is_err() {
                     return;
                 }
                 copy.map(BytesMut::freeze)
@@ -514,8 +519,8 @@ impl Proxy {
         sent_at: SystemTime,
         ask: Arc<consume::FetchAsk>,
     ) -> bool {
-        let mut pieces = consume::Pieces::new(version, self.settings.max_batch_bytes);
-        let mut emit = |piece: consume::FetchPiece, records: Bytes| {
+        let mut pieces = consume::Pieces::new(version, self.settings.max_batch_bytes, Some(self.observer.budget()));
+        let mut emit = |piece: consume::FetchPiece, records: Bytes, held: Option<OwnedSemaphorePermit>| {
             if piece.skipped_batches > 0 {
                 self.metrics.error(
                     ProxyErrorKind::RecordsUnreadable,
@@ -525,7 +530,10 @@ impl Proxy {
                     ),
                 );
             }
-            let sent = self.observer.reserve(records.len()).is_some_and(|budget| {
+            if piece.left_out > 0 {
+                self.metrics.unobserved.inc_by(piece.left_out as u64);
+            }
+            let sent = held.or_else(|| self.observer.reserve(0)).is_some_and(|budget| {
                 self.observer.send(Observation {
                     frame: records,
                     version,
@@ -561,7 +569,8 @@ impl Proxy {
         } else {
             // The correlation id is the body's first field.
             observe(&head[4..]);
-            if to.write_all(head).await.is_err() || stream_observed(from, to, n - 4, &mut observe).await.is_err() {
+            let (chunk, _large) = self.read_chunk();
+            if to.write_all(head).await.is_err() || stream_observed(from, to, n - 4, chunk, &mut observe).await.is_err() {
                 return false;
             }
         }
@@ -570,6 +579,15 @@ impl Proxy {
                 .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
         }
         true
+    }
+
+    /// How much a stream reads at a time: a large buffer while one of the few is free (held as long as
+    /// the permit), else a small one, so that many connections streaming at once hold little.
+    fn read_chunk(&self) -> (usize, Option<OwnedSemaphorePermit>) {
+        match self.large_reads.clone().try_acquire_owned() {
+            Ok(permit) => (frame::STREAM_CHUNK, Some(permit)),
+            Err(_) => (frame::SMALL_CHUNK, None),
+        }
     }
 
     /// What a request's response will be matched with; for Produce with trace injection, the rewritten frame.

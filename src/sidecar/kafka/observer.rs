@@ -102,6 +102,11 @@ impl<A: Send + 'static> Observer<A> {
         self.alive.load(Ordering::Relaxed)
     }
 
+    /// The budget itself, for what charges its bytes as they accumulate (Fetch pieces).
+    pub fn budget(&self) -> Arc<Semaphore> {
+        self.budget.clone()
+    }
+
     /// Room in the budget for a response of `len` bytes, if there is.
     pub fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         let cost = (len as u32).saturating_add(260).min(OBSERVE_BUDGET);

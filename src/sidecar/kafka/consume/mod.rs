@@ -238,11 +238,11 @@ impl Consumption {
     /// A whole Fetch response (length prefix included) for `ask`, relayed at `delivered_at`: read as the
     /// relay reads a streamed one, cut into [`FetchPiece`]s (tests, the fuzz targets).
     pub fn fetch_response(&self, frame: &Bytes, version: i16, ask: &FetchAsk, delivered_at: SystemTime) {
-        let Some(mut pieces) = Pieces::new(version, self.max_batch) else {
+        let Some(mut pieces) = Pieces::new(version, self.max_batch, None) else {
             return;
         };
         let body = frame.get(4..).unwrap_or_default();
-        let mut observe = |piece: FetchPiece, records: Bytes| self.fetch_piece(ask, &piece, &records, delivered_at);
+        let mut observe = |piece: FetchPiece, records: Bytes, _| self.fetch_piece(ask, &piece, &records, delivered_at);
         if let Err(e) = pieces.feed(body, &mut observe).and_then(|()| pieces.finish()) {
             self.metrics
                 .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
