@@ -295,7 +295,7 @@ fn main() {
         if smoke { " (smoke run under cargo test)" } else { "" }
     );
     println!();
-    println!("| codec | target rec/s | path | achieved rec/s | e2e p50 ms | p99 ms | p99.9 ms | sidecar millicores per MB/s | sidecar RSS MB | spans exported / dropped |");
+    println!("| codec | target rec/s | path | achieved rec/s | e2e p50 ms | p99 ms | p99.9 ms | sidecar millicores per MB/s | sidecar RSS MB | spans exported / dropped, records untracked |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let progress = AtomicU64::new(0);
     // (path, codec) → the first rate achieved below 95%.
@@ -320,10 +320,12 @@ fn main() {
                         let m = es.scrape();
                         let millicores_per_mb_s = (es.cpu_seconds() - cpu0) * 1000.0 / mb.max(1e-9);
                         let spans_cell = if i == 2 {
+                            let untracked = |m: &Metrics| m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0);
                             format!(
-                                "{:.0} / {:.0}",
+                                "{:.0} / {:.0} / {:.0}",
                                 spans(&m, "exported") - spans(m0, "exported"),
-                                spans(&m, "dropped") - spans(m0, "dropped")
+                                spans(&m, "dropped") - spans(m0, "dropped"),
+                                untracked(&m) - untracked(m0)
                             )
                         } else {
                             String::new()

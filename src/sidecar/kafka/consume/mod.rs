@@ -30,7 +30,7 @@ use opentelemetry::KeyValue;
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::labels::BoundedLabel;
-use crate::telemetry::traces::{SpanStart, Tracer};
+use crate::telemetry::traces::{SpanGroup, SpanStart, Tracer};
 
 /// Entries awaiting their commit, in all partitions together: runs of delivered records (24 bytes each)
 /// and sampled `process` spans (about 100 bytes each). About 3 MB for runs. librdkafka stamps records in
@@ -450,6 +450,7 @@ impl Consumption {
         let commit_ms = unix_ms(committed_at);
         let now = Instant::now();
         let group = self.groups.label(&ask.group);
+        let mut groups = Vec::new();
         let mut state = self.lock();
         for t in &response.topics {
             let topic = t.name.0.to_string();
@@ -484,32 +485,39 @@ impl Consumption {
                         window.observe(seconds);
                     }
                 });
+                let mut ended = Vec::new();
                 while part.spans.front().is_some_and(|s| s.offset < offset) {
                     let s = part.spans.pop_front().expect("front exists");
-                    done += 1;
-                    self.tracer.finish(
-                        *s.start,
-                        SpanKind::Consumer,
-                        format!("process {topic}"),
-                        s.delivered,
-                        committed_at,
-                        vec![
+                    ended.push((*s.start, s.delivered, s.offset));
+                }
+                done += ended.len();
+                if !ended.is_empty() {
+                    let shared: std::sync::Arc<str> = topic.as_str().into();
+                    groups.push(SpanGroup {
+                        kind: SpanKind::Consumer,
+                        name: format!("process {topic}"),
+                        ended: committed_at,
+                        attributes: vec![
                             KeyValue::new("messaging.system", "kafka"),
                             KeyValue::new("messaging.operation.name", "process"),
                             KeyValue::new("messaging.operation.type", "process"),
-                            KeyValue::new("messaging.destination.name", topic.clone()),
+                            KeyValue::new("messaging.destination.name", shared),
                             KeyValue::new("messaging.destination.partition.id", p.partition_index.to_string()),
-                            KeyValue::new("messaging.consumer.group.name", ask.group.clone()),
-                            KeyValue::new("messaging.client.id", ask.client.clone()),
-                            KeyValue::new("messaging.kafka.offset", s.offset),
+                            KeyValue::new("messaging.consumer.group.name", std::sync::Arc::<str>::from(ask.group.as_str())),
+                            KeyValue::new("messaging.client.id", std::sync::Arc::<str>::from(ask.client.as_str())),
                         ],
-                        None,
-                    );
+                        key: "messaging.kafka.offset",
+                        spans: ended,
+                    });
                 }
                 state.tracked = state.tracked.saturating_sub(done);
             }
         }
         drop(state);
+        // Made into spans by the export task, after the lock is let go.
+        for g in groups {
+            self.tracer.finish_group(g);
+        }
         self.refresh();
     }
 
