@@ -1,6 +1,6 @@
 //! The sidecar's Kafka proxy at the rates a pod carries, open loop, against direct in the same run:
 //! a librdkafka producer sends 1 KiB records on a fixed schedule (5k, 20k, 50k and 100k records/s,
-//! uncompressed and lz4; each record carries the time it was due, so a producer held back still counts
+//! (and on to 200k, for the saturation point), uncompressed and lz4; each record carries the time it was due, so a producer held back still counts
 //! the delay), and a librdkafka consumer with a group reads them as they come, through librdkafka's mock
 //! broker (in-process), direct and through two sidecars: tracing off, and injection with every trace
 //! sampled and exported over OTLP/gRPC. Per rate and path: the achieved rate, end-to-end latency (due
@@ -275,7 +275,7 @@ fn main() {
         return run_soak(&mock, &inject, soak.parse().expect("BENCH_SOAK_SECONDS"), env_or("BENCH_SOAK_RATE", 20_000));
     }
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| if smoke { "2000".into() } else { "5000,20000,50000,100000".into() })
+        .unwrap_or_else(|_| if smoke { "2000".into() } else { "5000,20000,50000,100000,150000,200000".into() })
         .split(',')
         .map(|r| r.trim().parse().expect("BENCH_RATES"))
         .collect();

@@ -72,7 +72,7 @@ pub fn client_id(header: &kafka_protocol::messages::RequestHeader) -> String {
 pub const STREAM_CHUNK: usize = 1024 * 1024;
 
 /// Bytes per read for a connection that has no large read buffer.
-pub const SMALL_CHUNK: usize = 64 * 1024;
+pub const SMALL_CHUNK: usize = 16 * 1024;
 
 /// Connections streaming a response with a [`STREAM_CHUNK`] buffer at one time (4 MiB in all).
 pub const LARGE_READS: usize = 4;

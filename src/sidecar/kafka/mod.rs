@@ -62,8 +62,9 @@ const STREAM_ABOVE: usize = 64 * 1024;
 /// runtime thread that relays every connection.
 const REWRITE_OFF_THREAD_ABOVE: usize = 64 * 1024;
 
-/// Read buffer per direction and connection.
-const READ_BUFFER: usize = 64 * 1024;
+/// Read buffer per direction and connection: enough for the small frames (a large one streams past it),
+/// and little beside many connections (was 64 KiB: 100 consumers' connections held 12.8 MB of them).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// A request awaiting its response: correlation id, API key, version, when it was relayed (monotonic and
 /// wall clock), and what its response is to be matched with.
@@ -365,6 +366,7 @@ impl Proxy {
     ) {
         let max = self.settings.max_frame_bytes;
         let mut shutdown = self.shutdown.clone();
+        let mut quiet = Quiet::default();
         loop {
             // After shutdown, the connection ends once every request sent has its response.
             if *shutdown.borrow() && inflight.lock().expect("inflight lock").is_empty() {
@@ -447,7 +449,7 @@ impl Proxy {
             if let Ask::Fetch(ask) = ask {
                 let ask = Arc::new(ask);
                 if !self
-                    .relay_fetch(&mut from, &mut to, &head, n, version, received.duration_since(sent), sent_at, ask)
+                    .relay_fetch(&mut from, &mut to, &head, n, version, received.duration_since(sent), sent_at, ask, &mut quiet)
                     .await
                 {
                     return;
@@ -503,6 +505,50 @@ impl Proxy {
     }
 }
 
+/// A connection's partitions as its last Fetch pieces showed them: an empty piece (no records, no error)
+/// repeating the high watermark seen within [`QUIET_REFRESH`] is not handed to the observer. An idle
+/// consumer's fetches return every partition empty hundreds of times a second, and each piece costs the
+/// observer a hand-over, a lock and a map update that change nothing.
+#[derive(Default)]
+struct Quiet {
+    seen: std::collections::HashMap<String, std::collections::HashMap<i32, (i64, Instant)>>,
+    partitions: usize,
+}
+
+/// How long a quiet partition's high watermark goes without being refreshed (the observer forgets a
+/// partition after [`consume::IDLE_EXPIRY`]).
+const QUIET_REFRESH: Duration = Duration::from_secs(10);
+/// Partitions remembered per connection, at most (past it, the memory starts again).
+const QUIET_MAX: usize = 10_000;
+
+impl Quiet {
+    /// Whether `piece` says nothing the observer has not been told in the last [`QUIET_REFRESH`]; else
+    /// remembers it.
+    fn repeats(&mut self, piece: &consume::FetchPiece, empty: bool, now: Instant) -> bool {
+        if piece.continuation {
+            return false;
+        }
+        let quiet = empty && piece.error_code == 0 && piece.skipped_batches == 0 && piece.left_out == 0;
+        if let Some(seen) = self.seen.get_mut(piece.topic.as_str()).and_then(|t| t.get_mut(&piece.partition)) {
+            if quiet && seen.0 == piece.high_watermark && now.duration_since(seen.1) < QUIET_REFRESH {
+                return true;
+            }
+            *seen = (piece.high_watermark, now);
+            return false;
+        }
+        if self.partitions >= QUIET_MAX {
+            self.seen.clear();
+            self.partitions = 0;
+        }
+        self.partitions += 1;
+        self.seen
+            .entry(piece.topic.clone())
+            .or_default()
+            .insert(piece.partition, (piece.high_watermark, now));
+        false
+    }
+}
+
 impl Proxy {
     /// Relays a Fetch response (`head` read, `n` bytes after the length prefix) as it arrives, cutting it
     /// into pieces for the observer on the way: nothing holds the whole response. False if the
@@ -518,9 +564,14 @@ impl Proxy {
         latency: Duration,
         sent_at: SystemTime,
         ask: Arc<consume::FetchAsk>,
+        quiet: &mut Quiet,
     ) -> bool {
         let mut pieces = consume::Pieces::new(version, self.settings.max_batch_bytes, Some(self.observer.budget()));
+        let now = Instant::now();
         let mut emit = |piece: consume::FetchPiece, records: Bytes, held: Option<OwnedSemaphorePermit>| {
+            if quiet.repeats(&piece, records.is_empty(), now) {
+                return;
+            }
             if piece.skipped_batches > 0 {
                 self.metrics.error(
                     ProxyErrorKind::RecordsUnreadable,

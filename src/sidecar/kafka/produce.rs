@@ -17,7 +17,7 @@ use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ProxyErrorKind, ProxyMetrics};
-use crate::telemetry::traces::{SpanStart, TraceMode, Tracer};
+use crate::telemetry::traces::{SpanGroup, SpanStart, TraceMode, Tracer};
 
 /// A `send` span decided when the request was relayed: its record is the `index`-th of the partition's
 /// records in the request, so its offset is the response's base offset + `index`.
@@ -250,20 +250,37 @@ pub fn observe_response(
         let mine;
         (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
         // Unsampled spans are never exported: skip building them.
-        for s in mine.into_iter().filter(|s| s.start.context.is_sampled()) {
-            let mut attributes = vec![
+        let mine = mine.into_iter().filter(|s| s.start.context.is_sampled());
+        if *error == 0 {
+            // Acknowledged: one group, made into spans by the export task.
+            tracer.finish_group(SpanGroup {
+                kind: SpanKind::Producer,
+                name: format!("send {topic}"),
+                ended: acked_at,
+                attributes: vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.name", "send"),
+                    KeyValue::new("messaging.operation.type", "send"),
+                    KeyValue::new("messaging.destination.name", std::sync::Arc::<str>::from(topic.as_str())),
+                    KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                    KeyValue::new("messaging.client.id", std::sync::Arc::<str>::from(ask.client.as_str())),
+                ],
+                key: "messaging.kafka.offset",
+                spans: mine.map(|s| (s.start, sent_at, base_offset.saturating_add(s.index))).collect(),
+            });
+            continue;
+        }
+        for s in mine {
+            let failure = error_label(*error);
+            let attributes = vec![
                 KeyValue::new("messaging.system", "kafka"),
                 KeyValue::new("messaging.operation.name", "send"),
                 KeyValue::new("messaging.operation.type", "send"),
                 KeyValue::new("messaging.destination.name", topic.clone()),
                 KeyValue::new("messaging.destination.partition.id", partition.to_string()),
                 KeyValue::new("messaging.client.id", ask.client.clone()),
+                KeyValue::new("error.type", failure.clone()),
             ];
-            let failure = (*error != 0).then(|| error_label(*error));
-            match &failure {
-                None => attributes.push(KeyValue::new("messaging.kafka.offset", base_offset.saturating_add(s.index))),
-                Some(e) => attributes.push(KeyValue::new("error.type", e.clone())),
-            }
             tracer.finish(
                 s.start,
                 SpanKind::Producer,
@@ -271,7 +288,7 @@ pub fn observe_response(
                 sent_at,
                 acked_at,
                 attributes,
-                failure,
+                Some(failure),
             );
         }
     }
