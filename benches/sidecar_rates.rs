@@ -195,7 +195,10 @@ fn consume(bootstrap: &str, topic: &str, ready: &AtomicBool, sent: &AtomicU64, p
             Some(Ok(m)) => {
                 let now = Instant::now();
                 idle_since = now;
-                let stamp = m.payload().and_then(|p| p.get(..8)).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+                let stamp = m
+                    .payload()
+                    .and_then(|p| p.get(..8))
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
                 match stamp {
                     Some(WARM_UP) => ready.store(true, Ordering::Release),
                     Some(due) => {
@@ -226,7 +229,15 @@ struct Step {
     achieved: f64,
 }
 
-fn step(mock: &MockCluster<'static, DefaultProducerContext>, bootstrap: &str, topic: &str, codec: &str, rate: u64, secs: f64, progress: &AtomicU64) -> Step {
+fn step(
+    mock: &MockCluster<'static, DefaultProducerContext>,
+    bootstrap: &str,
+    topic: &str,
+    codec: &str,
+    rate: u64,
+    secs: f64,
+    progress: &AtomicU64,
+) -> Step {
     mock.create_topic(topic, PARTITIONS, 1).unwrap();
     let ready = AtomicBool::new(false);
     let sent = AtomicU64::new(u64::MAX);
@@ -272,10 +283,21 @@ fn main() {
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let [off, inject] = sidecars(&mock, &receiver);
     if let Ok(soak) = std::env::var("BENCH_SOAK_SECONDS") {
-        return run_soak(&mock, &inject, soak.parse().expect("BENCH_SOAK_SECONDS"), env_or("BENCH_SOAK_RATE", 20_000));
+        return run_soak(
+            &mock,
+            &inject,
+            soak.parse().expect("BENCH_SOAK_SECONDS"),
+            env_or("BENCH_SOAK_RATE", 20_000),
+        );
     }
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| if smoke { "2000".into() } else { "5000,20000,50000,100000,150000,200000".into() })
+        .unwrap_or_else(|_| {
+            if smoke {
+                "2000".into()
+            } else {
+                "5000,20000,50000,100000,150000,200000".into()
+            }
+        })
         .split(',')
         .map(|r| r.trim().parse().expect("BENCH_RATES"))
         .collect();
@@ -430,8 +452,12 @@ fn run_soak(mock: &MockCluster<'static, DefaultProducerContext>, inject: &(Event
     // The first minute is warm-up; then the RSS trend by least squares, and each tenth's means.
     let steady: Vec<_> = samples.iter().filter(|r| r.0 > 60.0).collect();
     let n = steady.len().max(1) as f64;
-    let (mt, mr) = (steady.iter().map(|r| r.0).sum::<f64>() / n, steady.iter().map(|r| r.1).sum::<f64>() / n);
-    let slope = steady.iter().map(|r| (r.0 - mt) * (r.1 - mr)).sum::<f64>() / steady.iter().map(|r| (r.0 - mt).powi(2)).sum::<f64>().max(1e-9);
+    let (mt, mr) = (
+        steady.iter().map(|r| r.0).sum::<f64>() / n,
+        steady.iter().map(|r| r.1).sum::<f64>() / n,
+    );
+    let slope =
+        steady.iter().map(|r| (r.0 - mt) * (r.1 - mr)).sum::<f64>() / steady.iter().map(|r| (r.0 - mt).powi(2)).sum::<f64>().max(1e-9);
     let stat = |f: &dyn Fn(&&(f64, f64, f64, f64, f64)) -> f64| {
         let v: Vec<f64> = steady.iter().map(f).collect();
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);

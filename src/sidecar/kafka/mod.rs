@@ -449,7 +449,17 @@ impl Proxy {
             if let Ask::Fetch(ask) = ask {
                 let ask = Arc::new(ask);
                 if !self
-                    .relay_fetch(&mut from, &mut to, &head, n, version, received.duration_since(sent), sent_at, ask, &mut quiet)
+                    .relay_fetch(
+                        &mut from,
+                        &mut to,
+                        &head,
+                        n,
+                        version,
+                        received.duration_since(sent),
+                        sent_at,
+                        ask,
+                        &mut quiet,
+                    )
                     .await
                 {
                     return;
