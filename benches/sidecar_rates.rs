@@ -410,6 +410,9 @@ fn main() {
     }
 }
 
+/// A soak sample: seconds since the start, RSS MB, CPU % of a core, records/s, spans dropped so far.
+type Sample = (f64, f64, f64, f64, f64);
+
 /// The injecting sidecar alone at `rate` for `secs`, its RSS and CPU sampled every 10 s.
 fn run_soak(mock: &MockCluster<'static, DefaultProducerContext>, inject: &(Eventscope, u16), secs: f64, rate: u64) {
     let bootstrap = format!("127.0.0.1:{}", inject.1);
@@ -458,7 +461,7 @@ fn run_soak(mock: &MockCluster<'static, DefaultProducerContext>, inject: &(Event
     );
     let slope =
         steady.iter().map(|r| (r.0 - mt) * (r.1 - mr)).sum::<f64>() / steady.iter().map(|r| (r.0 - mt).powi(2)).sum::<f64>().max(1e-9);
-    let stat = |f: &dyn Fn(&&(f64, f64, f64, f64, f64)) -> f64| {
+    let stat = |f: &dyn Fn(&&Sample) -> f64| {
         let v: Vec<f64> = steady.iter().map(f).collect();
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -150,9 +150,12 @@ pub struct SpanGroup {
 }
 
 enum Queued {
-    One(SpanData),
+    One(Box<SpanData>),
     Group(SpanGroup),
 }
+
+/// A group's spans not yet made into `SpanData`.
+type GroupRest = std::vec::IntoIter<(SpanStart, SystemTime, i64)>;
 
 /// The export queue: entries, and a bound on the spans they hold.
 struct Queue {
@@ -357,7 +360,7 @@ impl Tracer {
             return;
         }
         let span = span_data(start, kind, Cow::Owned(name), started, ended, attributes, error, &self.inner.scope);
-        if queue.tx.send(Queued::One(span)).is_err() {
+        if queue.tx.send(Queued::One(Box::new(span))).is_err() {
             queue.spans.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -428,13 +431,13 @@ struct Source {
     rx: mpsc::UnboundedReceiver<Queued>,
     spans: Arc<AtomicUsize>,
     /// The group being taken apart, and its spans left.
-    group: Option<(SpanGroup, std::vec::IntoIter<(SpanStart, SystemTime, i64)>)>,
+    group: Option<(SpanGroup, GroupRest)>,
     scope: InstrumentationScope,
 }
 
 impl Source {
     /// The next span of the group being taken apart, if any.
-    fn from_group(&mut self) -> Option<SpanData> {
+    fn next_of_group(&mut self) -> Option<SpanData> {
         let (group, rest) = self.group.as_mut()?;
         let Some((start, started, value)) = rest.next() else {
             self.group = None;
@@ -459,13 +462,13 @@ impl Source {
         match q {
             Queued::One(s) => {
                 self.spans.fetch_sub(1, Ordering::AcqRel);
-                Some(s)
+                Some(*s)
             }
             Queued::Group(g) => {
                 let mut g = g;
                 let spans = std::mem::take(&mut g.spans).into_iter();
                 self.group = Some((g, spans));
-                self.from_group()
+                self.next_of_group()
             }
         }
     }
@@ -473,7 +476,7 @@ impl Source {
     /// The next span, waiting for one; `None` once every sender is gone.
     async fn recv(&mut self) -> Option<SpanData> {
         loop {
-            if let Some(s) = self.from_group() {
+            if let Some(s) = self.next_of_group() {
                 return Some(s);
             }
             let q = self.rx.recv().await?;
@@ -486,7 +489,7 @@ impl Source {
     /// The next span if one is there now.
     fn try_recv(&mut self) -> Option<SpanData> {
         loop {
-            if let Some(s) = self.from_group() {
+            if let Some(s) = self.next_of_group() {
                 return Some(s);
             }
             let q = self.rx.try_recv().ok()?;
