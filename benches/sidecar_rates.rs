@@ -78,30 +78,6 @@ impl Hist {
     }
 }
 
-/// 1,000 different 1 KiB payloads, half random bytes, half repeated text (lz4 halves them).
-fn payloads() -> Vec<Vec<u8>> {
-    let mut x = 0x1234_5678_9abc_def0u64;
-    (0..1000)
-        .map(|i| {
-            let mut v: Vec<u8> = (0..512)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            v.extend(
-                format!("{{\"order\":{i},\"event\":\"OrderCreated\",\"status\":\"NEW\"}}")
-                    .bytes()
-                    .cycle()
-                    .take(512),
-            );
-            v
-        })
-        .collect()
-}
-
 fn send(p: &BaseProducer, topic: &str, payload: &[u8]) {
     let mut rec = Some(BaseRecord::<(), [u8]>::to(topic).payload(payload));
     while let Some(r) = rec.take() {

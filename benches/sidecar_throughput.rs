@@ -20,31 +20,6 @@ use support::*;
 
 const PARTITIONS: i32 = 64;
 
-/// 1,000 different 1 KiB payloads: half random bytes, half repeated text, so lz4 has something to do
-/// without turning each record into a few bytes.
-fn payloads() -> Vec<Vec<u8>> {
-    let mut x = 0x1234_5678_9abc_def0u64;
-    (0..1000)
-        .map(|i| {
-            let mut v: Vec<u8> = (0..512)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            v.extend(
-                format!("{{\"order\":{i},\"event\":\"OrderCreated\",\"status\":\"NEW\"}}")
-                    .bytes()
-                    .cycle()
-                    .take(512),
-            );
-            v
-        })
-        .collect()
-}
-
 fn produce(bootstrap: &str, topic: &str, n: usize, codec: &str) -> f64 {
     let p: BaseProducer = client_config(
         bootstrap,

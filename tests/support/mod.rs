@@ -805,3 +805,28 @@ pub fn collector_toml(bootstrap: &str, extra_collector: &str) -> String {
         "[collector]\npoll_interval = \"500ms\"\nrequest_timeout = \"2s\"\n{extra_collector}\n[[clusters]]\nname = \"test\"\nkafka = {{ \"bootstrap.servers\" = \"{bootstrap}\" }}\n"
     )
 }
+
+/// 1,000 different 1 KiB payloads, half random bytes, half repeated text, so that lz4 has something to
+/// do without turning each record into a few bytes (the Kafka benchmarks' records).
+pub fn payloads() -> Vec<Vec<u8>> {
+    let mut x = 0x1234_5678_9abc_def0u64;
+    (0..1000)
+        .map(|i| {
+            let mut v: Vec<u8> = (0..512)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            v.extend(
+                format!("{{\"order\":{i},\"event\":\"OrderCreated\",\"status\":\"NEW\"}}")
+                    .bytes()
+                    .cycle()
+                    .take(512),
+            );
+            v
+        })
+        .collect()
+}
