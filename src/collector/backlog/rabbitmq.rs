@@ -202,7 +202,12 @@ impl Source for Rabbitmq {
                 continue;
             }
             let messages = ready + unacked;
-            let stats = q.message_stats.unwrap_or_default();
+            // A queue with counts but no `message_stats` has had nothing published since the statistics
+            // began: the count is 0, and that point lets the first messages be placed between two polls.
+            let stats = q.message_stats.unwrap_or(Stats {
+                publish: Some(0),
+                ..Stats::default()
+            });
             if let Some(published) = stats.publish {
                 self.timelines
                     .entry(destination.clone())
