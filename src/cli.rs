@@ -68,5 +68,8 @@ pub enum Command {
         /// Seconds between two tables.
         #[arg(long, default_value_t = 5)]
         every: u64,
+        /// Where the page links trace ids (ui.trace_url); the default is a Jaeger UI on this machine.
+        #[arg(long, default_value = "http://127.0.0.1:16686/trace/{trace_id}")]
+        trace_url: String,
     },
 }

@@ -90,11 +90,17 @@ fn main() -> ExitCode {
                 admin_listen,
                 duration,
                 every,
+                trace_url,
             },
             _,
         ) => {
             eventscope::logging::init("warn", eventscope::config::LogFormat::Text);
-            runtime.block_on(eventscope::demo::run(&admin_listen, duration, every))
+            runtime.block_on(eventscope::demo::run(eventscope::demo::DemoOptions {
+                admin_listen,
+                duration,
+                every,
+                trace_url: Some(trace_url),
+            }))
         }
         #[cfg(not(feature = "demo"))]
         (Command::Demo { .. }, _) => Err(anyhow::anyhow!("this build has no demo (built without the `demo` feature)")),

@@ -45,7 +45,7 @@ pub async fn collector(config: Config) -> anyhow::Result<()> {
     );
     let (tx, rx) = watch::channel(false);
     let mut tasks = collector::spawn_all(&config, &shared, &registry, &rx);
-    let admin = crate::admin::State::new(registry, Some(shared.clone()));
+    let admin = crate::admin::State::new(registry, Some(shared.clone())).with_page(config.ui.page("collector"));
     tasks.push(tokio::spawn(crate::admin::serve(listener, admin, rx.clone())));
     tasks.push(crate::memory::spawn_release(rx.clone()));
     tracing::info!(%addr, clusters = config.clusters.len(), brokers = collector::broker_names(&config).len(), sagas = config.sagas.len(), "collector running");
@@ -75,7 +75,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let mut tasks = vec![
         tokio::spawn(crate::admin::serve(
             admin_listener,
-            crate::admin::State::new(registry.clone(), None),
+            crate::admin::State::new(registry.clone(), None).with_page(config.ui.page("sidecar")),
             rx.clone(),
         )),
         crate::memory::spawn_release(rx.clone()),

@@ -33,6 +33,9 @@ kafka = { "bootstrap.servers" = "broker-without-port", "security.protocol" = "SA
 topic_deny = ["[unclosed"]
 [[clusters]]
 name = "a"
+[ui]
+trace_url = "tempo.example/trace/{id}"
+theme = "dark"
 "#;
     for args in [&["check-config"][..], &["collector", "--config"][..]] {
         let (code, _, stderr) = check(bad, args);
@@ -49,6 +52,8 @@ name = "a"
             "clusters[0].topic_deny[0]",
             "clusters[1].name",
             "clusters[1].kafka.\"bootstrap.servers\"",
+            "ui.trace_url",
+            "ui.theme",
         ] {
             assert!(stderr.contains(&format!("- {key}:")), "{key} missing from:\n{stderr}");
         }

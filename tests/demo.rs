@@ -47,6 +47,13 @@ fn demo_runs_serves_metrics_and_stops() {
     assert!(saga("eventscope_saga_started_total", &[]) > 50.0);
     assert!(saga("eventscope_saga_ended_total", &[("outcome", "completed")]) > 0.0);
     assert!(saga("eventscope_saga_ended_total", &[("outcome", "compensated")]) > 0.0);
+    // Each family once in the collector's exposition (the embedded sidecar's series are on its own port).
+    let mut types: Vec<&str> = body.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let all = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), all, "a family is declared twice in /metrics");
+    assert!(m.count("kafka_consumergroup_lag", &[("source", "sidecar")]) == 0);
     let (status, body) = http_get(&admin, "/sagas").unwrap();
     assert_eq!(status, 200);
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -66,4 +73,7 @@ fn demo_runs_serves_metrics_and_stops() {
         out.contains("GROUP") && out.contains("CW_P99") && out.contains("order-readmodel") && out.contains("INCONSISTENT"),
         "{out}"
     );
+    // The README's first command ends by printing the page's address.
+    assert!(out.contains(&format!("the page (both views, live): http://{admin}/")), "{out}");
+    assert!(out.trim_end().ends_with(&format!("page: http://{admin}/")), "{out}");
 }

@@ -47,6 +47,8 @@ pub const ENV_PREFIX: &str = "EVENTSCOPE_";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub admin: AdminConfig,
+    /// The admin page (`GET /` on the admin server).
+    pub ui: UiConfig,
     pub log: LogConfig,
     pub collector: CollectorConfig,
     /// The Kafka clusters to watch (collector role); at least one for that role.
@@ -234,6 +236,26 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The admin page, `GET /` on the admin server (both roles).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Where a trace id links to: an `http(s)` URL with `{trace_id}` in it, replaced by the 32 hex digits
+    /// (`"https://tempo.example/trace/{trace_id}"`, Jaeger's `"http://jaeger:16686/trace/{trace_id}"`).
+    /// Without it, trace ids are shown, not linked.
+    pub trace_url: Option<String>,
+}
+
+impl UiConfig {
+    /// What the admin page is built with.
+    pub fn page(&self, role: &'static str) -> crate::admin::view::PageConfig {
+        crate::admin::view::PageConfig {
+            role,
+            trace_url: self.trace_url.clone(),
         }
     }
 }

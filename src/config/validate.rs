@@ -9,11 +9,23 @@ use super::{Config, ConfigIssue, Role};
 /// Kafka client properties the collector understands besides the security ones.
 const KAFKA_PROPERTIES: &[&str] = &["bootstrap.servers", "client.id"];
 
+/// `ui.trace_url`: an `http(s)` URL with `{trace_id}` in it.
+pub fn check_trace_url(url: &str) -> Result<(), String> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.contains("{trace_id}") {
+        Ok(())
+    } else {
+        Err(format!("{url:?}: must be an http:// or https:// URL with {{trace_id}} in it"))
+    }
+}
+
 impl Config {
     /// Checks the meaning of every key and returns every problem found.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut out = Vec::new();
         let mut push = |key: String, reason: String| out.push(ConfigIssue { key, reason });
+        if let Some(Err(why)) = self.ui.trace_url.as_deref().map(check_trace_url) {
+            push("ui.trace_url".into(), why);
+        }
         let c = &self.collector;
         if c.poll_interval < Duration::from_millis(100) {
             push("collector.poll_interval".into(), "must be at least 100ms".into());

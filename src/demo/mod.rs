@@ -7,6 +7,11 @@
 //! collector watches them (the mock cannot list or describe groups, so the demo names them), serves
 //! `/metrics`, and the demo prints a table of what it sees.
 //!
+//! The services reach the cluster through an embedded sidecar (the Kafka proxy of `eventscope sidecar`,
+//! on 127.0.0.1), as they would in their pods: the sidecar measures lag, lag seconds and consistency
+//! windows from their own traffic, carries their `traceparent` on, and serves its own `/metrics` on the
+//! next admin port. The page at `/` shows the collector's view and the sidecar's side by side.
+//!
 //! The seed's order saga runs beside them ([`saga`]): choreographed over four topics, with completed,
 //! compensated, inconsistent (the August incident re-enacted) and stuck orders. The collector follows it
 //! from the events, the table gains a saga section and `/sagas` lists the stuck and inconsistent orders.
@@ -67,11 +72,35 @@ const GROUPS: &[DemoGroup] = &[
     },
 ];
 
-pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr = admin_listen.parse()?;
+/// What `eventscope demo` is given.
+pub struct DemoOptions {
+    /// The collector's admin address (the page, `/metrics`); the sidecar's is the next port.
+    pub admin_listen: String,
+    /// Stop after this many seconds.
+    pub duration: Option<u64>,
+    /// Seconds between two tables.
+    pub every: u64,
+    /// The page's trace links (`ui.trace_url`).
+    pub trace_url: Option<String>,
+}
+
+pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = o.admin_listen.parse()?;
+    if let Some(Err(why)) = o.trace_url.as_deref().map(crate::config::validate::check_trace_url) {
+        anyhow::bail!("--trace-url {why}");
+    }
     let listener = crate::admin::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    // The sidecar's admin server: the next port, or any free one if that is taken.
+    let next = std::net::SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+    let sidecar_listener = match crate::admin::bind(next).await {
+        Ok(l) => l,
+        Err(_) => crate::admin::bind(std::net::SocketAddr::new(addr.ip(), 0))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (the sidecar's admin port): {e}", addr.ip()))?,
+    };
+    let sidecar_admin = sidecar_listener.local_addr()?;
     let mock: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1)?;
     mock.create_topic(ORDERS, 6, 1)?;
     mock.create_topic(PAYMENTS, 3, 1)?;
@@ -79,14 +108,20 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
         mock.create_topic(t, 3, 1)?;
     }
     let bootstrap = mock.bootstrap_servers();
+    let (tx, rx) = watch::channel(false);
+
+    // The services' sidecar: they connect to it, it relays to the cluster.
+    let sidecar_registry = prometheus::Registry::new();
+    crate::telemetry::register_process(&sidecar_registry);
+    let (proxy, through, export_task) = start_sidecar(&bootstrap, &sidecar_registry, rx.clone()).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = vec![
-        spawn_producer(bootstrap.clone(), stop.clone())?,
-        saga::spawn(bootstrap.clone(), stop.clone())?,
+        spawn_producer(through.clone(), stop.clone())?,
+        saga::spawn(through.clone(), stop.clone())?,
     ];
     for g in GROUPS {
-        threads.push(spawn_consumer(bootstrap.clone(), g, stop.clone())?);
+        threads.push(spawn_consumer(through.clone(), g, stop.clone())?);
     }
 
     let cluster: ClusterConfig = toml::from_str(&format!(
@@ -117,22 +152,34 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
         shared.metrics().clone(),
         shared.sagas().clone(),
     );
-    let admin = crate::admin::State::new(registry, Some(shared.clone()));
-    let (tx, rx) = watch::channel(false);
-    let tasks = vec![
+    let page = crate::admin::view::PageConfig {
+        role: "demo",
+        trace_url: o.trace_url.clone(),
+    };
+    // The page beside the collector shows the sidecar's series too; each `/metrics` stays its own role's.
+    let admin = crate::admin::State::new(registry, Some(shared.clone()))
+        .with_page(page.clone())
+        .with_page_also(sidecar_registry.clone());
+    let sidecar_page = crate::admin::view::PageConfig { role: "sidecar", ..page };
+    let sidecar_state = crate::admin::State::new(sidecar_registry, None).with_page(sidecar_page);
+    let mut tasks = vec![
         tokio::spawn(ClusterCollector::new(0, cluster, settings, shared.clone()).run(rx.clone())),
         tokio::spawn(reader.run(rx.clone())),
         tokio::spawn(crate::admin::serve(listener, admin, rx.clone())),
+        tokio::spawn(crate::admin::serve(sidecar_listener, sidecar_state, rx.clone())),
     ];
-    println!("eventscope demo: librdkafka mock cluster on {bootstrap}; metrics on http://{addr}/metrics; Ctrl-C to stop");
+    tasks.extend(export_task);
+    println!("eventscope demo: librdkafka mock cluster on {bootstrap}, the services' sidecar on {through}; Ctrl-C to stop");
+    println!("metrics: the collector's on http://{addr}/metrics, the sidecar's on http://{sidecar_admin}/metrics");
     println!("groups: inventory-service keeps up, order-readmodel is slow (lag passes 10,000), payment-notifier stops at 20 s");
     println!("saga \"order\": most orders complete, some payments are declined and compensated; the inventory service is offline");
     println!("from 5 s to 15 s of every minute, so some failed orders keep their reservation (inconsistent); a few stop midway (stuck)");
-    println!("stuck and inconsistent orders, with their trace ids: http://{addr}/sagas\n");
+    println!("stuck and inconsistent orders, with their trace ids: http://{addr}/sagas");
+    println!("the page (both views, live): http://{addr}/\n");
 
     let started = Instant::now();
     let mut previous: HashMap<(String, String), Histogram> = HashMap::new();
-    let mut ticker = tokio::time::interval(Duration::from_secs(every.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(o.every.max(1)));
     ticker.tick().await;
     let signal = crate::run::shutdown_signal();
     tokio::pin!(signal);
@@ -144,21 +191,59 @@ pub async fn run(admin_listen: &str, duration: Option<u64>, every: u64) -> anyho
         if let Some(s) = shared.snapshots().first() {
             print!("{}", table(s, started.elapsed(), &mut previous));
             print!("{}", saga_table(&saga_metrics, "demo", "order"));
+            println!("         page: http://{addr}/\n");
         }
-        if duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+        if o.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
             break;
         }
     }
+    // The services stop first, through their sidecar (their last commits go through it), then the rest.
     stop.store(true, Ordering::Relaxed);
-    crate::run::drain(tx, tasks, Duration::from_secs(5)).await;
     tokio::task::spawn_blocking(move || {
         for t in threads {
             let _ = t.join();
         }
     })
     .await?;
+    let mut stopped = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        proxy.drained().await;
+    }));
+    crate::run::drain(tx, tasks, Duration::from_secs(5)).await;
     drop(mock);
     Ok(())
+}
+
+type Sidecar = (Arc<crate::sidecar::kafka::Proxy>, String, Option<tokio::task::JoinHandle<()>>);
+
+/// Starts the services' sidecar towards `bootstrap` on a free port of 127.0.0.1: the proxy, where the
+/// services connect, and its span export (over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, else
+/// nowhere: the trace context is still carried on).
+async fn start_sidecar(bootstrap: &str, registry: &prometheus::Registry, rx: watch::Receiver<bool>) -> anyhow::Result<Sidecar> {
+    use crate::telemetry::traces::{ExportSettings, TraceMetrics, Tracer};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let settings = crate::config::SidecarConfig {
+        kafka_bootstrap: crate::config::Servers::parse(bootstrap).map_err(|e| anyhow::anyhow!(e))?,
+        kafka_listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        kafka_advertised_host: "127.0.0.1".into(),
+        cluster: "demo".into(),
+        ..Default::default()
+    };
+    let metrics = TraceMetrics::new(registry);
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let exporting = env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT") || env.contains_key("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let (tracer, export_task) = if exporting {
+        let export = ExportSettings::from_env(&env)
+            .map_err(|p| anyhow::anyhow!(p.iter().map(|(k, why)| format!("{k}: {why}")).collect::<Vec<_>>().join("\n")))?;
+        Tracer::start(&export, metrics, rx.clone())?
+    } else {
+        (Tracer::disabled(metrics), None)
+    };
+    let proxy = crate::sidecar::kafka::Proxy::start(settings, crate::telemetry::kafka::ProxyMetrics::new(registry), tracer, rx)
+        .await
+        .map_err(|e| anyhow::anyhow!("the demo's sidecar cannot listen on 127.0.0.1:{port}: {e}"))?;
+    Ok((proxy, format!("127.0.0.1:{port}"), export_task))
 }
 
 /// The live table: lag, lag seconds, status, and the consistency window quantiles since the last table.

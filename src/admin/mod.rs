@@ -1,6 +1,7 @@
 //! The admin HTTP server (hyper), apart from the data path: `/metrics` in the Prometheus text format,
-//! `/healthz` (the process is alive), `/readyz` (every cluster has had one successful collection) and
-//! the JSON listings a collection offers (`/sagas`).
+//! `/healthz` (the process is alive), `/readyz` (every cluster has had one successful collection), the
+//! JSON listings a collection offers (`/sagas`), and the live page: `/` (one self-contained HTML file in
+//! the binary, `page.html`) and the JSON it reads, `/api/v1/view` ([`view`], documented in `docs/api.md`).
 //!
 //! It has a state of its own, [`State`]: the process registry (every role's registered series) and, in
 //! the collector role, the [`Collection`] whose snapshots it renders. It knows no role.
@@ -8,12 +9,14 @@
 //! - A scrape never calls a broker: it renders what the process already holds, on the blocking pool.
 //! - A render that panics answers 500 (Prometheus then marks the target down), never 200 with an empty
 //!   body that would look like a healthy target without series.
+//! - The page's view is rebuilt every [`view::SAMPLE_EVERY`] from the same render as `/metrics`, by one
+//!   task; a request is served that one document, so viewers add no work.
 //! - Connections are limited ([`MAX_CONNECTIONS`]); a failed accept (EMFILE) backs off instead of
 //!   spinning.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +32,15 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+pub mod view;
+
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
+/// The page: one file, no CDN, no external font or script (it must work offline and inside a cluster).
+const PAGE: &str = include_str!("page.html");
+/// The page may only talk to this server; its script and style are inline.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Admin connections at once: scrapers and probes are few; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -53,11 +63,55 @@ pub trait Collection: Send + Sync + 'static {
 pub struct State {
     registry: Registry,
     collection: Option<Arc<dyn Collection>>,
+    page: Arc<Page>,
+    /// Registries the page reads besides this server's own (the demo's sidecar), not served by `/metrics`.
+    page_also: Vec<Registry>,
+}
+
+/// The page's view: the sampler and its last document.
+struct Page {
+    sampler: Mutex<view::Sampler>,
+    document: RwLock<Bytes>,
 }
 
 impl State {
+    /// The page is a collector's with a collection, a sidecar's without; [`State::with_page`] says otherwise.
     pub fn new(registry: Registry, collection: Option<Arc<dyn Collection>>) -> State {
-        State { registry, collection }
+        let role = if collection.is_some() { "collector" } else { "sidecar" };
+        State {
+            registry,
+            collection,
+            page: Arc::new(Page::new(view::PageConfig { role, trace_url: None })),
+            page_also: Vec::new(),
+        }
+    }
+
+    /// The page also shows `registry`'s series (`/metrics` does not: a family must appear once there).
+    pub fn with_page_also(mut self, registry: Registry) -> State {
+        self.page_also.push(registry);
+        self
+    }
+
+    /// The page's role and trace links (`ui.trace_url`).
+    pub fn with_page(mut self, config: view::PageConfig) -> State {
+        self.page = Arc::new(Page::new(config));
+        self
+    }
+
+    /// Rebuilds the page's view from what `/metrics` would serve now.
+    fn sample_view(&self) {
+        let (series, own) = self.render();
+        let mut text = String::from_utf8_lossy(&series).into_owned();
+        text.push_str(&String::from_utf8_lossy(&own));
+        for r in &self.page_also {
+            text.push_str(&crate::telemetry::render_registry(r));
+        }
+        let doc = lock(&self.page.sampler).sample(&text, crate::kafka::now_ms());
+        *self.page.document.write().unwrap_or_else(|p| p.into_inner()) = doc;
+    }
+
+    fn view_document(&self) -> Bytes {
+        self.page.document.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The whole `/metrics` body in two parts: the collection's series and the registry's.
@@ -75,6 +129,36 @@ impl State {
     }
 }
 
+impl Page {
+    fn new(config: view::PageConfig) -> Page {
+        Page {
+            sampler: Mutex::new(view::Sampler::new(config)),
+            document: RwLock::new(Bytes::from_static(b"{}")),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rebuilds the view every [`view::SAMPLE_EVERY`] on the blocking pool until shutdown. A sample that
+/// panics leaves the last document (its `taken_at_ms` tells the page it is stale) and the next one runs.
+async fn sample_views(state: State, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(view::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let s = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.sample_view()).await {
+            tracing::error!(error = %e, "building the page's view failed");
+        }
+    }
+}
+
 /// Binds the admin address. Done before anything else starts, so a taken port fails fast.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -82,6 +166,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` turns true, then stops accepting; open connections finish their request.
 pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(sample_views(state.clone(), shutdown.clone()));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refused = |peer| tracing::warn!(%peer, "admin: over {MAX_CONNECTIONS} connections; closed");
     while let Some((stream, _, permit)) = crate::accept::next(&listener, &permits, &mut shutdown, "admin", refused).await {
@@ -125,6 +210,16 @@ async fn handle(req: Request<Incoming>, state: State) -> Result<Response<BoxBody
                 }
             }
         }
+        (&Method::GET, "/") => Response::builder()
+            .header("content-type", HTML)
+            .header("content-security-policy", PAGE_POLICY)
+            .header("x-content-type-options", "nosniff")
+            .header("cache-control", "no-cache")
+            .body(full(Bytes::from_static(PAGE.as_bytes()))),
+        (&Method::GET, "/api/v1/view") => Response::builder()
+            .header("content-type", JSON)
+            .header("cache-control", "no-store")
+            .body(full(state.view_document())),
         (&Method::GET, "/healthz") => Response::builder().body(full(Bytes::from_static(b"ok\n"))),
         (&Method::GET, "/readyz") => {
             let waiting = state.waiting();
@@ -139,7 +234,9 @@ async fn handle(req: Request<Incoming>, state: State) -> Result<Response<BoxBody
                     ))))
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz") => Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new())),
+        (_, "/" | "/api/v1/view" | "/metrics" | "/healthz" | "/readyz") => {
+            Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new()))
+        }
         (method, path) => match state.listing(path, req.uri().query()) {
             Some(_) if method != Method::GET => Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).body(full(Bytes::new())),
             Some(Ok(json)) => Response::builder().header("content-type", JSON).body(full(json)),
@@ -147,9 +244,9 @@ async fn handle(req: Request<Incoming>, state: State) -> Result<Response<BoxBody
                 .status(StatusCode::BAD_REQUEST)
                 .header("content-type", JSON)
                 .body(full(Bytes::from(serde_json::json!({ "error": why }).to_string()))),
-            None => Response::builder()
-                .status(StatusCode::NOT_FOUND)
-                .body(full(Bytes::from_static(b"not found: try /metrics, /healthz, /readyz, /sagas\n"))),
+            None => Response::builder().status(StatusCode::NOT_FOUND).body(full(Bytes::from_static(
+                b"not found: try /, /api/v1/view, /metrics, /healthz, /readyz, /sagas\n",
+            ))),
         },
     };
     Ok(response.unwrap_or_else(|_| Response::new(full(Bytes::new()))))
