@@ -126,3 +126,81 @@ fn the_page_shows_what_the_endpoints_report_in_a_real_browser() {
     assert!(m.count("eventscope_kafka_produced_records_total", &[("topic", "orders")]) == 1);
     drop(demo);
 }
+
+/// The sidecar's HTTP side in the view and on its page: the seed's SLIs per route from real requests
+/// (curl through the sidecar to Python's HTTP server), and trace-context coverage.
+#[test]
+fn the_sidecars_view_reports_the_http_slis_per_route() {
+    let app = HttpApp::start();
+    let (es, addr) = Eventscope::http_sidecar(
+        &app.addr,
+        &["--service", "orders"],
+        &[
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__0", "/orders/{id}"),
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__1", "/status/{code}"),
+            ("EVENTSCOPE_SIDECAR__HTTP__ROUTES__2", "/slow/{ms}"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    );
+    let admin = es.admin.clone();
+    // The view's first sample comes first, so that every request below falls inside its window.
+    wait_for(Duration::from_secs(20), "the first view", || {
+        view(&admin).filter(|v| v["version"] == 1)
+    });
+    let url = |p: &str| format!("http://{addr}{p}");
+    let traceparent = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for i in 0..12 {
+        let mut args = vec![];
+        if i % 3 == 0 {
+            args.extend(["-H", traceparent]);
+        }
+        let u = url(&format!("/orders/{i}"));
+        args.push(&u);
+        assert_eq!(curl(&args).0, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(curl(&[&url("/status/503")]).0, 503);
+    }
+    assert_eq!(curl(&[&url("/status/200")]).0, 200);
+    for _ in 0..3 {
+        assert_eq!(curl(&[&url("/slow/700")]).0, 200);
+    }
+    let v = wait_for(Duration::from_secs(30), "the requests in the view", || {
+        let v = view(&admin)?;
+        let total: f64 = v["routes"].as_array()?.iter().filter_map(|r| r["requests"].as_f64()).sum();
+        (total == 20.0).then_some(v)
+    });
+    assert_eq!(v["role"], "sidecar");
+    let route = |r: &str| v["routes"].as_array().unwrap().iter().find(|x| x["route"] == r).unwrap().clone();
+    let orders = route("/orders/{id}");
+    assert_eq!((orders["requests"].as_f64(), orders["errors"].as_f64()), (Some(12.0), Some(0.0)));
+    assert_eq!(orders["availability"], 1.0);
+    assert!(orders["p99_seconds"].as_f64().unwrap() < 0.5, "{orders}");
+    let status = route("/status/{code}");
+    assert_eq!((status["requests"].as_f64(), status["errors"].as_f64()), (Some(5.0), Some(4.0)));
+    assert_eq!(status["error_rate"], 0.8);
+    let slow = route("/slow/{ms}");
+    assert!(slow["p99_seconds"].as_f64().unwrap() > 0.5, "{slow}");
+    assert_eq!(slow["within_target"], 0.0);
+    let tc = &v["http_trace_context"][0];
+    assert_eq!(tc["service"], "orders");
+    assert_eq!(tc["requests"]["continued"], 4.0);
+    assert_eq!(tc["requests"]["absent"], 16.0);
+    assert_eq!(tc["coverage"], 0.2);
+    // Its page says the same, in a real browser.
+    let playwright = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/eventscope/playwright");
+    let out = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/page.cjs"))
+        .args(["routes".to_string(), format!("http://{admin}/")])
+        .env("PLAYWRIGHT_DIR", &playwright)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = es.terminate();
+    assert!(status.success());
+}

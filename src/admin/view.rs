@@ -596,6 +596,8 @@ fn values(section: Section, row: &Row) -> Map<String, Value> {
             let errors = row.window_delta("errors").unwrap_or(0.0);
             let error_rate = requests.filter(|r| *r > 0.0).map(|r| errors / r);
             let d = row.window_buckets("duration");
+            put("requests", finite(now.counters.get("requests").copied()));
+            put("errors", finite(Some(now.counters.get("errors").copied().unwrap_or(0.0))));
             put("requests_per_second", finite(row.rate("requests")));
             put("error_rate", finite(error_rate));
             put("availability", finite(error_rate.map(|e| 1.0 - e)));

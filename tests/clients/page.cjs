@@ -44,7 +44,54 @@ function shown() {
 
 const near = (a, b) => Math.abs(Number(a) - Number(b)) <= 1e-9 * Math.max(1, Math.abs(Number(b)));
 
-(async () => {
+// `node page.cjs routes SIDECAR_URL`: the sidecar's HTTP routes and trace context as the view reports them.
+async function routes(url) {
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox", "--disable-gpu"] });
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(url);
+    await page.waitForSelector("#routes tbody tr", { timeout: 30000 });
+    let matched = false;
+    for (let attempt = 0; attempt < 20 && !matched; attempt++) {
+      const view = await json(url + "api/v1/view");
+      const s = await page.evaluate(() => ({
+        takenAt: Number(document.body.dataset.takenAt),
+        routes: [...document.querySelectorAll("#routes tbody tr")].map((tr) => ({
+          key: tr.dataset.key,
+          cells: Object.fromEntries([...tr.querySelectorAll("[data-field]")].map((td) => [td.dataset.field, td.textContent.trim()])),
+        })),
+        contexts: [...document.querySelectorAll("#http_trace_context tbody tr")].map((tr) => tr.textContent),
+      }));
+      if (s.takenAt !== view.taken_at_ms) { await sleep(700); continue; }
+      matched = true;
+      check(s.routes.length === view.routes.length, `routes shown ${s.routes.length}, view ${view.routes.length}`);
+      for (const r of view.routes) {
+        const row = s.routes.find((x) => x.key === [r.service, r.method, r.route].join(" "));
+        if (!row) { check(false, `route ${r.route} not shown`); continue; }
+        const pct = (v) => v === null ? "–" : (v * 100).toFixed(2) + " %";
+        check(row.cells.availability === pct(r.availability), `${r.route}: availability "${row.cells.availability}", view ${r.availability}`);
+        check(row.cells.error_rate === pct(r.error_rate), `${r.route}: error rate "${row.cells.error_rate}", view ${r.error_rate}`);
+        if (r.p99_seconds !== null) {
+          const over = r.p99_seconds > r.p99_target_seconds;
+          check(row.cells.target.includes(over ? "over 500 ms" : "within 500 ms"), `${r.route}: target "${row.cells.target}" for p99 ${r.p99_seconds}`);
+        }
+      }
+      check(s.contexts.length === view.http_trace_context.length && s.contexts.length > 0, "trace context rows");
+    }
+    check(matched, "the page never showed the sample the endpoint served");
+    check(errors.length === 0, "errors in the page: " + errors.join("; "));
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify({ problems }));
+  process.exit(problems.length ? 1 : 0);
+}
+
+if (collectorUrl === "routes") {
+  routes(sidecarUrl).catch((e) => { console.log(JSON.stringify({ problems: [String(e && e.stack || e)] })); process.exit(1); });
+} else (async () => {
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
