@@ -111,6 +111,19 @@ page_size = 1
     });
     let scraped = now_ms();
     assert_eq!(m.get(BACKLOG, &queue("stalled")), Some(100.0));
+    // The page's view has the same rows (rebuilt every 5 s from what /metrics serves).
+    let row = wait_for(Duration::from_secs(20), "the queues in the page's view", || {
+        let (_, body) = es.get("/api/v1/view")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let row = v["backlogs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["broker"] == "rabbitmq" && r["cluster"] == "tasks" && r["destination"] == "orders")?
+            .clone();
+        (row["messages"] == 12000.0).then_some(row)
+    });
+    assert_eq!(row["status"], "STOP", "{row}");
+    assert!(row["age_seconds"].as_f64().unwrap() >= 120.0, "{row}");
     // Every way of reading the listing gives the same queues and backlogs.
     let backlogs = |m: &Metrics, cluster: &str| {
         let mut v: Vec<(String, u64)> = m

@@ -72,6 +72,11 @@ fn the_page_shows_what_the_endpoints_report_in_a_real_browser() {
     });
     let v = view(&admin).unwrap();
     assert_eq!(v["role"], "demo");
+    // Viewers share one document per sample: 200 requests in a row get at most two distinct bodies (a
+    // sample may fall between them), never one built per request.
+    let mut bodies: Vec<String> = (0..200).map(|_| http_get(&admin, "/api/v1/view").unwrap().1).collect();
+    bodies.dedup();
+    assert!(bodies.len() <= 2, "{} distinct documents in 200 requests", bodies.len());
     assert_eq!(v["trace_url"], trace_url);
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts/admin-page.png");
