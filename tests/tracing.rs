@@ -312,6 +312,8 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
     assert_eq!(m.get("kafka_consumergroup_lag_seconds", &lag), Some(0.0));
     assert!(m.get("eventscope_trace_spans_total", &[("outcome", "exported")]).unwrap() >= 2.0 * N as f64);
     assert_eq!(m.get("eventscope_trace_spans_total", &[("outcome", "dropped")]), Some(0.0));
+    // Everything sent: nothing waits in the export queue.
+    assert_eq!(m.get("eventscope_trace_queue_spans", &[]), Some(0.0));
     assert_eq!(
         m.get("eventscope_kafka_proxy_errors_total", &[("kind", "records_unreadable")]),
         Some(0.0)

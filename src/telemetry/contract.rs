@@ -346,6 +346,7 @@ pub const TRACE_CONTEXT_RECORDS: &str = "eventscope_kafka_trace_context_records_
 pub const UNTRACKED_RECORDS: &str = "eventscope_kafka_untracked_records_total";
 pub const UNOBSERVED_RESPONSES: &str = "eventscope_kafka_unobserved_responses_total";
 pub const TRACE_SPANS: &str = "eventscope_trace_spans_total";
+pub const TRACE_QUEUE: &str = "eventscope_trace_queue_spans";
 pub const L_TIMESTAMP_TYPE: &str = "timestamp_type";
 pub const L_CONTEXT: &str = "context";
 pub const L_OUTCOME: &str = "outcome";
@@ -480,6 +481,7 @@ pub fn sidecar_names() -> Vec<&'static str> {
         UNTRACKED_RECORDS,
         UNOBSERVED_RESPONSES,
         TRACE_SPANS,
+        TRACE_QUEUE,
         BUILD_INFO,
     ];
     v.extend(PROCESS_NAMES);
@@ -502,6 +504,7 @@ pub fn http_names() -> Vec<&'static str> {
         HTTP_PROXY_ERRORS,
         HTTP_CONNECTIONS,
         TRACE_SPANS,
+        TRACE_QUEUE,
     ]
 }
 

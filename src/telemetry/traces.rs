@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::telemetry::contract::{L_OUTCOME, TRACE_SPANS};
+use crate::telemetry::contract::{L_OUTCOME, TRACE_QUEUE, TRACE_SPANS};
 
 /// What the sidecar does with trace context in records it relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -284,7 +284,7 @@ impl Tracer {
             exporters.push(exporter);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let spans = Arc::new(AtomicUsize::new(0));
+        let spans = metrics.queued.clone();
         let tracer = Tracer {
             inner: Arc::new(Inner {
                 // OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, as the SDK reads them.
@@ -583,6 +583,18 @@ async fn export_loop(
 
 #[cfg(test)]
 mod tests {
+    /// The queue gauge is the queue's own count at the scrape.
+    #[test]
+    fn the_queue_gauge_reads_the_queue_at_the_scrape() {
+        let registry = Registry::new();
+        let metrics = TraceMetrics::new(&registry);
+        metrics.queued.store(7, Ordering::Release);
+        let text = crate::telemetry::render_registry(&registry);
+        assert!(text.contains("\neventscope_trace_queue_spans 7\n"), "{text}");
+        metrics.queued.store(0, Ordering::Release);
+        assert!(crate::telemetry::render_registry(&registry).contains("\neventscope_trace_queue_spans 0\n"));
+    }
+
     use super::*;
     use opentelemetry::propagation::Injector;
 
@@ -749,6 +761,26 @@ pub struct TraceMetrics {
     pub exported: prometheus::IntCounter,
     pub dropped: prometheus::IntCounter,
     pub failed: prometheus::IntCounter,
+    /// Spans in the export queue: the queue's own count, which `eventscope_trace_queue_spans` reads at
+    /// each scrape.
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// `eventscope_trace_queue_spans`, read from the queue's count when scraped (never a stale copy).
+struct QueuedSpans {
+    gauge: prometheus::IntGauge,
+    spans: Arc<AtomicUsize>,
+}
+
+impl prometheus::core::Collector for QueuedSpans {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.set(self.spans.load(Ordering::Acquire) as i64);
+        self.gauge.collect()
+    }
 }
 
 impl TraceMetrics {
@@ -763,10 +795,21 @@ impl TraceMetrics {
         .expect("valid metric");
         // A second registration (several sidecars in one test process) keeps the first.
         let _ = registry.register(Box::new(spans.clone()));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let gauge = prometheus::IntGauge::with_opts(Opts::new(
+            TRACE_QUEUE,
+            "Spans waiting in the export queue (at most OTEL_BSP_MAX_QUEUE_SIZE; beyond it spans are dropped).",
+        ))
+        .expect("valid metric");
+        let _ = registry.register(Box::new(QueuedSpans {
+            gauge,
+            spans: queued.clone(),
+        }));
         TraceMetrics {
             exported: spans.with_label_values(&["exported"]),
             dropped: spans.with_label_values(&["dropped"]),
             failed: spans.with_label_values(&["failed"]),
+            queued,
         }
     }
 }
