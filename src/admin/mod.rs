@@ -101,12 +101,12 @@ impl State {
     /// Rebuilds the page's view from what `/metrics` would serve now.
     fn sample_view(&self) {
         let (series, own) = self.render();
-        let mut text = String::from_utf8_lossy(&series).into_owned();
-        text.push_str(&String::from_utf8_lossy(&own));
-        for r in &self.page_also {
-            text.push_str(&crate::telemetry::render_registry(r));
-        }
-        let doc = lock(&self.page.sampler).sample(&text, crate::kafka::now_ms());
+        let also: Vec<String> = self.page_also.iter().map(crate::telemetry::render_registry).collect();
+        // Our own renders are UTF-8: borrowed, not copied (a large collector's text is tens of MB).
+        let mut parts = vec![String::from_utf8_lossy(&series), String::from_utf8_lossy(&own)];
+        parts.extend(also.iter().map(|s| std::borrow::Cow::Borrowed(s.as_str())));
+        let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+        let doc = lock(&self.page.sampler).sample(&parts, crate::kafka::now_ms());
         *self.page.document.write().unwrap_or_else(|p| p.into_inner()) = doc;
     }
 

@@ -399,12 +399,13 @@ impl Sampler {
         }
     }
 
-    /// Reads one `/metrics` text taken at `now_ms` and returns the view's JSON document.
-    pub fn sample(&mut self, text: &str, now_ms: i64) -> Bytes {
+    /// Reads one `/metrics` text (in parts, as rendered, so that a large collector's is not copied) taken
+    /// at `now_ms` and returns the view's JSON document.
+    pub fn sample(&mut self, parts: &[&str], now_ms: i64) -> Bytes {
         let mut raw: BTreeMap<(Section, Vec<String>), Raw> = BTreeMap::new();
         let mut per_section: BTreeMap<Section, usize> = BTreeMap::new();
         let mut omitted: BTreeMap<Section, usize> = BTreeMap::new();
-        for line in text.lines() {
+        for line in parts.iter().flat_map(|p| p.lines()) {
             // Cheap rejection before parsing labels: most lines of a large collector are partitions.
             let name = line.split(['{', ' ']).next().unwrap_or("");
             if !is_viewed(name) {
@@ -727,8 +728,8 @@ eventscope_saga_stuck{{cluster="c",saga="order",step="OrderCreated"}} 1
             role: "collector",
             trace_url: Some("https://t/{trace_id}".into()),
         });
-        s.sample(&text(100, 90, 10), 0);
-        let doc: Value = serde_json::from_slice(&s.sample(&text(250, 180, 20), 5000)).unwrap();
+        s.sample(&[&text(100, 90, 10)], 0);
+        let doc: Value = serde_json::from_slice(&s.sample(&[&text(250, 180, 20)], 5000)).unwrap();
         let kafka = doc["kafka"].as_array().unwrap();
         assert_eq!(kafka.len(), 2, "collector and sidecar rows: {kafka:?}");
         let c = &kafka[0];
@@ -754,11 +755,11 @@ eventscope_saga_stuck{{cluster="c",saga="order",step="OrderCreated"}} 1
         let many: String = (0..MAX_ROWS + 20)
             .map(|i| format!("kafka_consumergroup_lag{{cluster=\"c\",consumergroup=\"g{i}\",topic=\"t\",partition=\"0\"}} 1\n"))
             .collect();
-        let doc: Value = serde_json::from_slice(&s.sample(&many, 0)).unwrap();
+        let doc: Value = serde_json::from_slice(&s.sample(&[&many], 0)).unwrap();
         assert_eq!(doc["kafka"].as_array().unwrap().len(), MAX_ROWS);
         assert_eq!(doc["omitted"]["kafka"], 20);
         for i in 1..=HISTORY_POINTS + 5 {
-            s.sample("", i as i64 * 5000);
+            s.sample(&[], i as i64 * 5000);
         }
         assert!(s.rows.is_empty(), "gone rows are dropped once their charts are empty");
         assert_eq!(s.times.len(), HISTORY_POINTS);
