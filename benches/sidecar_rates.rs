@@ -8,7 +8,8 @@
 //! spans exported and dropped; then each path's saturation point (the first rate achieved below 95%).
 //!
 //! Run: `cargo bench --bench sidecar_rates`. Results: docs/benchmarks.md. `BENCH_RATES` (records/s,
-//! comma-separated), `BENCH_CODECS` (`none,lz4`), `BENCH_SECONDS` (per step, default 10).
+//! comma-separated), `BENCH_CODECS` (`none,lz4`), `BENCH_SECONDS` (per step, default 10),
+//! `BENCH_SAMPLER_ARG` (the injecting sidecar samples this share of traces instead of all: `0.1`).
 //! A soak instead: `BENCH_SOAK_SECONDS=1800` runs the injecting sidecar alone at `BENCH_SOAK_RATE`
 //! (20,000 records/s, lz4) and samples its RSS and CPU every 10 s.
 //!
@@ -236,15 +237,18 @@ fn sidecars(mock: &MockCluster<'static, DefaultProducerContext>, receiver: &supp
         &mock.bootstrap_servers(),
         &[("OTEL_TRACES_EXPORTER", "none"), ("EVENTSCOPE_SIDECAR__TRACE_MODE", "off")],
     );
-    // Every trace sampled; the export queue and batch as shipped.
-    let inject = Eventscope::sidecar_env(
-        &mock.bootstrap_servers(),
-        &[
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-        ],
-    );
+    // Every trace sampled (or the share `BENCH_SAMPLER_ARG` says, as `traceidratio`); the export queue
+    // and batch as shipped.
+    let ratio = std::env::var("BENCH_SAMPLER_ARG").ok();
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+    ];
+    match &ratio {
+        Some(r) => env.extend([("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", r.as_str())]),
+        None => env.push(("OTEL_TRACES_SAMPLER", "always_on")),
+    }
+    let inject = Eventscope::sidecar_env(&mock.bootstrap_servers(), &env);
     [off, inject]
 }
 
