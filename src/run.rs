@@ -115,7 +115,7 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
 }
 
 /// `(key, reason)` problems as a user reads them: `key: reason`, one per line.
-fn problems(list: &[(String, String)]) -> String {
+pub(crate) fn problems(list: &[(String, String)]) -> String {
     list.iter().map(|(k, why)| format!("{k}: {why}")).collect::<Vec<_>>().join("\n")
 }
 

@@ -30,6 +30,18 @@ impl Drop for Demo {
     }
 }
 
+/// `tests/clients/page.cjs` with `args`: Debian's chromium driven by playwright-core (both installed by
+/// `.ci/install-test-deps`, playwright-core in `~/.cache/eventscope/playwright`).
+fn browser(args: &[String]) -> std::process::Output {
+    let playwright = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/eventscope/playwright");
+    Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/page.cjs"))
+        .args(args)
+        .env("PLAYWRIGHT_DIR", &playwright)
+        .output()
+        .expect("node runs (installed by .ci/install-test-deps)")
+}
+
 fn view(admin: &str) -> Option<serde_json::Value> {
     let (status, body) = http_get(admin, "/api/v1/view")?;
     (status == 200).then(|| serde_json::from_str(&body).ok())?
@@ -82,13 +94,7 @@ fn the_page_shows_what_the_endpoints_report_in_a_real_browser() {
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts/admin-page.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
-    let playwright = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/eventscope/playwright");
-    let out = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/page.cjs"))
-        .args([format!("http://{admin}/"), format!("http://{sidecar}/"), shot.display().to_string()])
-        .env("PLAYWRIGHT_DIR", &playwright)
-        .output()
-        .expect("node runs (installed by .ci/install-test-deps)");
+    let out = browser(&[format!("http://{admin}/"), format!("http://{sidecar}/"), shot.display().to_string()]);
     let printed = String::from_utf8_lossy(&out.stdout);
     let summary: serde_json::Value = printed
         .lines()
@@ -193,13 +199,7 @@ fn the_sidecars_view_reports_the_http_slis_per_route() {
     assert_eq!(tc["requests"]["absent"], 16.0);
     assert_eq!(tc["coverage"], 0.2);
     // Its page says the same, in a real browser.
-    let playwright = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/eventscope/playwright");
-    let out = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/page.cjs"))
-        .args(["routes".to_string(), format!("http://{admin}/")])
-        .env("PLAYWRIGHT_DIR", &playwright)
-        .output()
-        .unwrap();
+    let out = browser(&["routes".to_string(), format!("http://{admin}/")]);
     assert!(
         out.status.success(),
         "{}{}",

@@ -103,9 +103,9 @@ impl State {
         let (series, own) = self.render();
         let also: Vec<String> = self.page_also.iter().map(crate::telemetry::render_registry).collect();
         // Our own renders are UTF-8: borrowed, not copied (a large collector's text is tens of MB).
-        let mut parts = vec![String::from_utf8_lossy(&series), String::from_utf8_lossy(&own)];
-        parts.extend(also.iter().map(|s| std::borrow::Cow::Borrowed(s.as_str())));
-        let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+        let (series, own) = (String::from_utf8_lossy(&series), String::from_utf8_lossy(&own));
+        let mut parts = vec![series.as_ref(), own.as_ref()];
+        parts.extend(also.iter().map(String::as_str));
         let doc = lock(&self.page.sampler).sample(&parts, crate::kafka::now_ms());
         *self.page.document.write().unwrap_or_else(|p| p.into_inner()) = doc;
     }

@@ -310,16 +310,21 @@ fn fraction_within(buckets: &[(f64, f64)], bound: f64) -> Option<f64> {
 /// A row across samples.
 #[derive(Default)]
 struct Row {
-    /// The last [`WINDOW_POINTS`] samples' raw values with their times.
+    /// The last [`WINDOW_POINTS`] samples' raw values with their times; empty while the row is absent
+    /// from the latest sample.
     window: VecDeque<(i64, Raw)>,
     /// Chart name → one point per sample of the view (aligned with the view's times).
     history: BTreeMap<&'static str, VecDeque<Option<f64>>>,
-    present: bool,
 }
 
 impl Row {
     fn now(&self) -> Option<&Raw> {
-        self.window.back().filter(|_| self.present).map(|(_, r)| r)
+        self.window.back().map(|(_, r)| r)
+    }
+
+    /// In the latest sample.
+    fn present(&self) -> bool {
+        !self.window.is_empty()
     }
 
     /// Per second over the window: `(last − first) / elapsed`, `None` without two samples or on a reset.
@@ -430,24 +435,20 @@ impl Sampler {
             self.times.pop_front();
         }
         let len = self.times.len();
-        for row in self.rows.values_mut() {
-            row.present = false;
-        }
+        // Rows that went away: their charts carry on empty until they have nothing left to show.
+        self.rows.retain(|key, row| {
+            if !raw.contains_key(key) {
+                row.window.clear();
+            }
+            row.present() || row.history.values().any(|h| h.iter().any(Option::is_some))
+        });
         for (key, r) in raw {
             let row = self.rows.entry(key).or_default();
-            row.present = true;
             row.window.push_back((now_ms, r));
             while row.window.len() > WINDOW_POINTS {
                 row.window.pop_front();
             }
         }
-        // Rows that went away: their charts carry on empty until they have nothing left to show.
-        self.rows.retain(|_, row| {
-            if !row.present {
-                row.window.clear();
-            }
-            row.present || row.history.values().any(|h| h.iter().any(Option::is_some))
-        });
         for ((section, _), row) in self.rows.iter_mut() {
             for (name, value) in charts(*section, row) {
                 row.chart(name, value, len);
@@ -474,7 +475,7 @@ impl Sampler {
             let rows: Vec<Value> = self
                 .rows
                 .iter()
-                .filter(|((s, _), row)| *s == section && row.present)
+                .filter(|((s, _), row)| *s == section && row.present())
                 .map(|((s, key), row)| {
                     let mut o: Map<String, Value> = s.keys().iter().zip(key).map(|(k, v)| (k.to_string(), json!(v))).collect();
                     o.extend(values(*s, row));

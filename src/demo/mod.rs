@@ -234,8 +234,7 @@ async fn start_sidecar(bootstrap: &str, registry: &prometheus::Registry, rx: wat
     let env: HashMap<String, String> = std::env::vars().collect();
     let exporting = env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT") || env.contains_key("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     let (tracer, export_task) = if exporting {
-        let export = ExportSettings::from_env(&env)
-            .map_err(|p| anyhow::anyhow!(p.iter().map(|(k, why)| format!("{k}: {why}")).collect::<Vec<_>>().join("\n")))?;
+        let export = ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!(crate::run::problems(&p)))?;
         Tracer::start(&export, metrics, rx.clone())?
     } else {
         (Tracer::disabled(metrics), None)
@@ -319,27 +318,18 @@ pub fn saga_table(m: &SagaMetrics, cluster: &str, saga: &str) -> String {
     )
 }
 
-/// A quantile of a histogram by linear interpolation within its bucket (as `histogram_quantile`).
+/// A quantile of a histogram as PromQL's `histogram_quantile` (the page's own, on its cumulative buckets).
 fn histogram_quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
     use prometheus::core::Collector;
     let families = h.collect();
     let metric = families.first()?.get_metric().first()?.get_histogram().clone();
-    let total = metric.get_sample_count() as f64;
-    if total == 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for b in metric.get_bucket() {
-        let count = b.cumulative_count() as f64;
-        if count >= rank {
-            let within = (rank - below) / (count - below).max(1.0);
-            return Some(lower + (b.upper_bound() - lower) * within);
-        }
-        lower = b.upper_bound();
-        below = count;
-    }
-    Some(lower)
+    let mut buckets: Vec<(f64, f64)> = metric
+        .get_bucket()
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count() as f64))
+        .collect();
+    buckets.push((f64::INFINITY, metric.get_sample_count() as f64));
+    crate::admin::view::quantile(&buckets, q)
 }
 
 fn spawn_producer(bootstrap: String, stop: Arc<AtomicBool>) -> anyhow::Result<thread::JoinHandle<()>> {
