@@ -297,7 +297,7 @@ fn main() {
         if smoke { " (smoke run under cargo test)" } else { "" }
     );
     println!();
-    println!("| codec | target rec/s | path | achieved rec/s | e2e p50 ms | p99 ms | p99.9 ms | sidecar millicores per MB/s | sidecar RSS MB | spans exported / dropped, records untracked |");
+    println!("| codec | target rec/s | path | achieved rec/s | e2e p50 ms | p99 ms | p99.9 ms | sidecar millicores per MB/s (kernel share, context switches per request) | sidecar RSS MB | spans exported / dropped, records untracked |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let progress = AtomicU64::new(0);
     // (path, codec) → the first rate achieved below 95%.
@@ -311,16 +311,29 @@ fn main() {
                 // A rotating order, so that no path always comes first after a pause.
                 let i = (k + rounds) % 3;
                 let (name, bootstrap, sidecar) = &paths[i];
-                let before = sidecar.map(|s| (s.cpu_seconds(), s.scrape()));
+                let before = sidecar.map(|s| (s.cpu_split(), s.scrape(), s.context_switches()));
                 let topic = format!("rates-{codec}-{rate}-{i}");
                 let s = step(&mock, bootstrap, &topic, codec, rate, secs, &progress);
                 // CPU seconds per MB of records is millicores per MB/s (each record crosses twice: in a
                 // Produce request and in a Fetch response).
                 let mb = s.consumed.records as f64 * 1024.0 / 1e6;
                 let (cpu, rss, spans_cell) = match (sidecar, &before) {
-                    (Some(es), Some((cpu0, m0))) => {
+                    (Some(es), Some(((user0, system0), m0, calls0))) => {
                         let m = es.scrape();
-                        let millicores_per_mb_s = (es.cpu_seconds() - cpu0) * 1000.0 / mb.max(1e-9);
+                        let (user, system) = es.cpu_split();
+                        let (user, system) = (user - user0, system - system0);
+                        let millicores_per_mb_s = (user + system) * 1000.0 / mb.max(1e-9);
+                        // The kernel's share (system calls, the TCP stack, wake-ups) and the threads'
+                        // context switches per Kafka request relayed: what no user-space change removes.
+                        let requests = |m: &Metrics| {
+                            m.samples
+                                .iter()
+                                .filter(|(n, _, _)| n == "eventscope_kafka_requests_total")
+                                .map(|(_, _, v)| v)
+                                .sum::<f64>()
+                        };
+                        let per_request = (es.context_switches() - calls0) / (requests(&m) - requests(m0)).max(1.0);
+                        let kernel = 100.0 * system / (user + system).max(1e-9);
                         let spans_cell = if i == 2 {
                             let untracked = |m: &Metrics| m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0);
                             format!(
@@ -330,9 +343,14 @@ fn main() {
                                 untracked(&m) - untracked(m0)
                             )
                         } else {
-                            String::new()
+                            let untracked = |m: &Metrics| m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0);
+                            format!("untracked {:.0}", untracked(&m) - untracked(m0))
                         };
-                        (format!("{millicores_per_mb_s:.2}"), format!("{:.1}", es.rss() / 1e6), spans_cell)
+                        (
+                            format!("{millicores_per_mb_s:.2} ({kernel:.0}% kernel, {per_request:.1} switches/request)"),
+                            format!("{:.1}", es.rss() / 1e6),
+                            spans_cell,
+                        )
                     }
                     _ => (String::new(), String::new(), String::new()),
                 };

@@ -13,7 +13,7 @@
 //! The queue's bound counts spans; the `process` spans one commit ends (every record consumed since the
 //! last commit: 5 s of them with librdkafka's and Java's default auto-commit) go in as one compact
 //! [`SpanGroup`] that the export task makes into `SpanData` a batch at a time, so that a commit's burst
-//! costs about 100 bytes per span while it waits, not a `SpanData` of a kilobyte.
+//! costs 72 bytes per span while it waits ([`SpanIds`]), not a `SpanData` of a kilobyte.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -48,8 +48,10 @@ pub enum TraceMode {
 /// Spans the export queue holds by default: more than the SDK's 2,048, because one commit ends every
 /// `process` span since the last (with every trace sampled, 250,000 at 50,000 records/s and the clients'
 /// default 5 s auto-commit). Measured (`cargo bench --bench sidecar_rates`, docs/benchmarks.md): with
-/// 2,048, 35% of the spans were dropped at 20,000 records/s and 20% at 50,000; with this, none. A queued
-/// span of a commit's group takes about 130 bytes, one `send` span about a kilobyte.
+/// 2,048, 35% of the spans were dropped at 20,000 records/s and 20% at 50,000; with this, none, also at
+/// 50,000 records/s once every `process` span is held to its commit (no longer capped at 100,000). A
+/// queued span of a group (a commit's, or a Produce response's) takes 72 bytes ([`SpanIds`]): 19 MB at
+/// most; a lone span (a failed `send`) about a kilobyte.
 pub const DEFAULT_QUEUE: usize = 262_144;
 
 /// Exports in flight at once by default (the SDK's is 1). Measured in docs/benchmarks.md: with one, the
@@ -146,7 +148,7 @@ pub struct SpanGroup {
     /// The attribute each span has its own value of (`messaging.kafka.offset`).
     pub key: &'static str,
     /// Each span's start (context and parent), start time and value of `key`.
-    pub spans: Vec<(SpanStart, SystemTime, i64)>,
+    pub spans: Vec<(SpanIds, SystemTime, i64)>,
 }
 
 enum Queued {
@@ -154,8 +156,69 @@ enum Queued {
     Group(SpanGroup),
 }
 
+/// A [`SpanStart`] kept compact while its span waits to be made: 48 bytes and no allocation, against
+/// about 150 for two `SpanContext`s boxed. A consumer holds every record it fetched until its commit
+/// (5 s of them with librdkafka's and Java's default auto-commit: 250,000 at 50,000 records/s), and a
+/// commit queues them all at once, so this is what bounds the sidecar's memory when every trace is
+/// sampled. A child's trace and trace state are its parent's, which is all `start_span` makes.
+pub struct SpanIds {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// All zeros: a root (an invalid span id never comes from a header: `extract` rejects it).
+    parent_span_id: [u8; 8],
+    flags: u8,
+    parent_flags: u8,
+    /// Boxed: most records carry no `tracestate`.
+    state: Option<Box<opentelemetry::trace::TraceState>>,
+}
+
+impl SpanIds {
+    pub fn is_sampled(&self) -> bool {
+        TraceFlags::new(self.flags).is_sampled()
+    }
+
+    /// The span's start again, as it was.
+    pub fn start(self) -> SpanStart {
+        let state = self.state.map(|s| *s).unwrap_or_default();
+        let trace_id = opentelemetry::trace::TraceId::from_bytes(self.trace_id);
+        let parent = (self.parent_span_id != [0; 8]).then(|| {
+            SpanContext::new(
+                trace_id,
+                SpanId::from_bytes(self.parent_span_id),
+                TraceFlags::new(self.parent_flags),
+                true,
+                state.clone(),
+            )
+        });
+        SpanStart {
+            context: SpanContext::new(
+                trace_id,
+                SpanId::from_bytes(self.span_id),
+                TraceFlags::new(self.flags),
+                false,
+                state,
+            ),
+            parent,
+        }
+    }
+}
+
+impl From<SpanStart> for SpanIds {
+    fn from(s: SpanStart) -> SpanIds {
+        let state = s.context.trace_state().clone();
+        SpanIds {
+            trace_id: s.context.trace_id().to_bytes(),
+            span_id: s.context.span_id().to_bytes(),
+            parent_span_id: s.parent.as_ref().map_or([0; 8], |p| p.span_id().to_bytes()),
+            flags: s.context.trace_flags().to_u8(),
+            parent_flags: s.parent.as_ref().map_or(0, |p| p.trace_flags().to_u8()),
+            state: (state.header() != "").then(|| Box::new(state)),
+        }
+    }
+}
+
 /// A group's spans not yet made into `SpanData`.
-type GroupRest = std::vec::IntoIter<(SpanStart, SystemTime, i64)>;
+type GroupRest = std::vec::IntoIter<(SpanIds, SystemTime, i64)>;
 
 /// The export queue: entries, and a bound on the spans they hold.
 struct Queue {
@@ -365,13 +428,21 @@ impl Tracer {
         }
     }
 
+    /// Counts `n` sampled spans dropped before they reached the queue (their bound was reached while
+    /// they waited to end).
+    pub fn dropped(&self, n: u64) {
+        if n > 0 && self.inner.queue.is_some() {
+            self.inner.metrics.dropped.inc_by(n);
+        }
+    }
+
     /// Queues the sampled spans of a group as one entry, as many as the queue has room for (the rest are
     /// dropped and counted); never waits.
     pub fn finish_group(&self, mut group: SpanGroup) {
         let Some(queue) = &self.inner.queue else {
             return;
         };
-        group.spans.retain(|(s, _, _)| s.context.is_sampled());
+        group.spans.retain(|(s, _, _)| s.is_sampled());
         let n = group.spans.len();
         if n == 0 {
             return;
@@ -384,6 +455,47 @@ impl Tracer {
         if took > 0 && queue.tx.send(Queued::Group(group)).is_err() {
             queue.spans.fetch_sub(took, Ordering::AcqRel);
         }
+    }
+}
+
+/// The export task's end of a [`Tracer::with_test_queue`]'s queue (tests of other modules).
+#[cfg(test)]
+pub struct TestQueue(Source);
+
+#[cfg(test)]
+impl TestQueue {
+    /// The spans queued so far.
+    pub fn drain(&mut self) -> Vec<SpanData> {
+        std::iter::from_fn(|| self.0.try_recv()).collect()
+    }
+}
+
+#[cfg(test)]
+impl Tracer {
+    /// A tracer sampling every trace into a queue of `capacity` spans that the test reads.
+    pub fn with_test_queue(capacity: usize, metrics: TraceMetrics) -> (Tracer, TestQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let spans = Arc::new(AtomicUsize::new(0));
+        let tracer = Tracer {
+            inner: Arc::new(Inner {
+                sampler: Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
+                ids: RandomIdGenerator::default(),
+                queue: Some(Queue {
+                    tx,
+                    spans: spans.clone(),
+                    capacity,
+                }),
+                scope: scope(),
+                metrics,
+            }),
+        };
+        let source = Source {
+            rx,
+            spans,
+            group: None,
+            scope: scope(),
+        };
+        (tracer, TestQueue(source))
     }
 }
 
@@ -447,7 +559,7 @@ impl Source {
         let mut attributes = group.attributes.clone();
         attributes.push(KeyValue::new(group.key, value));
         Some(span_data(
-            start,
+            start.start(),
             group.kind.clone(),
             Cow::Owned(group.name.clone()),
             started,
@@ -636,6 +748,30 @@ mod tests {
     }
 
     #[test]
+    fn span_ids_keep_what_a_span_start_says() {
+        let tracer = Tracer::disabled(TraceMetrics::new(&prometheus::Registry::new()));
+        let parent = extract(
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            Some(b"congo=t61rcWkgMzE"),
+        )
+        .unwrap();
+        let unsampled = extract(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", None).unwrap();
+        for start in [
+            tracer.start_span(Some(parent.clone()), "process", SpanKind::Consumer),
+            tracer.start_span(Some(unsampled), "process", SpanKind::Consumer),
+            tracer.start_span(None, "send", SpanKind::Producer),
+        ] {
+            let (context, parent) = (start.context.clone(), start.parent.clone());
+            let ids = SpanIds::from(start);
+            assert_eq!(ids.is_sampled(), context.is_sampled());
+            let back = ids.start();
+            assert_eq!(back.context, context);
+            assert_eq!(back.parent, parent);
+        }
+        assert!(std::mem::size_of::<SpanIds>() <= 48, "{} bytes", std::mem::size_of::<SpanIds>());
+    }
+
+    #[test]
     fn children_keep_the_trace_and_state() {
         let tracer = Tracer::disabled(TraceMetrics::new(&prometheus::Registry::new()));
         let parent = extract(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Some(b"a=1")).unwrap();
@@ -667,27 +803,8 @@ mod tests {
     #[test]
     fn a_group_takes_what_the_queue_has_room_for_and_comes_out_span_by_span() {
         let metrics = TraceMetrics::new(&prometheus::Registry::new());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let spans = Arc::new(AtomicUsize::new(0));
-        let tracer = Tracer {
-            inner: Arc::new(Inner {
-                sampler: Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOn),
-                ids: RandomIdGenerator::default(),
-                queue: Some(Queue {
-                    tx,
-                    spans: spans.clone(),
-                    capacity: 4,
-                }),
-                scope: scope(),
-                metrics: metrics.clone(),
-            }),
-        };
-        let mut source = Source {
-            rx,
-            spans: spans.clone(),
-            group: None,
-            scope: scope(),
-        };
+        let (tracer, TestQueue(mut source)) = Tracer::with_test_queue(4, metrics.clone());
+        let spans = source.spans.clone();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         // One span alone, then a group of five: three fit beside it, two are dropped.
         tracer.finish(
@@ -706,7 +823,7 @@ mod tests {
             attributes: vec![KeyValue::new("messaging.destination.name", "t")],
             key: "messaging.kafka.offset",
             spans: (0..5)
-                .map(|i| (tracer.start_span(None, "process", SpanKind::Consumer), at, 100 + i))
+                .map(|i| (tracer.start_span(None, "process", SpanKind::Consumer).into(), at, 100 + i))
                 .collect(),
         });
         assert_eq!(metrics.dropped.get(), 2);
@@ -748,7 +865,7 @@ mod tests {
             ended: at,
             attributes: vec![],
             key: "messaging.kafka.offset",
-            spans: vec![(unsampled, at, 1)],
+            spans: vec![(unsampled.into(), at, 1)],
         });
         assert!(source.try_recv().is_none());
         assert_eq!(metrics.dropped.get(), 2);

@@ -17,12 +17,12 @@ use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ProxyErrorKind, ProxyMetrics};
-use crate::telemetry::traces::{SpanGroup, SpanStart, TraceMode, Tracer};
+use crate::telemetry::traces::{SpanGroup, SpanIds, TraceMode, Tracer};
 
 /// A `send` span decided when the request was relayed: its record is the `index`-th of the partition's
 /// records in the request, so its offset is the response's base offset + `index`.
 pub struct SendSpan {
-    pub start: SpanStart,
+    pub start: SpanIds,
     pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub index: i64,
@@ -161,9 +161,9 @@ fn trace_partition(work: &TraceWork<'_>, topic: &str, partition: i32, data: &Byt
                 );
             }
             // Only sampled spans are exported; the others exist only in the header.
-            if start.context.is_sampled() {
+            if start.context.is_sampled() && work.tracer.exporting() {
                 spans.push(SendSpan {
-                    start,
+                    start: start.into(),
                     topic: shared_topic.clone(),
                     partition,
                     index: before + r.offset_delta as i64,
@@ -250,7 +250,7 @@ pub fn observe_response(
         let mine;
         (mine, spans) = spans.into_iter().partition(|s| *s.topic == **topic && s.partition == *partition);
         // Unsampled spans are never exported: skip building them.
-        let mine = mine.into_iter().filter(|s| s.start.context.is_sampled());
+        let mine = mine.into_iter().filter(|s| s.start.is_sampled());
         if *error == 0 {
             // Acknowledged: one group, made into spans by the export task.
             tracer.finish_group(SpanGroup {
@@ -282,7 +282,7 @@ pub fn observe_response(
                 KeyValue::new("error.type", failure.clone()),
             ];
             tracer.finish(
-                s.start,
+                s.start.start(),
                 SpanKind::Producer,
                 format!("send {topic}"),
                 sent_at,

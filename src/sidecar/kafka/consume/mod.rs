@@ -13,8 +13,9 @@
 //! every request header) and matched with the commits of the same client id. Delivered records are kept
 //! as runs (consecutive offsets, one append timestamp: one entry for hundreds of records at high rates),
 //! so every record's window is measured however many a consumer holds between commits. Memory is
-//! bounded: at most [`MAX_TRACKED_ENTRIES`] runs and sampled spans in all (records beyond are counted,
-//! not tracked), and partitions unseen for [`IDLE_EXPIRY`] are forgotten along with their series.
+//! bounded: at most [`MAX_TRACKED_RUNS`] runs (records beyond are counted, not tracked) and
+//! [`MAX_PENDING_SPANS`] sampled spans (beyond, dropped and counted) in all, and partitions unseen for
+//! [`IDLE_EXPIRY`] are forgotten along with their series.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,13 +31,18 @@ use opentelemetry::KeyValue;
 use crate::kafka::{batch, records};
 use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::labels::BoundedLabel;
-use crate::telemetry::traces::{SpanGroup, SpanStart, Tracer};
+use crate::telemetry::traces::{SpanGroup, SpanIds, Tracer};
 
-/// Entries awaiting their commit, in all partitions together: runs of delivered records (24 bytes each)
-/// and sampled `process` spans (about 100 bytes each). About 3 MB for runs. librdkafka stamps records in
-/// milliseconds, so at 1 million records/s a run holds about a thousand of them and this covers minutes
-/// between commits; at low rates, where a run may hold one record, it still covers 100,000 records.
-pub const MAX_TRACKED_ENTRIES: usize = 100_000;
+/// Runs of delivered records awaiting their commit, in all partitions together: 24 bytes each, 6 MB at
+/// most. librdkafka stamps records in milliseconds, so a partition makes at most 1,000 runs a second
+/// whatever its rate: this covers the 5 s between librdkafka's and Java's default auto-commits for 50
+/// busy partitions, minutes for a few, and at low rates (a run may hold one record) 250,000 records.
+pub const MAX_TRACKED_RUNS: usize = 250_000;
+/// Sampled `process` spans awaiting their commit, in all partitions together: 72 bytes each
+/// ([`SpanIds`] and the record's offset and delivery time), 22 MB at most, reached only when most
+/// traces are sampled. Every trace sampled, a consumer of 50,000 records/s that commits every 5 s holds
+/// 250,000 (`benches/sidecar_rates.rs`); beyond this bound a record's span is dropped and counted.
+pub const MAX_PENDING_SPANS: usize = 300_000;
 /// A partition not fetched or committed for this long is forgotten (its consumer moved or stopped).
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
 
@@ -53,7 +59,7 @@ type Key = (String, String, i32);
 struct PendingSpan {
     offset: i64,
     delivered: SystemTime,
-    start: Box<SpanStart>,
+    ids: SpanIds,
 }
 
 #[derive(Default)]
@@ -62,12 +68,6 @@ struct Partition {
     spans: VecDeque<PendingSpan>,
     last_offset: Option<i64>,
     seen: Option<Instant>,
-}
-
-impl Partition {
-    fn entries(&self) -> usize {
-        self.runs.0.len() + self.spans.len()
-    }
 }
 
 struct Committed {
@@ -84,7 +84,9 @@ struct State {
     committed: HashMap<Key, Committed>,
     /// (topic, partition) → high watermark from the latest Fetch response, and when.
     high_watermarks: HashMap<(String, i32), (i64, Instant)>,
-    tracked: usize,
+    /// Runs and spans held in all partitions: bounded by [`MAX_TRACKED_RUNS`] and [`MAX_PENDING_SPANS`].
+    runs_held: usize,
+    spans_held: usize,
     /// (group label, topic label) → when a commit last fed its consistency series.
     windows_seen: HashMap<(String, String), Instant>,
 }
@@ -165,6 +167,8 @@ pub struct Consumption {
 struct Delivered {
     runs: Vec<Run>,
     spans: Vec<PendingSpan>,
+    /// Sampled spans beyond [`MAX_PENDING_SPANS`] in this one piece: dropped.
+    spans_over: u64,
     last: Option<i64>,
     by_timestamp: [u64; 2],
     by_context: [u64; 3],
@@ -284,10 +288,11 @@ impl Consumption {
         }
         .unwrap_or(i64::MIN);
         let delivered = self.read_delivered(batches, from, now_ms, delivered_at, &label, &topic, piece.partition);
-        let untracked = self.add_delivered(key, from, now, delivered.runs, delivered.spans, delivered.last);
+        let (untracked, dropped) = self.add_delivered(key, from, now, delivered.runs, delivered.spans, delivered.last);
         if untracked > 0 {
             self.m().untracked.inc_by(untracked);
         }
+        self.tracer.dropped(dropped + delivered.spans_over);
         for (i, timestamp_type) in ["CreateTime", "LogAppendTime"].iter().enumerate() {
             if delivered.by_timestamp[i] > 0 {
                 self.m()
@@ -307,7 +312,7 @@ impl Consumption {
     }
 
     /// The records at or after `from` in a partition's record batches: runs, sampled spans, counts. Holds
-    /// no lock; at most [`MAX_TRACKED_ENTRIES`] runs and spans are kept (the rest are counted untracked).
+    /// no lock; at most [`MAX_PENDING_SPANS`] spans are kept (the rest are counted dropped).
     #[allow(clippy::too_many_arguments)]
     fn read_delivered(
         &self,
@@ -320,6 +325,8 @@ impl Consumption {
         partition: i32,
     ) -> Delivered {
         let mut out = Delivered::default();
+        // No span is kept for nowhere (no exporter).
+        let exporting = self.tracer.exporting();
         // The histogram buffered locally and flushed once, when it goes out of scope.
         let latency = self.m().delivery_latency.with([label]).local();
         for b in batch::batches(records) {
@@ -364,16 +371,19 @@ impl Consumption {
                     (None, _) => 2,
                 }] += 1;
                 out.push(offset, appended_ms);
-                if out.spans.len() < MAX_TRACKED_ENTRIES {
-                    let span = parent
-                        .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
-                        .filter(|s| s.context.is_sampled());
-                    if let Some(start) = span {
+                let span = parent
+                    .filter(|_| exporting)
+                    .map(|p| self.tracer.start_span(Some(p), "process", SpanKind::Consumer))
+                    .filter(|s| s.context.is_sampled());
+                if let Some(start) = span {
+                    if out.spans.len() < MAX_PENDING_SPANS {
                         out.spans.push(PendingSpan {
                             offset,
                             delivered: delivered_at,
-                            start: Box::new(start),
+                            ids: start.into(),
                         });
+                    } else {
+                        out.spans_over += 1;
                     }
                 }
             }
@@ -382,24 +392,26 @@ impl Consumption {
     }
 
     /// Adds what a Fetch response delivered to its partition's records awaiting a commit, within
-    /// [`MAX_TRACKED_ENTRIES`]; the number of records that did not fit.
-    fn add_delivered(&self, key: Key, from: i64, now: Instant, runs: Vec<Run>, spans: Vec<PendingSpan>, last: Option<i64>) -> u64 {
+    /// [`MAX_TRACKED_RUNS`] and [`MAX_PENDING_SPANS`]: the number of records that did not fit, and of
+    /// sampled spans dropped.
+    fn add_delivered(&self, key: Key, from: i64, now: Instant, runs: Vec<Run>, spans: Vec<PendingSpan>, last: Option<i64>) -> (u64, u64) {
         let mut state = self.lock();
-        let tracked = state.tracked;
+        let (runs_held, spans_held) = (state.runs_held, state.spans_held);
         let part = state.delivered.entry(key).or_default();
         part.seen = Some(now);
-        let mut removed = 0usize;
+        let (mut runs_removed, mut spans_removed) = (0usize, 0usize);
         if part.last_offset.is_some_and(|l| from <= l) {
             // The consumer seeked back: what it had from there on is no longer pending.
             let held = part.spans.len();
             part.spans.retain(|s| s.offset < from);
-            removed = held - part.spans.len() + part.runs.truncate(from);
+            spans_removed = held - part.spans.len();
+            runs_removed = part.runs.truncate(from);
             part.last_offset = part.runs.last();
         }
-        let mut added = 0usize;
-        // Whether one more entry fits, with `added` ones added so far in this response; once one does
+        let (mut added, mut spans_added, mut dropped) = (0usize, 0usize, 0u64);
+        // Whether one more run fits, with `added` ones added so far in this response; once one does
         // not, none after it does.
-        let room = |added: usize| tracked + added < MAX_TRACKED_ENTRIES + removed;
+        let room = |added: usize| runs_held + added < MAX_TRACKED_RUNS + runs_removed;
         let mut untracked = 0u64;
         let mut untracked_from = i64::MAX;
         for run in runs {
@@ -429,16 +441,24 @@ impl Consumption {
             }
         }
         for span in spans {
-            if span.offset < untracked_from && part.last_offset.is_none_or(|l| span.offset > l) && room(added) {
+            // A record delivered before already has its span.
+            if part.last_offset.is_some_and(|l| span.offset <= l) {
+                continue;
+            }
+            // Nor is a span kept for a record that is not tracked.
+            if span.offset < untracked_from && spans_held + spans_added < MAX_PENDING_SPANS + spans_removed {
                 part.spans.push_back(span);
-                added += 1;
+                spans_added += 1;
+            } else {
+                dropped += 1;
             }
         }
         if let Some(l) = last {
             part.last_offset = Some(part.last_offset.map_or(l, |p| p.max(l)));
         }
-        state.tracked = (state.tracked + added).saturating_sub(removed);
-        untracked
+        state.runs_held = (state.runs_held + added).saturating_sub(runs_removed);
+        state.spans_held = (state.spans_held + spans_added).saturating_sub(spans_removed);
+        (untracked, dropped)
     }
 
     /// An OffsetCommit response for `ask`, received at `committed_at`: every committed partition's records
@@ -479,7 +499,7 @@ impl Consumption {
                     continue;
                 };
                 part.seen = Some(now);
-                let mut done = part.runs.commit(offset, |n, appended_ms| {
+                let runs_done = part.runs.commit(offset, |n, appended_ms| {
                     let seconds = (commit_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0;
                     for _ in 0..n {
                         window.observe(seconds);
@@ -488,9 +508,10 @@ impl Consumption {
                 let mut ended = Vec::new();
                 while part.spans.front().is_some_and(|s| s.offset < offset) {
                     let s = part.spans.pop_front().expect("front exists");
-                    ended.push((*s.start, s.delivered, s.offset));
+                    ended.push((s.ids, s.delivered, s.offset));
                 }
-                done += ended.len();
+                state.runs_held = state.runs_held.saturating_sub(runs_done);
+                state.spans_held = state.spans_held.saturating_sub(ended.len());
                 if !ended.is_empty() {
                     let shared: std::sync::Arc<str> = topic.as_str().into();
                     groups.push(SpanGroup {
@@ -510,7 +531,6 @@ impl Consumption {
                         spans: ended,
                     });
                 }
-                state.tracked = state.tracked.saturating_sub(done);
             }
         }
         drop(state);
@@ -538,13 +558,15 @@ impl Consumption {
                 delivered,
                 committed,
                 high_watermarks,
-                tracked,
+                runs_held,
+                spans_held,
                 windows_seen,
             } = &mut *state;
             delivered.retain(|_, p| {
                 let keep = p.seen.is_some_and(|s| now.duration_since(s) < IDLE_EXPIRY);
                 if !keep {
-                    *tracked -= p.entries();
+                    *runs_held -= p.runs.0.len();
+                    *spans_held -= p.spans.len();
                 }
                 keep
             });
@@ -782,6 +804,67 @@ mod tests {
         assert!(series(&registry, "kafka_consumergroup_current_offset", "consumergroup").is_empty());
         assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
         assert!(c.lock().committed.is_empty());
+    }
+
+    /// A Fetch response (v11) delivering `n` records of `topic`/0 from offset 0, each with a sampled
+    /// `traceparent` of its own trace (trace id `i + 1`, span id `0xaa..`).
+    fn traced_fetch(topic: &'static str, n: usize) -> Bytes {
+        use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions};
+        let records: Vec<_> = (0..n)
+            .map(|i| {
+                let mut r = crate::kafka::batch::test_record(i as i64, i as i32, 1000);
+                let tp = format!("00-{:032x}-aaaaaaaaaaaaaaaa-01", i + 1);
+                r.headers.insert(StrBytes::from_static_str("traceparent"), Some(Bytes::from(tp)));
+                r
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let response = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![PartitionData::default()
+                .with_partition_index(0)
+                .with_high_watermark(n as i64)
+                .with_records(Some(batch.freeze()))])]);
+        framed(ApiKey::Fetch, 11, |f| response.encode(f, 11).unwrap())
+    }
+
+    /// Every sampled `process` span waits for its commit within [`MAX_PENDING_SPANS`]: the ones beyond
+    /// are dropped and counted, those kept come out of the commit whole (their record's trace, the
+    /// producer's span as parent, their offset), and the commit makes room again.
+    #[test]
+    fn pending_spans_are_bounded_counted_and_ended_by_the_commit() {
+        let registry = prometheus::Registry::new();
+        let traces = crate::telemetry::traces::TraceMetrics::new(&registry);
+        let (tracer, mut queue) = Tracer::with_test_queue(1000, traces.clone());
+        let c = Consumption::new(ProxyMetrics::new(&registry), tracer, "c".into(), 1 << 20, 1 << 20);
+        c.lock().spans_held = MAX_PENDING_SPANS - 3;
+        c.fetch_response(&traced_fetch("orders", 5), 11, &fetch_ask("orders", 0), SystemTime::now());
+        assert_eq!(traces.dropped.get(), 2, "two spans beyond the bound");
+        assert_eq!(c.lock().spans_held, MAX_PENDING_SPANS);
+        // The runs are not bounded by the spans: every record is still measured.
+        assert_eq!(c.m().untracked.get(), 0);
+        commit(&c, "g", "orders", 5, SystemTime::now());
+        assert_eq!(c.lock().spans_held, MAX_PENDING_SPANS - 3);
+        assert_eq!(c.m().consistency.with(["c", "g", "orders", "sidecar"]).get_sample_count(), 5);
+        let spans = queue.drain();
+        assert_eq!(spans.len(), 3);
+        for (i, s) in spans.iter().enumerate() {
+            assert_eq!(s.name, "process orders");
+            assert_eq!(s.span_context.trace_id().to_bytes(), (i as u128 + 1).to_be_bytes());
+            assert_eq!(s.parent_span_id.to_bytes(), [0xaa; 8]);
+            assert!(s.parent_span_is_remote && s.span_context.is_sampled());
+            assert!(s.attributes.contains(&KeyValue::new("messaging.kafka.offset", i as i64)));
+            assert_eq!(s.links.links.len(), 1, "linked to the producer's context");
+        }
     }
 
     /// Partitions tracked are bounded whatever the client commits.
