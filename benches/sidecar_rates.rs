@@ -362,6 +362,14 @@ fn main() {
                     h.ms(0.99),
                     h.ms(0.999)
                 );
+                // The next step starts once the injecting sidecar has exported what it queued (at most
+                // 60 s): a backlog drained meanwhile would take the 2 cores from the next path.
+                if let (2, Some(es)) = (i, sidecar) {
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while Instant::now() < until && es.scrape().get("eventscope_trace_queue_spans", &[]).unwrap_or(0.0) > 0.0 {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
                 if s.achieved < 0.95 * rate as f64 {
                     saturated.entry((i, c)).or_insert(rate);
                 }

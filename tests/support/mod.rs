@@ -192,7 +192,10 @@ impl Eventscope {
 
     /// Runs the binary with `args` and waits until its admin server answers /healthz.
     fn spawn_env(args: &[&str], admin: String, config: tempfile::NamedTempFile, env: &[(&str, &str)]) -> Eventscope {
-        let child = Command::new(env!("CARGO_BIN_EXE_eventscope"))
+        // `BENCH_EVENTSCOPE_BIN`: another build under test (benchmarks: the container image's, built
+        // `--no-default-features` as the Dockerfile does).
+        let bin = std::env::var("BENCH_EVENTSCOPE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_eventscope").to_string());
+        let child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", std::env::var("ES_LOG").unwrap_or_else(|_| "warn".into()))
             .envs(env.iter().copied())

@@ -91,6 +91,14 @@ struct State {
     windows_seen: HashMap<(String, String), Instant>,
 }
 
+/// Gives back most of a deque's room once it holds under a quarter of it (a burst between two commits,
+/// committed): at most one copy of what is left per commit.
+fn shrink<T>(deque: &mut VecDeque<T>) {
+    if deque.capacity() > 64 && deque.len() < deque.capacity() / 4 {
+        deque.shrink_to(deque.len() * 2);
+    }
+}
+
 /// A Fetch request's partitions and the offsets asked for, kept until its response.
 pub struct FetchAsk {
     client: String,
@@ -510,6 +518,10 @@ impl Consumption {
                     let s = part.spans.pop_front().expect("front exists");
                     ended.push((s.ids, s.delivered, s.offset));
                 }
+                // What a commit drained goes back: a deque keeps its largest size otherwise, and a
+                // partition whose consumer moved on keeps it until it expires.
+                shrink(&mut part.runs.0);
+                shrink(&mut part.spans);
                 state.runs_held = state.runs_held.saturating_sub(runs_done);
                 state.spans_held = state.spans_held.saturating_sub(ended.len());
                 if !ended.is_empty() {
@@ -865,6 +877,26 @@ mod tests {
             assert!(s.attributes.contains(&KeyValue::new("messaging.kafka.offset", i as i64)));
             assert_eq!(s.links.links.len(), 1, "linked to the producer's context");
         }
+    }
+
+    /// A commit that drains a partition gives its deques' room back (a consumer that moves on to new
+    /// partitions does not keep the largest burst of each until it expires).
+    #[test]
+    fn a_commit_gives_back_the_room_it_drained() {
+        let registry = prometheus::Registry::new();
+        let (tracer, _queue) = Tracer::with_test_queue(10_000, crate::telemetry::traces::TraceMetrics::new(&registry));
+        let c = Consumption::new(ProxyMetrics::new(&registry), tracer, "c".into(), 1 << 20, 1 << 20);
+        c.fetch_response(&traced_fetch("orders", 2000), 11, &fetch_ask("orders", 0), SystemTime::now());
+        let capacity = |c: &Consumption| {
+            let state = c.lock();
+            let part = state.delivered.values().next().unwrap();
+            (part.spans.len(), part.spans.capacity())
+        };
+        assert!(capacity(&c).1 >= 2000);
+        commit(&c, "g", "orders", 1990, SystemTime::now());
+        let (len, room) = capacity(&c);
+        assert_eq!(len, 10);
+        assert!(room <= 64, "{room} entries of room kept for 10");
     }
 
     /// Partitions tracked are bounded whatever the client commits.
