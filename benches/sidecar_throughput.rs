@@ -6,7 +6,8 @@
 //! Run: `cargo bench --bench sidecar_throughput`. Results: docs/benchmarks.md. `BENCH_ROUNDS` (default 3),
 //! `BENCH_RECORDS` (default 200,000), `BENCH_PASSES` (times each topic is consumed, default 5) and `BENCH_CODECS` (default `none,lz4`) narrow a run to one case.
 //! Then `BENCH_CONSUMERS` (default 100; 0 for none) consumers read one topic at once through fresh
-//! sidecars, for their peak RSS.
+//! sidecars, for their peak RSS; and one Produce request of `BENCH_LARGE_REQUEST_MB` (default 48; 0 for
+//! none) goes through fresh sidecars, for theirs.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -201,6 +202,51 @@ fn many_consumers(receiver: &support::otlp::OtlpReceiver, consumers: usize, n: u
     }
 }
 
+/// One Produce request of `mb` MB of 1 KiB records through fresh sidecars (librdkafka's one partition's
+/// batch, with `batch.size` and `message.max.bytes` raised as a Java client's `max.request.size` may be):
+/// their peak RSS before and after. Tracing off, it streams through; with injection it is over
+/// `max_batch_bytes` (1 MiB), so it streams through unchanged too, its records counted `skipped`.
+fn large_request(receiver: &support::otlp::OtlpReceiver, mb: usize) {
+    let r = Round::start(receiver);
+    let [_, off, inject] = r.paths();
+    let records = mb * 1000;
+    for (name, bootstrap, es) in [("tracing off", off, &r.off.0), ("inject + export", inject, &r.inject.0)] {
+        let topic = format!("large-{}", name.len());
+        r.mock.create_topic(&topic, 1, 1).unwrap();
+        let before = es.peak_rss();
+        let bytes = (records * 1100).to_string();
+        let p: BaseProducer = client_config(
+            &bootstrap,
+            &[
+                ("linger.ms", "3000"),
+                ("batch.size", &bytes),
+                ("batch.num.messages", "1000000"),
+                ("message.max.bytes", &bytes),
+                ("queue.buffering.max.messages", "1000000"),
+            ],
+        )
+        .create()
+        .unwrap();
+        let payloads = payloads();
+        for i in 0..records {
+            p.send(BaseRecord::<(), _>::to(&topic).partition(0).payload(&payloads[i % 1000]))
+                .unwrap();
+        }
+        p.flush(Duration::from_secs(120)).unwrap();
+        let m = es.scrape();
+        let produced = m
+            .get("eventscope_kafka_produced_records_total", &[("topic", &topic)])
+            .unwrap_or(0.0);
+        assert_eq!(produced, records as f64, "every record of the request counted");
+        println!(
+            "| one Produce request of {mb} MB, sidecar {name} | {:.0} requests | peak RSS before {:.1} MB | after **{:.1} MB** |",
+            m.get("eventscope_kafka_requests_total", &[("api", "Produce")]).unwrap_or(0.0),
+            before / 1e6,
+            es.peak_rss() / 1e6
+        );
+    }
+}
+
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let n = std::env::var("BENCH_RECORDS")
@@ -349,5 +395,13 @@ fn main() {
     if consumers > 0 {
         println!();
         many_consumers(&receiver, consumers, if smoke { 500 } else { 10_000 });
+    }
+    let large_mb = std::env::var("BENCH_LARGE_REQUEST_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 2 } else { 48 });
+    if large_mb > 0 {
+        println!();
+        large_request(&receiver, large_mb);
     }
 }

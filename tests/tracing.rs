@@ -407,6 +407,111 @@ fn batches_too_large_for_the_headers_pass_unchanged() {
     );
 }
 
+/// kafka-python's Produce request of every partition's batch: `partitions` × `per` records of `size` bytes
+/// (see `tests/clients/kafka_python_produce.py`).
+fn kafka_python_produce(bootstrap: &str, topic: &str, partitions: usize, per: usize, size: usize) {
+    let out = tool("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/kafka_python_produce.py"),
+            bootstrap,
+            topic,
+            &partitions.to_string(),
+            &per.to_string(),
+            &size.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "kafka-python (pip install kafka-python; .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .find(|l| l.starts_with(b"{"))
+        .expect("a JSON line");
+    let seen: serde_json::Value = serde_json::from_slice(line).unwrap();
+    assert_eq!(seen["acked"], partitions * per, "every record acknowledged through the sidecar");
+}
+
+/// Produce requests over 64 KiB are streamed through, never held whole, unless trace context is to be
+/// set in them and they fit `max_batch_bytes` (150,000 here). kafka-python, like Java's client, sends
+/// every partition's batch in one request: 4 partitions of 40 records of 1,000 bytes make a request of
+/// about 165 KB whose batches are each under the limit. Through an injecting sidecar its records arrive
+/// unchanged, counted `skipped`, while librdkafka's 100 KB request (one partition's batch) is still
+/// rewritten; through a sidecar with tracing off, both stream. Either way every record arrives
+/// byte-identical and is counted, from what the streaming reader told.
+#[test]
+fn large_produce_requests_stream_through_unchanged_and_counted() {
+    let tansu = Tansu::start();
+    for (mode, topics) in [("inject", ["wide", "single"]), ("off", ["wide-off", "single-off"])] {
+        tansu.create_topic(topics[0], 4);
+        tansu.create_topic(topics[1], 1);
+        let (es, port) = Eventscope::sidecar_env(
+            &tansu.bootstrap(),
+            &[
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("EVENTSCOPE_SIDECAR__MAX_BATCH_BYTES", "150000"),
+                ("EVENTSCOPE_SIDECAR__TRACE_MODE", mode),
+            ],
+        );
+        let sidecar = format!("127.0.0.1:{port}");
+        kafka_python_produce(&sidecar, topics[0], 4, 40, 1000);
+        let p: BaseProducer = client_config(&sidecar, &[("linger.ms", "500"), ("batch.size", "1000000")])
+            .create()
+            .unwrap();
+        for i in 0..100 {
+            let value = format!("0-{i}:{}", "y".repeat(990));
+            p.send(BaseRecord::<(), _>::to(topics[1]).partition(0).payload(&value)).unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+
+        let wide = consume(&sidecar, topics[0], &format!("{mode}-wide-reader"), 160, 160, || {});
+        let mut values: Vec<&str> = wide.iter().map(|r| r.value.as_str()).collect();
+        values.sort();
+        let mut want: Vec<String> = (0..4)
+            .flat_map(|p| (0..40).map(move |i| format!("{p}-{i}:{}", "x".repeat(1000 - format!("{p}-{i}:").len()))))
+            .collect();
+        want.sort();
+        assert_eq!(values, want, "{mode}: every record of the streamed request arrives unchanged");
+        assert!(
+            wide.iter().all(|r| r.headers.is_empty()),
+            "{mode}: nothing added to the streamed request"
+        );
+        let single = consume(&sidecar, topics[1], &format!("{mode}-single-reader"), 100, 100, || {});
+        let traced = single.iter().filter(|r| header(r, "traceparent").is_some()).count();
+        assert_eq!(traced, if mode == "inject" { 100 } else { 0 }, "{mode}: librdkafka's request");
+
+        let m = es.scrape();
+        let count = |name: &str, labels: &[(&str, &str)]| m.get(name, labels).unwrap_or(0.0);
+        for (topic, n) in [(topics[0], 160.0), (topics[1], 100.0)] {
+            assert_eq!(
+                count("eventscope_kafka_produced_records_total", &[("topic", topic)]),
+                n,
+                "{mode} {topic}"
+            );
+            assert!(count("eventscope_kafka_produced_bytes_total", &[("topic", topic)]) > n * 1000.0);
+        }
+        let context = |topic, context| {
+            count(
+                "eventscope_kafka_trace_context_records_total",
+                &[("topic", topic), ("direction", "produce"), ("context", context)],
+            )
+        };
+        if mode == "inject" {
+            assert_eq!(context(topics[0], "skipped"), 160.0, "the streamed request's records");
+            assert_eq!(context(topics[1], "started"), 100.0, "the rewritten request's records");
+        } else {
+            assert_eq!(context(topics[0], "skipped") + context(topics[1], "skipped"), 0.0);
+        }
+        assert_eq!(
+            m.get("eventscope_kafka_proxy_errors_total", &[("kind", "records_unreadable")]),
+            Some(0.0)
+        );
+    }
+}
+
 /// A consumer group rebalances through the sidecar: a second member joins and takes a partition over.
 /// Records are kept per `client.id`, so each committed record is measured once, by the member that
 /// committed it: the window count is the number of records, and every record is consumed.

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod decode;
 pub mod fetch_stream;
 pub mod group;
+pub mod produce_stream;
 pub mod records;
 pub mod security;
 

@@ -1,6 +1,6 @@
-//! Kafka frames on the wire: a length prefix, then the body. Reading one whole (requests, small
-//! responses) checks the length before allocating; streaming one (large responses) moves it as it arrives,
-//! with an optional copy for the observer.
+//! Kafka frames on the wire: a length prefix, then the body. Reading one whole (small requests and
+//! responses) checks the length before allocating; streaming one (large ones) moves it as it arrives,
+//! shown to the observer on the way or with an optional copy for it.
 //!
 //! Nothing here knows the proxy: these read and write bytes, and decode request headers on demand.
 
@@ -8,6 +8,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::telemetry::kafka::ProxyErrorKind;
+
+/// When [`stream_observed`] shows a chunk to its observer: after writing it (a response: the client is
+/// not kept waiting) or before (a request: what the observer makes of its last bytes is ready before
+/// the broker can answer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    AfterWrite,
+    BeforeWrite,
+}
 
 /// Why a frame could not be read.
 pub enum FrameError {
@@ -35,28 +44,22 @@ pub fn checked_length(prefix: [u8; 4], min: usize, max: usize) -> Result<usize, 
     Ok(n as usize)
 }
 
-/// Reads one length-prefixed frame (prefix included), checking its length before allocating.
-pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize, min: usize) -> Result<Bytes, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|_| FrameError::Closed)?;
-    let n = checked_length(len, min, max)?;
-    // Filled by reading, not zeroed first: the length is already checked against the maximum.
-    let mut buf = BytesMut::with_capacity(4 + n);
-    buf.extend_from_slice(&len);
-    let mut body = r.take(n as u64);
-    while buf.len() < 4 + n {
-        if body.read_buf(&mut buf).await.map_err(|_| FrameError::Closed)? == 0 {
-            return Err(FrameError::Closed);
-        }
-    }
-    Ok(buf.freeze())
+/// A request's first 12 bytes: its length prefix (checked: at least 8, at most `max`), API key, version
+/// and correlation id; and its length after the prefix.
+pub async fn read_request_head(r: &mut (impl AsyncRead + Unpin), max: usize) -> Result<([u8; 12], usize), FrameError> {
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head[..4]).await.map_err(|_| FrameError::Closed)?;
+    let n = checked_length([head[0], head[1], head[2], head[3]], 8, max)?;
+    r.read_exact(&mut head[4..]).await.map_err(|_| FrameError::Closed)?;
+    Ok((head, n))
 }
 
-/// The whole frame whose length prefix and correlation id are `head` and whose length is `n`.
-pub async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8; 8], n: usize) -> std::io::Result<Bytes> {
+/// The whole frame whose first bytes (length prefix included) are `head` and whose length after the
+/// prefix is `n`: the rest is read, its length already checked against the maximum.
+pub async fn read_rest<R: AsyncRead + Unpin>(from: &mut BufReader<R>, head: &[u8], n: usize) -> std::io::Result<Bytes> {
     let mut frame = BytesMut::with_capacity(4 + n);
     frame.extend_from_slice(head);
-    stream(from, &mut tokio::io::sink(), n - 4, STREAM_CHUNK, Some(&mut frame)).await?;
+    stream(from, &mut tokio::io::sink(), 4 + n - head.len(), STREAM_CHUNK, Some(&mut frame)).await?;
     Ok(frame.freeze())
 }
 
@@ -80,18 +83,29 @@ pub const SMALL_CHUNK: usize = 16 * 1024;
 pub const LARGE_READS: usize = 4;
 
 /// Moves `n` bytes from `from` to `to` as they arrive, at most `chunk` per read, showing each chunk to
-/// `observe` once it is written: the observer sees the bytes without a copy of the whole being kept.
+/// `observe` (`when` says whether before or after writing it): the observer sees the bytes without a
+/// copy of the whole being kept.
 pub async fn stream_observed<R: AsyncRead + Unpin>(
     from: &mut BufReader<R>,
     to: &mut (impl AsyncWrite + Unpin),
     mut n: usize,
     chunk: usize,
+    when: Observe,
     observe: &mut impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
+    async fn pass(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8], when: Observe, observe: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+        if when == Observe::BeforeWrite {
+            observe(bytes);
+        }
+        to.write_all(bytes).await?;
+        if when == Observe::AfterWrite {
+            observe(bytes);
+        }
+        Ok(())
+    }
     let buffered = from.buffer().len().min(n);
     if buffered > 0 {
-        to.write_all(&from.buffer()[..buffered]).await?;
-        observe(&from.buffer()[..buffered]);
+        pass(to, &from.buffer()[..buffered], when, observe).await?;
         std::pin::Pin::new(&mut *from).consume(buffered);
         n -= buffered;
     }
@@ -102,8 +116,7 @@ pub async fn stream_observed<R: AsyncRead + Unpin>(
         if got == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        to.write_all(&scratch[..got]).await?;
-        observe(&scratch[..got]);
+        pass(to, &scratch[..got], when, observe).await?;
         n -= got;
     }
     Ok(())

@@ -5,8 +5,9 @@
 //! (opened as brokers appear), and every response that names brokers is rewritten to those listeners, so
 //! the client never learns an upstream address and leadership moves keep working.
 //!
-//! Requests and responses are relayed as bytes; responses over 64 KiB (large Fetch responses) are streamed
-//! through as they arrive. Only ApiVersions (clamped to what the sidecar decodes), Metadata,
+//! Requests and responses are relayed as bytes; frames over 64 KiB are streamed through as they arrive
+//! (large Fetch responses, and Produce requests that are not rewritten, read on the way), so none is held
+//! whole unless it must be changed. Only ApiVersions (clamped to what the sidecar decodes), Metadata,
 //! FindCoordinator and DescribeCluster responses are decoded and re-encoded, and Produce requests when
 //! trace context is injected. Produce, Fetch and OffsetCommit responses are also read, from a copy, by an
 //! observer thread beside the data path (`observer`, `produce`, `consume`). Correlation ids are
@@ -45,7 +46,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::SidecarConfig;
 use crate::telemetry::kafka::{api_label, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{TraceMode, Tracer};
-use frame::{checked_length, read_frame, read_rest, stream, stream_observed, FrameError};
+use frame::{checked_length, read_request_head, read_rest, stream, stream_observed, FrameError, Observe};
 use kafka_protocol::messages::ApiKey;
 use listeners::Listeners;
 use observer::{Observation, Observer};
@@ -55,12 +56,18 @@ use rewrite::AddressMap;
 /// (Produce with acks=0) are dropped from the front as later responses arrive; this bounds the rest.
 const MAX_TRACKED: usize = 4096;
 
-/// Responses larger than this are streamed to the client as they arrive; smaller ones are read whole.
+/// Frames larger than this are streamed through as they arrive (unless something in them is needed
+/// first); smaller ones are read whole and written in one go. Produce requests up to this are rewritten
+/// on the runtime thread; larger ones on the blocking pool.
 const STREAM_ABOVE: usize = 64 * 1024;
 
-/// Produce requests larger than this are rewritten (trace headers) on the blocking pool, not on the
-/// runtime thread that relays every connection.
-const REWRITE_OFF_THREAD_ABOVE: usize = 64 * 1024;
+/// Bytes of Produce requests being rewritten whole (above [`STREAM_ABOVE`]) at one time, all
+/// connections together; a rewrite's working set is about three times its request (the request, its
+/// rewritten partitions, the new frame) and one batch decompressed. Past it, or past `max_batch_bytes`,
+/// a request is streamed through unchanged instead: memory stays bounded and the traffic never waits.
+/// A pod's producers keep a connection or two per broker, and with librdkafka's and Java's defaults a
+/// request is at most 1 MB, so eight of them fit.
+const REWRITE_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Read buffer per direction and connection: enough for the small frames (a large one is read past it,
 /// straight into its own buffer), and little beside many connections: with 16 KiB, 100 consumers'
@@ -101,6 +108,15 @@ enum RequestsEnded {
 /// A connection's requests in the order they were relayed (Kafka answers in that order).
 type Inflight = Arc<Mutex<VecDeque<Pending>>>;
 
+/// Queues a request relayed (or about to be) for its response, within [`MAX_TRACKED`].
+fn push(inflight: &Inflight, pending: Pending) {
+    let mut q = inflight.lock().expect("inflight lock");
+    if q.len() >= MAX_TRACKED {
+        q.pop_front();
+    }
+    q.push_back(pending);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
     Bootstrap,
@@ -118,6 +134,8 @@ pub struct Proxy {
     permits: Arc<Semaphore>,
     /// Streams that may read [`frame::STREAM_CHUNK`] at a time; the others read [`frame::SMALL_CHUNK`].
     large_reads: Arc<Semaphore>,
+    /// Bytes of Produce requests that may be held whole to be rewritten ([`REWRITE_BUDGET`]).
+    rewrites: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -168,6 +186,7 @@ impl Proxy {
             consumption,
             permits: Arc::new(Semaphore::new(settings.max_connections)),
             large_reads: Arc::new(Semaphore::new(frame::LARGE_READS)),
+            rewrites: Arc::new(Semaphore::new(REWRITE_BUDGET.max(settings.max_batch_bytes))),
             listeners: Listeners::new(settings.kafka_listen, tokio::runtime::Handle::current()),
             tracer,
             settings,
@@ -293,9 +312,14 @@ impl Proxy {
 
     /// Client → broker: frames relayed as they are, each request's API and version remembered; until the
     /// client closes, a bad frame, or shutdown (checked between requests, never inside one).
-    async fn relay_requests(
+    ///
+    /// A request is read whole when something in it is needed before it goes on (Fetch and OffsetCommit,
+    /// a Produce request up to [`STREAM_ABOVE`], or up to `max_batch_bytes` to be rewritten within
+    /// [`REWRITE_BUDGET`]); every other request over [`STREAM_ABOVE`] is streamed through as it arrives,
+    /// a Produce request read on the way by [`produce_stream`](crate::kafka::produce_stream).
+    async fn relay_requests<R: AsyncRead + Unpin>(
         self: Arc<Self>,
-        mut from: impl AsyncRead + Unpin,
+        mut from: BufReader<R>,
         mut to: impl AsyncWrite + Unpin,
         inflight: Inflight,
     ) -> RequestsEnded {
@@ -304,58 +328,133 @@ impl Proxy {
             if *shutdown.borrow() {
                 return RequestsEnded::Shutdown;
             }
-            let read = tokio::select! {
-                r = read_frame(&mut from, self.settings.max_frame_bytes, 8) => r,
+            // Waits for the next request's first bytes (they stay buffered) or for shutdown.
+            tokio::select! {
+                r = from.fill_buf() => if r.map_or(true, |b| b.is_empty()) { return RequestsEnded::Closed },
                 _ = shutdown.changed() => return RequestsEnded::Shutdown,
-            };
-            let frame = match read {
-                Ok(f) => f,
+            }
+            let (head, n) = match read_request_head(&mut from, self.settings.max_frame_bytes).await {
+                Ok(h) => h,
                 Err(FrameError::Closed) => return RequestsEnded::Closed,
                 Err(FrameError::Bad(kind, why)) => {
                     self.metrics.error(kind, &format!("request: {why}"));
                     return RequestsEnded::Closed;
                 }
             };
-            let key = i16::from_be_bytes([frame[4], frame[5]]);
-            let version = i16::from_be_bytes([frame[6], frame[7]]);
-            let correlation = i32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            let key = i16::from_be_bytes([head[4], head[5]]);
+            let version = i16::from_be_bytes([head[6], head[7]]);
+            let correlation = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
             let api = api_label(key);
             self.metrics.requests.with([api]).inc();
-            self.metrics.bytes.with([api, "request"]).inc_by(frame.len() as u64);
+            self.metrics.bytes.with([api, "request"]).inc_by(4 + n as u64);
+            let pending = |ask| Pending {
+                correlation,
+                key,
+                version,
+                sent: Instant::now(),
+                sent_at: SystemTime::now(),
+                ask,
+            };
+            let mut rewrite_budget = None;
+            if n > STREAM_ABOVE {
+                let streamed = match ApiKey::try_from(key) {
+                    Ok(ApiKey::Produce) => {
+                        rewrite_budget = self.rewrite_budget(n);
+                        rewrite_budget.is_none()
+                    }
+                    Ok(ApiKey::Fetch | ApiKey::OffsetCommit) => false,
+                    _ => true,
+                };
+                if streamed {
+                    if !self.relay_streamed(&mut from, &mut to, &head, n, &inflight, pending).await {
+                        return RequestsEnded::Closed;
+                    }
+                    continue;
+                }
+            }
+            let Ok(frame) = read_rest(&mut from, &head, n).await else {
+                return RequestsEnded::Closed;
+            };
             // Rewriting a large Produce request (decompress, add headers, recompress) takes milliseconds:
             // it runs on the blocking pool, so the runtime thread keeps relaying other connections.
-            let (ask, frame) =
-                if key == ApiKey::Produce as i16 && frame.len() > REWRITE_OFF_THREAD_ABOVE && self.settings.trace_mode != TraceMode::Off {
-                    let proxy = self.clone();
-                    match tokio::task::spawn_blocking(move || proxy.read_request(frame, key, version)).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            self.metrics
-                                .error(ProxyErrorKind::RecordsUnreadable, &format!("produce rewrite: {e}"));
-                            return RequestsEnded::Closed;
-                        }
+            let (ask, frame) = if rewrite_budget.is_some() {
+                let proxy = self.clone();
+                match tokio::task::spawn_blocking(move || proxy.read_request(frame, key, version)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.metrics
+                            .error(ProxyErrorKind::RecordsUnreadable, &format!("produce rewrite: {e}"));
+                        return RequestsEnded::Closed;
                     }
-                } else {
-                    self.read_request(frame, key, version)
-                };
-            {
-                let mut q = inflight.lock().expect("inflight lock");
-                if q.len() >= MAX_TRACKED {
-                    q.pop_front();
                 }
-                q.push_back(Pending {
-                    correlation,
-                    key,
-                    version,
-                    sent: Instant::now(),
-                    sent_at: SystemTime::now(),
-                    ask,
-                });
-            }
+            } else {
+                self.read_request(frame, key, version)
+            };
+            push(&inflight, pending(ask));
             if to.write_all(&frame).await.is_err() {
                 return RequestsEnded::Closed;
             }
         }
+    }
+
+    /// Room to rewrite a Produce request of `n` bytes whole: only with trace context to set, up to
+    /// `max_batch_bytes`, and while the requests being rewritten hold less than [`REWRITE_BUDGET`].
+    fn rewrite_budget(&self, n: usize) -> Option<OwnedSemaphorePermit> {
+        if self.settings.trace_mode == TraceMode::Off || n > self.settings.max_batch_bytes {
+            return None;
+        }
+        self.rewrites.clone().try_acquire_many_owned(n as u32).ok()
+    }
+
+    /// Streams a request through as it arrives (`head` read, `n` bytes after the length prefix), never
+    /// holding it whole. A Produce request is read on the way for what its response is matched with (its
+    /// partitions and record counts); its records go unchanged, so in trace modes they count as
+    /// `skipped`. Its [`Pending`] is queued before its last bytes go, so its response always finds it.
+    /// False if the connection failed.
+    async fn relay_streamed<R: AsyncRead + Unpin>(
+        &self,
+        from: &mut BufReader<R>,
+        to: &mut (impl AsyncWrite + Unpin),
+        head: &[u8; 12],
+        n: usize,
+        inflight: &Inflight,
+        pending: impl Fn(Ask) -> Pending,
+    ) -> bool {
+        let key = i16::from_be_bytes([head[4], head[5]]);
+        let version = i16::from_be_bytes([head[6], head[7]]);
+        let mut reader = (key == ApiKey::Produce as i16)
+            .then(|| crate::kafka::produce_stream::ProduceStream::new(version))
+            .flatten();
+        let mut ask = produce::ProduceAsk::default();
+        let mut seen = 0;
+        let mut observe = |chunk: &[u8]| {
+            if let Some(r) = reader.as_mut() {
+                let fed = r.feed(chunk, &mut |e| ask.add(e));
+                if let Err(e) = fed {
+                    self.metrics
+                        .error(ProxyErrorKind::RecordsUnreadable, &format!("produce request: {e}"));
+                    reader = None;
+                }
+            }
+            seen += chunk.len();
+            if seen < n {
+                return;
+            }
+            let read = reader.take().filter(|r| r.finish().is_ok()).map(|_| std::mem::take(&mut ask));
+            if let Some(ask) = &read {
+                if self.settings.trace_mode != TraceMode::Off {
+                    produce::count_skipped(&self.metrics, &ask.batches);
+                }
+            }
+            push(inflight, pending(read.map_or(Ask::None, Ask::Produce)));
+        };
+        // The API key, version and correlation id are the body's first bytes.
+        observe(&head[4..]);
+        let (chunk, _large) = self.read_chunk();
+        to.write_all(head).await.is_ok()
+            && stream_observed(from, to, n - 8, chunk, Observe::BeforeWrite, &mut observe)
+                .await
+                .is_ok()
     }
 
     /// Broker → client. Responses that name brokers or versions are read whole and rewritten; all others
@@ -634,7 +733,11 @@ impl Proxy {
             // The correlation id is the body's first field.
             observe(&head[4..]);
             let (chunk, _large) = self.read_chunk();
-            if to.write_all(head).await.is_err() || stream_observed(from, to, n - 4, chunk, &mut observe).await.is_err() {
+            if to.write_all(head).await.is_err()
+                || stream_observed(from, to, n - 4, chunk, Observe::AfterWrite, &mut observe)
+                    .await
+                    .is_err()
+            {
                 return false;
             }
         }

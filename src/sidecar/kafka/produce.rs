@@ -6,6 +6,10 @@
 //! `send {topic}` span, and in `inject` mode its `traceparent` is set to that span and the batch is
 //! re-encoded (see [`crate::kafka::records`]). The per-partition counts and spans wait with the request until
 //! its response says which partitions were written and at which offsets, so retried batches count once.
+//!
+//! A request over 64 KiB that is not rewritten (tracing off, larger than `max_batch_bytes`, or past the
+//! proxy's rewrite budget) is never held whole: it is streamed through and read on the way by
+//! [`crate::kafka::produce_stream`], which tells the same partitions and counts ([`ProduceAsk::add`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
@@ -15,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
-use crate::kafka::{batch, records};
+use crate::kafka::{batch, produce_stream, records};
 use crate::telemetry::kafka::{ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::traces::{SpanGroup, SpanIds, TraceMode, Tracer};
 
@@ -29,10 +33,43 @@ pub struct SendSpan {
 }
 
 /// What a Produce request leaves to be matched with its response.
+#[derive(Default)]
 pub struct ProduceAsk {
     pub client: String,
     pub batches: Vec<PartitionBatch>,
     pub spans: Vec<SendSpan>,
+}
+
+impl ProduceAsk {
+    /// Takes in what the streaming reader tells of a request relayed unchanged (no spans).
+    pub fn add(&mut self, event: produce_stream::Event<'_>) {
+        match event {
+            produce_stream::Event::Client(c) => self.client = c.to_string(),
+            produce_stream::Event::Partition {
+                topic,
+                partition,
+                records,
+                bytes,
+            } => self.batches.push(PartitionBatch {
+                topic: topic.to_string(),
+                partition,
+                records,
+                bytes,
+            }),
+        }
+    }
+}
+
+/// Counts the records of partitions relayed without their trace context read or set as `skipped`.
+pub fn count_skipped(metrics: &ProxyMetrics, batches: &[PartitionBatch]) {
+    for b in batches.iter().filter(|b| b.records > 0) {
+        let label = metrics.topic_label(&b.topic);
+        metrics
+            .consume
+            .trace_context
+            .with([label.as_str(), "produce", "skipped"])
+            .inc_by(b.records);
+    }
 }
 
 /// How to treat trace context in produced records.
