@@ -289,10 +289,28 @@ fn hostile_frames_close_only_their_connection() {
         let mut s = std::net::TcpStream::connect(&sidecar).unwrap();
         s.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff]).unwrap();
     }
+    // A 2 MB Produce request (over `max_batch_bytes`: streamed through, read on the way) whose topic
+    // name has a negative length, then one that stops after 100 KB of its 2 MB.
+    let mut bad = vec![
+        0, 0, 0, 8, 0, 0, 0, 9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x75, 0x30, 0, 0, 0, 1, 0xff, 0xfb,
+    ];
+    bad.resize(2_000_000, 0);
+    let frame: Vec<u8> = (bad.len() as i32).to_be_bytes().into_iter().chain(bad.iter().copied()).collect();
+    assert!(send(&frame), "a Produce request that does not parse");
+    {
+        let mut s = std::net::TcpStream::connect(&sidecar).unwrap();
+        s.write_all(&frame[..100_000]).unwrap();
+    }
     let sent = records(10, 7);
     produce_records(&sidecar, "orders", 0, &sent, &[]);
     assert!(without_trace(&consume_records(&sidecar, "orders", 0, 10)) == sent);
     let m = es.scrape();
+    assert!(
+        m.get("eventscope_kafka_proxy_errors_total", &[("kind", "records_unreadable")])
+            .unwrap()
+            >= 1.0,
+        "the unreadable Produce request counted"
+    );
     assert!(
         m.get("eventscope_kafka_proxy_errors_total", &[("kind", "oversized_frame")])
             .unwrap()

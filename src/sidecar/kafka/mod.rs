@@ -441,10 +441,13 @@ impl Proxy {
                 return;
             }
             let read = reader.take().filter(|r| r.finish().is_ok()).map(|_| std::mem::take(&mut ask));
-            if let Some(ask) = &read {
-                if self.settings.trace_mode != TraceMode::Off {
-                    produce::count_skipped(&self.metrics, &ask.batches);
-                }
+            match &read {
+                Some(ask) if self.settings.trace_mode != TraceMode::Off => produce::count_skipped(&self.metrics, &ask.batches),
+                Some(_) => {}
+                // A Produce request not read (a version it does not read, or bytes that do not parse):
+                // its response goes unmeasured.
+                None if key == ApiKey::Produce as i16 => self.metrics.unobserved.inc(),
+                None => {}
             }
             push(inflight, pending(read.map_or(Ask::None, Ask::Produce)));
         };
