@@ -82,7 +82,6 @@ enum Step {
 /// The reader of one request body (after the length prefix: the API key first).
 pub struct ProduceStream {
     flexible: bool,
-    version: i16,
     step: Step,
     /// Where a run of tagged fields or a skip leads.
     after: Step,
@@ -125,7 +124,6 @@ impl ProduceStream {
     pub fn new(version: i16) -> Option<ProduceStream> {
         (3..=9).contains(&version).then(|| ProduceStream {
             flexible: version >= 9,
-            version,
             step: Step::Header,
             after: Step::Done,
             scratch: [0; HEADER_LEN],
@@ -142,11 +140,6 @@ impl ProduceStream {
             records_len: 0,
             record_count: 0,
         })
-    }
-
-    /// The version this reader reads.
-    pub fn version(&self) -> i16 {
-        self.version
     }
 
     /// Whether the whole request has been read.

@@ -440,7 +440,15 @@ impl Proxy {
             if seen < n {
                 return;
             }
-            let read = reader.take().filter(|r| r.finish().is_ok()).map(|_| std::mem::take(&mut ask));
+            let read = match reader.take().map(|r| r.finish()) {
+                Some(Ok(())) => Some(std::mem::take(&mut ask)),
+                Some(Err(e)) => {
+                    self.metrics
+                        .error(ProxyErrorKind::RecordsUnreadable, &format!("produce request: {e}"));
+                    None
+                }
+                None => None,
+            };
             match &read {
                 Some(ask) if self.settings.trace_mode != TraceMode::Off => produce::count_skipped(&self.metrics, &ask.batches),
                 Some(_) => {}
