@@ -445,6 +445,7 @@ fn broker_restarted_under_load_loses_no_acknowledged_record() {
     }
     let (es, port) = Eventscope::sidecar(&mock.bootstrap_servers());
     let sidecar = format!("127.0.0.1:{port}");
+    let broker_2_port = brokers_seen_through(&sidecar)[&2].1 as u16;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer: FutureProducer = client_config(
         &sidecar,
@@ -483,6 +484,14 @@ fn broker_restarted_under_load_loses_no_acknowledged_record() {
         });
         std::thread::sleep(Duration::from_millis(500));
         mock.broker_down(2).unwrap();
+        // A connection to broker 2's listener during the outage, besides the clients' own reconnects
+        // (which a loaded machine may schedule after it): the sidecar's dial is refused and closes it.
+        {
+            use std::io::Read;
+            let mut probe = std::net::TcpStream::connect(("127.0.0.1", broker_2_port)).unwrap();
+            probe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert!(matches!(probe.read(&mut [0u8; 1]), Ok(0) | Err(_)), "closed, not left hanging");
+        }
         std::thread::sleep(Duration::from_millis(1500));
         mock.broker_up(2).unwrap();
         sending.join().unwrap()
