@@ -231,13 +231,7 @@ fn python_events(bootstrap: &str, events: &[serde_json::Value]) {
             writeln!(stdin, "{e}").unwrap();
         }
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "confluent-kafka (pip install confluent-kafka; .ci/run installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
+    let seen = client_json(child.wait_with_output().unwrap(), "confluent-kafka");
     assert_eq!(seen["delivered"], events.len(), "every event acknowledged");
 }
 

@@ -340,12 +340,7 @@ fn python_confluent_kafka_through_the_sidecar() {
         ])
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "confluent-kafka (pip install confluent-kafka; .ci/run installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').find(|l| l.starts_with(b"{")).unwrap()).unwrap();
+    let seen = client_json(out, "confluent-kafka");
     assert_eq!(seen["delivered_ok"], 40);
     let received = seen["received"].as_array().unwrap();
     assert_eq!(received.len(), 40);

@@ -421,17 +421,7 @@ fn kafka_python_produce(bootstrap: &str, topic: &str, partitions: usize, per: us
         ])
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "kafka-python (pip install kafka-python; .ci/run installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = out
-        .stdout
-        .split(|b| *b == b'\n')
-        .find(|l| l.starts_with(b"{"))
-        .expect("a JSON line");
-    let seen: serde_json::Value = serde_json::from_slice(line).unwrap();
+    let seen = client_json(out, "kafka-python");
     assert_eq!(seen["acked"], partitions * per, "every record acknowledged through the sidecar");
 }
 

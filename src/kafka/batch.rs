@@ -43,15 +43,18 @@ pub struct Batch<'a> {
     pub bytes: &'a [u8],
 }
 
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    i64::from_be_bytes(a)
+/// Big-endian integers at the start of `b` (which holds at least that many bytes): the readers of
+/// untrusted Kafka bytes in this module and the streaming readers beside it share these.
+pub(super) fn be_i16(b: &[u8]) -> i16 {
+    i16::from_be_bytes([b[0], b[1]])
 }
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    i32::from_be_bytes(a)
+pub(super) fn be_i32(b: &[u8]) -> i32 {
+    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+pub(super) fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(a)
 }
 
 /// The batches of a `records` field, in order. Stops after a cut-off batch or at a malformed header.
@@ -63,7 +66,7 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
             return None;
         }
         let b = &records[at..];
-        let length = be_i32(b, OFF_LENGTH);
+        let length = be_i32(&b[OFF_LENGTH..]);
         if length < (HEADER_LEN - 12) as i32 || b[OFF_MAGIC] != 2 {
             done = true;
             return None;
@@ -71,15 +74,15 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = Batch<'_>> {
         let total = 12 + length as usize;
         let complete = total <= b.len();
         let attributes = i16::from_be_bytes([b[OFF_ATTRIBUTES], b[OFF_ATTRIBUTES + 1]]);
-        let base_offset = be_i64(b, 0);
+        let base_offset = be_i64(b);
         let batch = Batch {
             base_offset,
-            last_offset: base_offset.saturating_add(be_i32(b, OFF_LAST_OFFSET_DELTA).max(0) as i64),
-            base_timestamp: be_i64(b, OFF_BASE_TIMESTAMP),
-            max_timestamp: be_i64(b, OFF_MAX_TIMESTAMP),
-            record_count: be_i32(b, OFF_RECORD_COUNT),
+            last_offset: base_offset.saturating_add(be_i32(&b[OFF_LAST_OFFSET_DELTA..]).max(0) as i64),
+            base_timestamp: be_i64(&b[OFF_BASE_TIMESTAMP..]),
+            max_timestamp: be_i64(&b[OFF_MAX_TIMESTAMP..]),
+            record_count: be_i32(&b[OFF_RECORD_COUNT..]),
             attributes,
-            crc: be_i32(b, OFF_CRC) as u32,
+            crc: be_i32(&b[OFF_CRC..]) as u32,
             compressed: attributes & ATTR_COMPRESSION != 0,
             log_append_time: attributes & ATTR_LOG_APPEND_TIME != 0,
             control: attributes & ATTR_CONTROL != 0,

@@ -18,6 +18,7 @@
 //! [`super::batch::batches`] does.
 
 use super::batch::layout::{HEADER_LEN, OFF_MAGIC};
+use super::batch::{be_i16, be_i32, be_i64};
 
 /// A partition's header, told before its batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,18 +100,6 @@ pub struct FetchStream {
     batch_left: u64,
     keep: bool,
     batch: Vec<u8>,
-}
-
-fn be_i16(b: &[u8]) -> i16 {
-    i16::from_be_bytes([b[0], b[1]])
-}
-fn be_i32(b: &[u8]) -> i32 {
-    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-fn be_i64(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    i64::from_be_bytes(a)
 }
 
 const BATCH_HEAD: usize = OFF_MAGIC + 1;

@@ -17,6 +17,7 @@
 //! cut off by the field's end or at one that cannot be walked.
 
 use super::batch::layout::{HEADER_LEN, OFF_LENGTH, OFF_MAGIC, OFF_RECORD_COUNT};
+use super::batch::{be_i16, be_i32};
 
 /// The longest topic or client name read (Kafka's topic names are at most 249 characters).
 pub const MAX_NAME: usize = i16::MAX as usize;
@@ -102,13 +103,6 @@ pub struct ProduceStream {
     record_count: u64,
 }
 
-fn be_i16(b: &[u8]) -> i16 {
-    i16::from_be_bytes([b[0], b[1]])
-}
-fn be_i32(b: &[u8]) -> i32 {
-    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
 /// How a length or count field reads: fixed width (`int16`, `int32`) or a compact unsigned varint (n + 1).
 enum Len {
     /// A value (non-negative).
@@ -140,11 +134,6 @@ impl ProduceStream {
             records_len: 0,
             record_count: 0,
         })
-    }
-
-    /// Whether the whole request has been read.
-    pub fn done(&self) -> bool {
-        self.step == Step::Done
     }
 
     /// The end of the request's bytes: an error if it ended inside its structure.
@@ -248,11 +237,14 @@ impl ProduceStream {
                     self.step = Step::ClientLength;
                 }
                 // The header's client id is an `int16` string in every header version.
-                Step::ClientLength => match self.length(input, false, false, "the client id")? {
-                    Len::More => return Ok(()),
-                    Len::Null => self.start_name(0, Step::Client)?,
-                    Len::Some(n) => self.start_name(n, Step::Client)?,
-                },
+                Step::ClientLength => {
+                    let n = match self.length(input, false, false, "the client id")? {
+                        Len::More => return Ok(()),
+                        Len::Null => 0,
+                        Len::Some(n) => n,
+                    };
+                    self.start_name(n, Step::Client)?;
+                }
                 Step::Client => {
                     if !self.read_name(input, "the client id")? {
                         return Ok(());

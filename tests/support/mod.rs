@@ -79,6 +79,22 @@ pub fn tool(name: &str) -> Command {
     Command::new(path)
 }
 
+/// The one JSON line a Python client of `tests/clients` printed, once it is checked to have succeeded
+/// (`needs`: the PyPI package it uses, named in the failure).
+pub fn client_json(out: std::process::Output, needs: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{needs} (pip install {needs}; .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .find(|l| l.starts_with(b"{"))
+        .expect("a JSON line");
+    serde_json::from_slice(line).expect("JSON")
+}
+
 fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU") {
         return PathBuf::from(p);

@@ -422,25 +422,24 @@ impl Proxy {
     ) -> bool {
         let key = i16::from_be_bytes([head[4], head[5]]);
         let version = i16::from_be_bytes([head[6], head[7]]);
+        // The reader, or why it stopped reading: told once the request's last bytes are there.
         let mut reader = (key == ApiKey::Produce as i16)
             .then(|| crate::kafka::produce_stream::ProduceStream::new(version))
-            .flatten();
+            .flatten()
+            .map(Ok);
         let mut ask = produce::ProduceAsk::default();
         let mut seen = 0;
         let mut observe = |chunk: &[u8]| {
-            if let Some(r) = reader.as_mut() {
-                let fed = r.feed(chunk, &mut |e| ask.add(e));
-                if let Err(e) = fed {
-                    self.metrics
-                        .error(ProxyErrorKind::RecordsUnreadable, &format!("produce request: {e}"));
-                    reader = None;
+            if let Some(Ok(r)) = reader.as_mut() {
+                if let Err(e) = r.feed(chunk, &mut |e| ask.add(e)) {
+                    reader = Some(Err(e));
                 }
             }
             seen += chunk.len();
             if seen < n {
                 return;
             }
-            let read = match reader.take().map(|r| r.finish()) {
+            let read = match reader.take().map(|r| r.and_then(|r| r.finish())) {
                 Some(Ok(())) => Some(std::mem::take(&mut ask)),
                 Some(Err(e)) => {
                     self.metrics
