@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench --bench sidecar_rates`. Results: docs/benchmarks.md. `BENCH_RATES` (records/s,
 //! comma-separated), `BENCH_CODECS` (`none,lz4`), `BENCH_SECONDS` (per step, default 10),
-//! `BENCH_SAMPLER_ARG` (the injecting sidecar samples this share of traces instead of all: `0.1`).
+//! `BENCH_SAMPLER_ARG` (the injecting sidecar samples this share of traces instead of all: `0.1`),
+//! `BENCH_FETCH_WAIT_MS` (the consumer's `fetch.wait.max.ms`, default 2).
 //! A soak instead: `BENCH_SOAK_SECONDS=1800` runs the injecting sidecar alone at `BENCH_SOAK_RATE`
 //! (20,000 records/s, lz4) and samples its RSS and CPU every 10 s.
 //!
@@ -146,11 +147,12 @@ struct Consumed {
 /// (known once the producer is done) have arrived or none has for 5 s; counts into `progress`.
 fn consume(bootstrap: &str, topic: &str, ready: &AtomicBool, sent: &AtomicU64, progress: &AtomicU64) -> Consumed {
     use rdkafka::{Offset, TopicPartitionList};
+    let wait = std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "2".into());
     let c: BaseConsumer = client_config(
         bootstrap,
         &[
             ("group.id", &format!("rates-{topic}")),
-            ("fetch.wait.max.ms", "2"),
+            ("fetch.wait.max.ms", &wait),
             ("fetch.queue.backoff.ms", "10"),
         ],
     )

@@ -62,8 +62,13 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no [sidecar] configuration"))?;
     let admin = config.admin.listen;
-    let admin_listener = crate::admin::bind(admin)
-        .await
+    // The admin server, /metrics renders and the span export run on a thread of their own, never on the
+    // data path's: a scrape or a batch of spans being encoded does not hold up the traffic.
+    let admin_thread = AdminThread::start().map_err(|e| anyhow::anyhow!("cannot start the admin thread: {e}"))?;
+    let admin_listener = admin_thread
+        .handle
+        .spawn(crate::admin::bind(admin))
+        .await?
         .map_err(|e| anyhow::anyhow!("cannot listen on {admin}: {e}"))?;
     let registry = &prometheus::Registry::new();
     crate::telemetry::register_process(registry);
@@ -71,14 +76,19 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     let trace_metrics = crate::telemetry::traces::TraceMetrics::new(registry);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let export = crate::telemetry::traces::ExportSettings::from_env(&env).map_err(|p| anyhow::anyhow!(problems(&p)))?;
-    let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
+    let (tracer, export_task, release_task) = {
+        // The exporters' connections and the export loop live on the admin thread's runtime.
+        let _admin = admin_thread.handle.enter();
+        let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
+        (tracer, export_task, crate::memory::spawn_release(rx.clone()))
+    };
     let mut tasks = vec![
-        tokio::spawn(crate::admin::serve(
+        admin_thread.handle.spawn(crate::admin::serve(
             admin_listener,
             crate::admin::State::new(registry.clone(), None).with_page(config.ui.page("sidecar")),
             rx.clone(),
         )),
-        crate::memory::spawn_release(rx.clone()),
+        release_task,
     ];
     tasks.extend(export_task);
 
@@ -111,7 +121,54 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
     tracing::info!(%admin, "sidecar running");
     shutdown_signal().await;
     drain(tx, tasks, config.admin.shutdown_grace).await;
+    drop(admin_thread);
     Ok(())
+}
+
+/// A runtime on a thread of its own for the sidecar's admin side (as linkerd2-proxy keeps its admin
+/// runtime apart from the data path): the admin server, /metrics renders, the span export and handing
+/// memory back. Encoding a batch of spans for OTLP takes milliseconds; on the data path's thread every
+/// connection waited meanwhile (docs/benchmarks.md, "The admin side on a thread of its own"). Dropping it
+/// stops the runtime and joins the thread.
+struct AdminThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminThread {
+    fn start() -> std::io::Result<AdminThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // One thread for /metrics renders and `malloc_trim`, kept (see main.rs).
+            .max_blocking_threads(1)
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .thread_name("eventscope-admin-blocking")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("eventscope-admin".into()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+        Ok(AdminThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AdminThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// `(key, reason)` problems as a user reads them: `key: reason`, one per line.

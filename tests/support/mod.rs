@@ -238,30 +238,13 @@ impl Eventscope {
 
     /// User and system (kernel: system calls, the TCP stack, wake-ups) CPU seconds of the process.
     pub fn cpu_split(&self) -> (f64, f64) {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-        (f.get(11).copied().unwrap_or(0.0) / 100.0, f.get(12).copied().unwrap_or(0.0) / 100.0)
+        cpu_split(self.child.id())
     }
 
     /// Context switches of all the process's threads so far (voluntary and not, /proc/PID/task/*/status):
     /// each time a thread sleeps and is woken, the cost a proxy pays per request at low rates.
     pub fn context_switches(&self) -> f64 {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
-            return 0.0;
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-            .flat_map(|status| {
-                status
-                    .lines()
-                    .filter(|l| l.contains("ctxt_switches:"))
-                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
+        context_switches(self.child.id())
     }
 
     /// The process's resident memory now (VmRSS), in bytes.
@@ -467,6 +450,33 @@ impl Nginx {
         }
         pids.iter().filter_map(|pid| proc_status_bytes(pid, "VmRSS:")).sum()
     }
+}
+
+/// User and system CPU seconds of process `pid` so far, from /proc (clock ticks of 1/100 s).
+pub fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    (f.get(11).copied().unwrap_or(0.0) / 100.0, f.get(12).copied().unwrap_or(0.0) / 100.0)
+}
+
+/// Context switches of all of process `pid`'s threads so far (voluntary and not).
+pub fn context_switches(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// A memory field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`; given there in kB), in bytes.
