@@ -29,26 +29,9 @@ use libfuzzer_sys::fuzz_target;
 /// Small, so that the inputs' batches are sometimes larger (relayed unread).
 const MAX_BATCH: usize = 1024;
 
-/// Reads the input a byte at a time, zeros past its end.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a.to_vec()
-    }
-}
+#[path = "input.rs"]
+mod input;
+use input::{chunks, Input};
 
 /// A well-formed Fetch response body (correlation id first) that `input` describes.
 fn structured(input: &mut Input<'_>, version: i16) -> Vec<u8> {
@@ -185,19 +168,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pieces = Pieces::new(version, MAX_BATCH, None).expect("a version the reader reads");
     let mut got: Vec<(FetchPiece, Bytes)> = Vec::new();
     let mut emit = |p: FetchPiece, r: Bytes, _| got.push((p, r));
-    let mut at = 0;
-    let mut step = chunk_seed as usize;
-    let mut accepted = true;
-    while at < body.len() {
-        step = (step * 31 + 7) % 256;
-        let end = (at + 1 + step).min(body.len());
-        if pieces.feed(&body[at..end], &mut emit).is_err() {
-            accepted = false;
-            break;
-        }
-        at = end;
-    }
-    accepted &= pieces.finish().is_ok();
+    let accepted = chunks(&body, chunk_seed).all(|c| pieces.feed(c, &mut emit).is_ok()) && pieces.finish().is_ok();
 
     // The reference.
     let mut buf = Bytes::copy_from_slice(&body);

@@ -21,26 +21,9 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use libfuzzer_sys::fuzz_target;
 
-/// Reads the input a byte at a time, zeros past its end.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a.to_vec()
-    }
-}
+#[path = "input.rs"]
+mod input;
+use input::{chunks, Input};
 
 /// A well-formed Produce request body (API key first) that `input` describes.
 fn structured(input: &mut Input<'_>, version: i16) -> Vec<u8> {
@@ -134,19 +117,7 @@ fuzz_target!(|data: &[u8]| {
         Event::Client(c) => mine.0 = c.to_string(),
         Event::Partition { topic, partition, records, bytes } => mine.1.push((topic.to_string(), partition, records, bytes)),
     };
-    let mut at = 0;
-    let mut step = chunk_seed as usize;
-    let mut accepted = true;
-    while at < body.len() {
-        step = (step * 31 + 7) % 256;
-        let end = (at + 1 + step).min(body.len());
-        if reader.feed(&body[at..end], &mut sink).is_err() {
-            accepted = false;
-            break;
-        }
-        at = end;
-    }
-    accepted &= reader.finish().is_ok();
+    let accepted = chunks(&body, chunk_seed).all(|c| reader.feed(c, &mut sink).is_ok()) && reader.finish().is_ok();
 
     // The reference: the whole frame through `kafka-protocol`.
     let mut frame = BytesMut::with_capacity(4 + body.len());
