@@ -21,14 +21,11 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::messages::{ApiKey, FetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::records::{Record, TimestampType};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use support::*;
@@ -115,33 +112,7 @@ fn batch(n: usize) -> Bytes {
             delete_horizon: false,
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
-fn frame(key: ApiKey, version: i16, correlation: i32, body: &impl Encodable) -> Vec<u8> {
-    let mut f = BytesMut::new();
-    f.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("relay-floor")))
-        .encode(&mut f, key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut f, version).unwrap();
-    let n = f.len() as i32 - 4;
-    f[..4].copy_from_slice(&n.to_be_bytes());
-    f.to_vec()
+    encode_batch(&records)
 }
 
 fn produce(correlation: i32, records: &Bytes) -> Vec<u8> {
@@ -153,22 +124,11 @@ fn produce(correlation: i32, records: &Bytes) -> Vec<u8> {
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
                 .with_records(Some(records.clone()))])]);
-    frame(ApiKey::Produce, PRODUCE_VERSION, correlation, &request)
+    request_frame(ApiKey::Produce, PRODUCE_VERSION, correlation, "relay-floor", &request)
 }
 
 fn fetch(correlation: i32, offset: i64) -> Vec<u8> {
-    let request = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])]);
-    frame(ApiKey::Fetch, FETCH_VERSION, correlation, &request)
+    fetch_frame(FETCH_VERSION, correlation, "relay-floor", TOPIC, offset, 0)
 }
 
 /// One response's body after its header, checked to answer `correlation`.

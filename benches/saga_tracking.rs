@@ -13,15 +13,19 @@
 //! Run: `cargo bench --bench saga_tracking` (BENCH_ORDERS=N orders, 1,000,000 by default). Results:
 //! docs/benchmarks.md.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use eventscope::collector::saga::event::{read, Rules, Source};
 use eventscope::collector::saga::{Spec, Tracker};
 use eventscope::kafka::batch::batches;
 use eventscope::kafka::records::{records, records_section};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{Record, TimestampType};
+use support::encode_batch;
 
 const TYPES: [&str; 5] = [
     "OrderCreated",
@@ -90,17 +94,7 @@ fn encode(first: usize, count: usize, event: usize) -> Bytes {
             .collect(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode_batch(&records)
 }
 
 fn main() {

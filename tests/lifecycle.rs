@@ -7,10 +7,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, FetchRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use support::*;
@@ -48,29 +44,7 @@ fn sigterm_lets_in_flight_http_requests_finish() {
 
 /// A Fetch request (v12) that the broker holds for up to `max_wait_ms` on an empty partition.
 fn long_fetch(correlation: i32, topic: &'static str, max_wait_ms: i32) -> Vec<u8> {
-    let request = FetchRequest::default()
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str(topic)))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
-    let mut f = BytesMut::new();
-    f.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(12)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("drain-test")))
-        .encode(&mut f, ApiKey::Fetch.request_header_version(12))
-        .unwrap();
-    request.encode(&mut f, 12).unwrap();
-    let n = f.len() as i32 - 4;
-    f[..4].copy_from_slice(&n.to_be_bytes());
-    f.to_vec()
+    fetch_frame(12, correlation, "drain-test", topic, 0, max_wait_ms)
 }
 
 /// Defect 1 (Kafka): the relays were dropped at once on SIGTERM. A Fetch the broker holds (long poll)

@@ -884,3 +884,64 @@ pub fn payloads() -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// One uncompressed record batch (magic 2) of `records`, as a producer encodes it.
+pub fn encode_batch(records: &[kafka_protocol::records::Record]) -> bytes::Bytes {
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// A request frame (length prefix, header with `client.id`, body) of API `key` at `version`.
+pub fn request_frame(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    correlation: i32,
+    client: &'static str,
+    body: &impl kafka_protocol::protocol::Encodable,
+) -> Vec<u8> {
+    use bytes::BufMut;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut f = bytes::BytesMut::new();
+    f.put_i32(0);
+    kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str(client)))
+        .encode(&mut f, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut f, version).unwrap();
+    let n = f.len() as i32 - 4;
+    f[..4].copy_from_slice(&n.to_be_bytes());
+    f.to_vec()
+}
+
+/// A consumer's Fetch request frame for partition 0 of `topic` from `offset` (up to 1 MiB), held by the
+/// broker up to `max_wait_ms` when it finds nothing.
+pub fn fetch_frame(version: i16, correlation: i32, client: &'static str, topic: &'static str, offset: i64, max_wait_ms: i32) -> Vec<u8> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    request_frame(ApiKey::Fetch, version, correlation, client, &request)
+}
