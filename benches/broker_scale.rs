@@ -25,10 +25,6 @@ use std::time::{Duration, Instant};
 use support::brokers::{pika, NatsServer, Rabbitmq};
 use support::*;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// Polls until eventscope has done `polls` polls of `cluster`; returns (mean poll seconds, RSS bytes).
 fn measure(es: &Eventscope, cluster: &str, polls: f64, check: impl Fn(&Metrics) -> bool) -> (f64, f64) {
     let started = Instant::now();

@@ -16,7 +16,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,14 +34,11 @@ const TOPIC: &str = "floor";
 const PRODUCE_VERSION: i16 = 7;
 const FETCH_VERSION: i16 = 11;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// A relay in its own process: HAProxy or socat, stopped when dropped.
 struct Peer {
     child: Child,
-    _dir: tempfile::TempDir,
+    /// HAProxy's configuration.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Peer {
@@ -60,7 +57,7 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("haproxy (Debian package haproxy)");
-        Peer::ready(child, dir, port)
+        Peer::ready(child, Some(dir), port)
     }
 
     /// Debian's socat for one connection, with `TCP_NODELAY` both ways as the other relays set it.
@@ -74,10 +71,10 @@ impl Peer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("socat (Debian package socat)");
-        Peer::ready(child, tempfile::tempdir().unwrap(), port)
+        Peer::ready(child, None, port)
     }
 
-    fn ready(child: Child, dir: tempfile::TempDir, port: u16) -> Peer {
+    fn ready(child: Child, dir: Option<tempfile::TempDir>, port: u16) -> Peer {
         // socat serves one connection: wait for the port without connecting to it.
         wait_for(Duration::from_secs(10), "relay listening", || {
             std::net::TcpListener::bind(("127.0.0.1", port)).is_err().then_some(())
@@ -133,11 +130,7 @@ fn fetch(correlation: i32, offset: i64) -> Vec<u8> {
 
 /// One response's body after its header, checked to answer `correlation`.
 fn response(conn: &mut TcpStream, key: ApiKey, version: i16, correlation: i32) -> Bytes {
-    let mut len = [0u8; 4];
-    conn.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    conn.read_exact(&mut body).unwrap();
-    let mut body = Bytes::from(body);
+    let mut body = Bytes::from(read_frame(conn).unwrap());
     let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).unwrap();
     assert_eq!(header.correlation_id, correlation);
     body

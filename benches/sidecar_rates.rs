@@ -40,10 +40,6 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// End-to-end latencies in microseconds: exact below 1 s, one bucket above.
 struct Hist {
     us: Vec<u64>,
@@ -147,7 +143,7 @@ struct Consumed {
 /// (known once the producer is done) have arrived or none has for 5 s; counts into `progress`.
 fn consume(bootstrap: &str, topic: &str, ready: &AtomicBool, sent: &AtomicU64, progress: &AtomicU64) -> Consumed {
     use rdkafka::{Offset, TopicPartitionList};
-    let wait = std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "2".into());
+    let wait = env_or("BENCH_FETCH_WAIT_MS", 2u32).to_string();
     let c: BaseConsumer = client_config(
         bootstrap,
         &[

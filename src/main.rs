@@ -50,11 +50,8 @@ fn main() -> ExitCode {
     let mut builder = match sidecar_threads {
         Some(1) => {
             let mut b = tokio::runtime::Builder::new_current_thread();
-            // One thread for blocking work (Produce rewrites; /metrics renders are the admin thread's,
-            // run.rs), kept rather than replaced after 10 s idle: each new thread may take another
-            // malloc arena, which keeps its freed buffers resident.
-            b.max_blocking_threads(1)
-                .thread_keep_alive(std::time::Duration::from_secs(24 * 3600));
+            // Its blocking work: Produce rewrites (/metrics renders are the admin thread's, run.rs).
+            eventscope::memory::one_kept_blocking_thread(&mut b);
             b
         }
         Some(n) => {

@@ -31,6 +31,13 @@ pub const OWN_PAGES_FROM: usize = 4 * 1024 * 1024;
 /// faults); [`release`] gives it back every few seconds instead.
 pub const KEEP_FREE_AT_TOP: usize = 64 * 1024 * 1024;
 
+/// One thread for a runtime's blocking work, kept rather than replaced after 10 s idle: each new thread
+/// may take another malloc arena, which keeps its freed buffers resident. The sidecar's runtimes (the
+/// data path's and the admin thread's) are built with it.
+pub fn one_kept_blocking_thread(b: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    b.max_blocking_threads(1).thread_keep_alive(Duration::from_secs(24 * 3600))
+}
+
 /// Sets the allocator up (glibc; elsewhere nothing to do). Call before starting threads.
 pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

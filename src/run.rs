@@ -138,13 +138,10 @@ struct AdminThread {
 
 impl AdminThread {
     fn start() -> std::io::Result<AdminThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            // One thread for /metrics renders and `malloc_trim`, kept (see main.rs).
-            .max_blocking_threads(1)
-            .thread_keep_alive(Duration::from_secs(24 * 3600))
-            .thread_name("eventscope-admin-blocking")
-            .build()?;
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        // Its blocking work: /metrics renders and `malloc_trim`.
+        crate::memory::one_kept_blocking_thread(&mut builder);
+        let runtime = builder.enable_all().thread_name("eventscope-admin-blocking").build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("eventscope-admin".into()).spawn(move || {

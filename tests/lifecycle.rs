@@ -81,10 +81,7 @@ fn sigterm_lets_in_flight_kafka_requests_finish() {
 
 /// Reads one response frame; its correlation id.
 fn read_response(s: &mut TcpStream) -> i32 {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("a response");
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
+    let body = read_frame(s).expect("a response");
     i32::from_be_bytes([body[0], body[1], body[2], body[3]])
 }
 

@@ -21,6 +21,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// A benchmark's setting from the environment variable `name`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -883,6 +888,15 @@ pub fn payloads() -> Vec<Vec<u8>> {
             v
         })
         .collect()
+}
+
+/// One Kafka frame's body (what follows its length prefix) read from `s`.
+pub fn read_frame(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    s.read_exact(&mut body)?;
+    Ok(body)
 }
 
 /// One uncompressed record batch (magic 2) of `records`, as a producer encodes it.
