@@ -161,9 +161,8 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
     // The read model commits 20 records, falls behind by 10 for a moment, then catches up.
     let mut lag_seen = None;
     let got = consume(&sidecar, "orders", "read-model", N, 20, || {
-        // Lag and offset at the commit of 20 in one scrape. Each series is set atomically, not the
-        // two together (as with any Prometheus client): a scrape that reads the offset just before a
-        // refresh and the lag just after it shows the last second's offset beside the new lag.
+        // Lag and offset at the commit of 20 in one scrape: the sidecar sets a partition's series
+        // together and a scrape reads them together (`telemetry::SetTogether`), so the two agree.
         lag_seen = Some(es.wait_metrics("lag of 10 at offset 20 measured by the sidecar", |m| {
             let labels = [
                 ("consumergroup", "read-model"),

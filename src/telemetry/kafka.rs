@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::{counters, gauges, histograms, int_gauges, register, Counters, Gauges, Histograms, IntGauges, Spec};
+use super::{counters, histograms, register, Counters, Gauges, Histograms, IntGauges, SetTogether, Spec};
 
 use super::contract::*;
 use super::labels::BoundedLabel;
@@ -231,6 +231,9 @@ pub struct ConsumeMetrics {
     pub lag: IntGauges<5>,
     pub lag_seconds: Gauges<5>,
     pub current_offset: IntGauges<5>,
+    /// `lag`, `lag_seconds` and `current_offset`, which a refresh sets together and a scrape reads
+    /// together.
+    pub partitions: SetTogether,
     pub consistency: Histograms<4>,
     pub delivery_latency: Histograms<1>,
     pub delivered: Counters<2>,
@@ -246,10 +249,16 @@ impl ConsumeMetrics {
             help: f.help,
             labels,
         };
+        let mut partitions = SetTogether::default();
+        let lag = partitions.int_gauges(family(&GROUP_LAG, partition));
+        let lag_seconds = partitions.gauges(family(&GROUP_LAG_SECONDS, partition));
+        let current_offset = partitions.int_gauges(family(&GROUP_CURRENT_OFFSET, partition));
+        partitions.register(registry);
         ConsumeMetrics {
-            lag: int_gauges(registry, family(&GROUP_LAG, partition)),
-            lag_seconds: gauges(registry, family(&GROUP_LAG_SECONDS, partition)),
-            current_offset: int_gauges(registry, family(&GROUP_CURRENT_OFFSET, partition)),
+            lag,
+            lag_seconds,
+            current_offset,
+            partitions,
             consistency: histograms(
                 registry,
                 Spec {

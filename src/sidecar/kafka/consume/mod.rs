@@ -241,6 +241,7 @@ impl Consumption {
     pub fn reset(&self) {
         *self.lock() = State::default();
         let m = self.m();
+        let _together = m.partitions.update();
         m.lag.reset();
         m.lag_seconds.reset();
         m.current_offset.reset();
@@ -617,17 +618,26 @@ impl Consumption {
             });
         }
         let m = self.m();
-        for g in gauges {
-            let ([group, topic, partition], set) = match g {
+        // Label values are bounded before the lock; a scrape waits only for the sets themselves.
+        let gauges: Vec<_> = gauges
+            .into_iter()
+            .map(|g| match g {
                 Gauge::Set {
-                    labels,
+                    labels: [group, topic, partition],
                     offset,
                     lag,
                     seconds,
-                } => (labels, Some((offset, lag, seconds))),
-                Gauge::Remove(labels) => (labels, None),
-            };
-            let (group, topic) = (self.groups.label(&group), self.metrics.topic_label(&topic));
+                } => (
+                    [self.groups.label(&group), self.metrics.topic_label(&topic), partition],
+                    Some((offset, lag, seconds)),
+                ),
+                Gauge::Remove([group, topic, partition]) => {
+                    ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], None)
+                }
+            })
+            .collect();
+        let _together = m.partitions.update();
+        for ([group, topic, partition], set) in gauges {
             let labels = [self.cluster.as_str(), group.as_str(), topic.as_str(), partition.as_str(), "sidecar"];
             match set {
                 None => {
@@ -747,6 +757,54 @@ mod tests {
         let h = c.m().consistency.with(["c", "readmodel", "orders", "sidecar"]);
         assert_eq!(h.get_sample_count(), 4);
         assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").contains("readmodel"));
+    }
+
+    /// A scrape reads a partition's committed offset and its lag from the same refresh: with a high
+    /// watermark of 1,000 they always add up to 1,000, however the scrape falls between refreshes.
+    /// (Without [`crate::telemetry::SetTogether`] this read an offset beside the previous commit's lag
+    /// within a few hundred scrapes.)
+    #[test]
+    fn a_scrape_never_reads_an_offset_and_a_lag_from_different_refreshes() {
+        const TOPICS: [&str; 16] = [
+            "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14", "t15",
+        ];
+        let (c, registry) = consumption();
+        for t in TOPICS {
+            c.fetch_response(&fetch(t, 0, &[1; 4], 1000), 11, &fetch_ask(t, 0), SystemTime::now());
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let scrapes = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for offset in 1..200 {
+                    for t in TOPICS {
+                        commit(&c, "g", t, offset, SystemTime::now());
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut scrapes = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let families = registry.gather();
+                let values = |name: &str| -> std::collections::BTreeMap<String, f64> {
+                    families
+                        .iter()
+                        .filter(|f| f.name() == name)
+                        .flat_map(|f| f.get_metric().iter())
+                        .map(|m| {
+                            let topic = m.get_label().iter().find(|l| l.name() == "topic").unwrap().value().to_string();
+                            (topic, m.get_gauge().value())
+                        })
+                        .collect()
+                };
+                let (offsets, lags) = (values("kafka_consumergroup_current_offset"), values("kafka_consumergroup_lag"));
+                for (topic, offset) in &offsets {
+                    assert_eq!(offset + lags[topic], 1000.0, "{topic}: offset {offset} beside lag {}", lags[topic]);
+                }
+                scrapes += 1;
+            }
+            scrapes
+        });
+        assert!(scrapes > 0);
     }
 
     /// Defect 2: the observer held the state's lock while it decompressed every batch of a Fetch
