@@ -18,7 +18,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use eventscope::kafka::batch;
 use eventscope::kafka::records;
-use eventscope::sidecar::kafka::consume::{FetchPiece, Pieces};
+use eventscope::sidecar::kafka::consume::{Batches, FetchPiece, Pieces};
 use indexmap::IndexMap;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchResponse, TopicName};
@@ -166,8 +166,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The streaming side, in chunks of 1 to 256 bytes varying along the way.
     let mut pieces = Pieces::new(version, MAX_BATCH, None).expect("a version the reader reads");
-    let mut got: Vec<(FetchPiece, Bytes)> = Vec::new();
-    let mut emit = |p: FetchPiece, r: Bytes, _| got.push((p, r));
+    let mut got: Vec<(FetchPiece, Batches)> = Vec::new();
+    let mut emit = |p: FetchPiece, r: Batches, _| got.push((p, r));
     let accepted = chunks(&body, chunk_seed).all(|c| pieces.feed(c, &mut emit).is_ok()) && pieces.finish().is_ok();
 
     // The reference.
@@ -219,7 +219,7 @@ fuzz_target!(|data: &[u8]| {
         let mut skipped = 0;
         loop {
             let (p, r) = &got[i];
-            told.extend_from_slice(r);
+            r.iter().for_each(|b| told.extend_from_slice(b));
             skipped += p.skipped_batches;
             i += 1;
             if i == got.len() || !got[i].0.continuation {

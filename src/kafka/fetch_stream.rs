@@ -2,8 +2,9 @@
 //! `kafka-protocol` decodes too, so that each is checked against it; Kafka 4 dropped v0 to v3): fed the
 //! response's bytes as they are relayed, in chunks of any size, it tells each partition's header and
 //! each complete record batch, and keeps nothing else. Its memory is one batch (at most `max_batch`
-//! bytes; larger ones are skipped and said so), held only when the batch is split across chunks and the
-//! sink agrees to it, and a topic name, whatever the response's size.
+//! bytes; larger ones are skipped and said so), held only while a batch split across chunks arrives and
+//! only if the sink agrees to it, then handed to the sink; and a topic name, whatever the response's
+//! size.
 //!
 //! Why not `kafka-protocol`: its decoders take a whole message, so observing a 50 MB response meant
 //! holding a 50 MB copy of it. The layout read here is the non-flexible one (fixed-width integers,
@@ -16,6 +17,8 @@
 //! work. A record batch is told only when it is whole and well-formed enough to walk (`magic` 2, a length
 //! that covers its header); the walk of a partition's records stops at the first that is not, as
 //! [`super::batch::batches`] does.
+
+use std::borrow::Cow;
 
 use super::batch::layout::{HEADER_LEN, OFF_MAGIC};
 use super::batch::{be_i16, be_i32, be_i64};
@@ -33,8 +36,11 @@ pub struct PartitionHead<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     Partition(PartitionHead<'a>),
-    /// One whole record batch of the current partition (its 12-byte offset and length prefix included).
-    Batch(&'a [u8]),
+    /// One whole record batch of the current partition (its 12-byte offset and length prefix included):
+    /// borrowed from the chunk it arrived in whole, or, when it arrived split across chunks, the reader's
+    /// buffer of exactly its size, handed over (the reader keeps nothing of it, and the sink need not
+    /// copy it again).
+    Batch(Cow<'a, [u8]>),
     /// A batch of this many bytes (within `max_batch`) arrives split across chunks: the sink's answer
     /// decides whether the reader buffers it to tell it whole (`true`) or skips it, telling nothing more
     /// of it (`false`), so that a caller can charge the buffer to a budget. Every other event's answer
@@ -321,7 +327,7 @@ impl FetchStream {
                             && total <= self.max_batch
                             && input.len() >= total
                         {
-                            sink(Event::Batch(&input[..total]));
+                            sink(Event::Batch(Cow::Borrowed(&input[..total])));
                             *input = &input[total..];
                             self.records_left -= total as u64;
                             continue;
@@ -343,7 +349,7 @@ impl FetchStream {
                     self.keep = total as usize <= self.max_batch && sink(Event::Buffer(total as usize));
                     self.batch.clear();
                     if self.keep {
-                        self.batch.reserve(total as usize);
+                        self.batch.reserve_exact(total as usize);
                         self.batch.extend_from_slice(&self.scratch[..BATCH_HEAD]);
                     } else if total as usize > self.max_batch {
                         sink(Event::BatchSkipped(total as usize));
@@ -361,11 +367,7 @@ impl FetchStream {
                         return Ok(());
                     }
                     if self.keep {
-                        sink(Event::Batch(&self.batch));
-                        // A large batch's buffer is not kept for the next response.
-                        if self.batch.capacity() > 64 * 1024 {
-                            self.batch = Vec::new();
-                        }
+                        sink(Event::Batch(Cow::Owned(std::mem::take(&mut self.batch))));
                     }
                     self.step = Step::BatchHead;
                 }
@@ -478,6 +480,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A batch whole in its chunk is lent; one that arrived split is handed over in a buffer of exactly
+    /// its size, and the reader keeps no buffer afterwards.
+    #[test]
+    fn a_split_batch_is_handed_over_in_a_buffer_of_its_size() {
+        let a = test_batch(10, &[1000, 2000], Compression::None);
+        let b = test_batch(12, &[3000], Compression::None);
+        let mut two = a.clone();
+        two.extend(&b);
+        let body = body(11, vec![("orders", 0, Some(two))]);
+        // The first batch is cut by the chunk boundary; the second arrives whole in the second chunk.
+        let cut = body.len() - b.len() - 10;
+        let mut r = FetchStream::any(11, 1 << 20);
+        let mut told = Vec::new();
+        let mut sink = |e: Event<'_>| {
+            if let Event::Batch(x) = e {
+                told.push(match x {
+                    Cow::Owned(v) => (true, v.capacity() == v.len(), v),
+                    Cow::Borrowed(v) => (false, true, v.to_vec()),
+                });
+            }
+            true
+        };
+        r.feed(&body[..cut], &mut sink).unwrap();
+        r.feed(&body[cut..], &mut sink).unwrap();
+        r.finish().unwrap();
+        assert_eq!(told, vec![(true, true, a), (false, true, b)]);
+        assert_eq!(r.batch.capacity(), 0);
     }
 
     #[test]

@@ -92,8 +92,9 @@ enum Ask {
     None,
     Produce(produce::ProduceAsk),
     Fetch(consume::FetchAsk),
-    /// One partition's piece of a Fetch response being streamed (the observation's frame is its batches).
-    FetchPiece(Arc<consume::FetchAsk>, consume::FetchPiece),
+    /// One partition's piece of a Fetch response being streamed, and its batches (the observation's
+    /// frame is empty).
+    FetchPiece(Arc<consume::FetchAsk>, consume::FetchPiece, consume::Batches),
     Commit(consume::CommitAsk),
 }
 /// Why a connection's request relay ended.
@@ -167,7 +168,7 @@ impl Proxy {
                         Ask::None => {}
                         Ask::Produce(ask) => produce::observe_response(&metrics, &tracer, &o.frame, o.version, o.latency, o.sent_at, ask),
                         Ask::Fetch(ask) => consumption.fetch_response(&o.frame, o.version, &ask, at),
-                        Ask::FetchPiece(ask, piece) => consumption.fetch_piece(&ask, &piece, &o.frame, at),
+                        Ask::FetchPiece(ask, piece, batches) => consumption.fetch_piece(&ask, &piece, &batches, at),
                         Ask::Commit(ask) => consumption.commit_response(&o.frame, o.version, ask, at),
                     }
                 },
@@ -690,7 +691,7 @@ impl Proxy {
     ) -> bool {
         let mut pieces = consume::Pieces::new(version, self.settings.max_batch_bytes, Some(self.observer.budget()));
         let now = Instant::now();
-        let mut emit = |piece: consume::FetchPiece, records: Bytes, held: Option<OwnedSemaphorePermit>| {
+        let mut emit = |piece: consume::FetchPiece, records: consume::Batches, held: Option<OwnedSemaphorePermit>| {
             if quiet.repeats(&piece, records.is_empty(), now) {
                 return;
             }
@@ -708,11 +709,11 @@ impl Proxy {
             }
             let sent = held.or_else(|| self.observer.reserve(0)).is_some_and(|budget| {
                 self.observer.send(Observation {
-                    frame: records,
+                    frame: Bytes::new(),
                     version,
                     latency,
                     sent_at,
-                    ask: Ask::FetchPiece(ask.clone(), piece),
+                    ask: Ask::FetchPiece(ask.clone(), piece, records),
                     budget,
                 })
             });

@@ -49,7 +49,7 @@ pub const IDLE_EXPIRY: Duration = Duration::from_secs(300);
 mod pieces;
 mod runs;
 
-pub use pieces::{FetchPiece, Pieces};
+pub use pieces::{Batches, FetchPiece, Pieces};
 use runs::Run;
 use runs::Runs;
 
@@ -255,7 +255,7 @@ impl Consumption {
             return;
         };
         let body = frame.get(4..).unwrap_or_default();
-        let mut observe = |piece: FetchPiece, records: Bytes, _| self.fetch_piece(ask, &piece, &records, delivered_at);
+        let mut observe = |piece: FetchPiece, records: Batches, _| self.fetch_piece(ask, &piece, &records, delivered_at);
         if let Err(e) = pieces.feed(body, &mut observe).and_then(|()| pieces.finish()) {
             self.metrics
                 .error(ProxyErrorKind::RecordsUnreadable, &format!("fetch response: {e}"));
@@ -266,7 +266,7 @@ impl Consumption {
     /// and the records `batches` delivered. Batches are decompressed and read without the state's lock,
     /// which is taken twice, briefly: to learn where the partition's delivered records end, and to add
     /// the new ones.
-    pub fn fetch_piece(&self, ask: &FetchAsk, piece: &FetchPiece, batches: &[u8], delivered_at: SystemTime) {
+    pub fn fetch_piece(&self, ask: &FetchAsk, piece: &FetchPiece, batches: &Batches, delivered_at: SystemTime) {
         if piece.error_code != 0 {
             return;
         }
@@ -325,7 +325,7 @@ impl Consumption {
     #[allow(clippy::too_many_arguments)]
     fn read_delivered(
         &self,
-        records: &[u8],
+        records: &Batches,
         from: i64,
         now_ms: i64,
         delivered_at: SystemTime,
@@ -338,7 +338,7 @@ impl Consumption {
         let exporting = self.tracer.exporting();
         // The histogram buffered locally and flushed once, when it goes out of scope.
         let latency = self.m().delivery_latency.with([label]).local();
-        for b in batch::batches(records) {
+        for b in records.iter().flat_map(batch::batches) {
             if !b.complete || b.control || b.last_offset < from {
                 continue;
             }

@@ -4,19 +4,51 @@
 //! as it is complete; what it holds meanwhile is one piece and the reader's one batch.
 //!
 //! With a budget (the observer's), every byte held is charged as it is taken: the batches of a piece
-//! and a batch the reader buffers because it is split across chunks. A batch the budget has no room
+//! and a batch the reader buffers because it is split across chunks (that buffer then moves into the
+//! piece with its charge; each batch is held in a buffer of its own size, [`Batches`], so what is held
+//! is what is charged). A batch the budget has no room
 //! for is left out of its piece and counted ([`FetchPiece::left_out`]), so that all connections
 //! together hold at most the budget, whatever their number and their responses' size.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::kafka::fetch_stream::{Event, FetchStream, FetchStreamError};
 
 /// Record bytes per piece, at most (one batch may exceed it alone).
 pub const PIECE_BYTES: usize = 1024 * 1024;
+
+/// A piece's record batches, each in a buffer of exactly its size: copied once from the chunk it
+/// arrived in whole, or the reader's own buffer of a batch that arrived split, moved. So what a piece
+/// holds is what it is charged, with no slack of a growing buffer and no buffer kept between batches.
+#[derive(Debug, Clone, Default)]
+pub struct Batches {
+    batches: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batches {
+    fn push(&mut self, batch: Bytes) {
+        self.bytes += batch.len();
+        self.batches.push(batch);
+    }
+
+    /// Bytes in all the batches.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches in order, each whole (its offset and length prefix included).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.batches.iter().map(|b| &b[..])
+    }
+}
 
 /// One partition's piece of a Fetch response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +69,7 @@ pub struct FetchPiece {
 pub struct Pieces {
     reader: FetchStream,
     current: Option<FetchPiece>,
-    records: BytesMut,
+    records: Batches,
     budget: Option<Arc<Semaphore>>,
     /// What `records` is charged.
     held: Option<OwnedSemaphorePermit>,
@@ -64,7 +96,7 @@ impl Pieces {
         Some(Pieces {
             reader: FetchStream::new(version, max_batch)?,
             current: None,
-            records: BytesMut::new(),
+            records: Batches::default(),
             budget,
             held: None,
             buffering: None,
@@ -76,7 +108,7 @@ impl Pieces {
     pub fn feed(
         &mut self,
         chunk: &[u8],
-        emit: &mut impl FnMut(FetchPiece, Bytes, Option<OwnedSemaphorePermit>),
+        emit: &mut impl FnMut(FetchPiece, Batches, Option<OwnedSemaphorePermit>),
     ) -> Result<(), FetchStreamError> {
         let Pieces {
             reader,
@@ -113,13 +145,13 @@ impl Pieces {
                         return true;
                     };
                     if !records.is_empty() && records.len() + b.len() > PIECE_BYTES {
-                        emit(piece.clone(), records.split().freeze(), held.take());
+                        emit(piece.clone(), std::mem::take(records), held.take());
                         piece.continuation = true;
                         piece.skipped_batches = 0;
                         piece.left_out = 0;
                     }
-                    // A buffered batch was charged already: its charge moves to the piece's copy (the
-                    // reader lets a large buffer go once it has told it).
+                    // A buffered batch was charged already: its charge moves with its buffer into the
+                    // piece.
                     let charged = match (buffering.take(), held.as_mut()) {
                         (Some(p), Some(h)) => {
                             h.merge(p);
@@ -132,7 +164,7 @@ impl Pieces {
                         (None, _) => budget.as_ref().is_none_or(|bud| charge(bud, held, b.len())),
                     };
                     if charged {
-                        records.extend_from_slice(b);
+                        records.push(Bytes::from(b.into_owned()));
                     } else {
                         piece.left_out += 1;
                     }
@@ -144,7 +176,7 @@ impl Pieces {
                 }
                 Event::PartitionEnd => {
                     if let Some(piece) = current.take() {
-                        emit(piece, records.split().freeze(), held.take());
+                        emit(piece, std::mem::take(records), held.take());
                     }
                 }
             }
@@ -183,7 +215,7 @@ mod tests {
         body.extend(&records);
         let mut pieces = Pieces::new(4, 1 << 20, None).unwrap();
         let mut got = Vec::new();
-        let mut emit = |p: FetchPiece, r: Bytes, _| got.push((p.continuation, r.len()));
+        let mut emit = |p: FetchPiece, r: Batches, _| got.push((p.continuation, r.len()));
         for c in body.chunks(65536) {
             pieces.feed(c, &mut emit).unwrap();
         }
@@ -213,7 +245,7 @@ mod tests {
         let mut pieces = Pieces::new(4, 1 << 20, Some(budget.clone())).unwrap();
         // The observer holds each piece's charge until it has read it: here, to the end.
         let (mut got, mut kept) = (Vec::new(), Vec::new());
-        let mut emit = |p: FetchPiece, r: Bytes, held: Option<OwnedSemaphorePermit>| {
+        let mut emit = |p: FetchPiece, r: Batches, held: Option<OwnedSemaphorePermit>| {
             got.push((p.partition, p.left_out, r.len(), held.as_ref().map_or(0, |h| h.num_permits())));
             kept.push(held);
         };
@@ -233,7 +265,7 @@ mod tests {
         let budget = Arc::new(Semaphore::new(batch.len()));
         let mut pieces = Pieces::new(4, 1 << 20, Some(budget.clone())).unwrap();
         let (mut left_out, mut kept) = (0, Vec::new());
-        let mut emit = |p: FetchPiece, _: Bytes, held| {
+        let mut emit = |p: FetchPiece, _: Batches, held| {
             left_out += p.left_out;
             kept.push(held);
         };
