@@ -482,15 +482,21 @@ mod tests {
         }
     }
 
-    /// A batch whole in its chunk is lent; one that arrived split is handed over in a buffer of exactly
-    /// its size, and the reader keeps no buffer afterwards.
-    #[test]
-    fn a_split_batch_is_handed_over_in_a_buffer_of_its_size() {
+    /// Two uncompressed batches of one partition (v11): the batches, and the response body holding them.
+    fn two_batches() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let a = test_batch(10, &[1000, 2000], Compression::None);
         let b = test_batch(12, &[3000], Compression::None);
         let mut two = a.clone();
         two.extend(&b);
         let body = body(11, vec![("orders", 0, Some(two))]);
+        (a, b, body)
+    }
+
+    /// A batch whole in its chunk is lent; one that arrived split is handed over in a buffer of exactly
+    /// its size, and the reader keeps no buffer afterwards.
+    #[test]
+    fn a_split_batch_is_handed_over_in_a_buffer_of_its_size() {
+        let (a, b, body) = two_batches();
         // The first batch is cut by the chunk boundary; the second arrives whole in the second chunk.
         let cut = body.len() - b.len() - 10;
         let mut r = FetchStream::any(11, 1 << 20);
@@ -513,11 +519,7 @@ mod tests {
 
     #[test]
     fn a_split_batch_the_sink_refuses_to_buffer_is_passed_over() {
-        let a = test_batch(10, &[1000, 2000], Compression::None);
-        let b = test_batch(12, &[3000], Compression::None);
-        let mut two = a.clone();
-        two.extend(&b);
-        let body = body(11, vec![("orders", 0, Some(two))]);
+        let (a, b, body) = two_batches();
         // In 20-byte chunks both batches are split; the first is refused, the second kept.
         let mut r = FetchStream::any(11, 1 << 20);
         let (mut asked, mut told) = (Vec::new(), Vec::new());
