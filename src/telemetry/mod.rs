@@ -96,18 +96,20 @@ pub struct SetTogether {
 }
 
 impl SetTogether {
-    /// An integer gauge family in this group (registered with it, by [`SetTogether::register`]).
-    pub fn int_gauges<const N: usize>(&mut self, s: Spec<'_, N>) -> IntGauges<N> {
-        let family = IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric");
+    /// `family` in this group, handed back (registered with the group, by [`SetTogether::register`]).
+    fn add<M: Collector + Clone + 'static>(&mut self, family: M) -> M {
         self.members.push(std::sync::Arc::new(family.clone()));
-        Family(family)
+        family
+    }
+
+    /// An integer gauge family in this group.
+    pub fn int_gauges<const N: usize>(&mut self, s: Spec<'_, N>) -> IntGauges<N> {
+        Family(self.add(int_gauge_vec(s)))
     }
 
     /// A float gauge family in this group.
     pub fn gauges<const N: usize>(&mut self, s: Spec<'_, N>) -> Gauges<N> {
-        let family = GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric");
-        self.members.push(std::sync::Arc::new(family.clone()));
-        Family(family)
+        Family(self.add(gauge_vec(s)))
     }
 
     /// Registers the group's families in `registry`, as one collector.
@@ -142,18 +144,22 @@ pub fn counters<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Counters
 
 /// An integer gauge family, registered.
 pub fn int_gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> IntGauges<N> {
-    Family(register(
-        registry,
-        IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
-    ))
+    Family(register(registry, int_gauge_vec(s)))
+}
+
+/// An integer gauge family, not registered yet.
+fn int_gauge_vec<const N: usize>(s: Spec<'_, N>) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric")
 }
 
 /// A float gauge family, registered.
 pub fn gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Gauges<N> {
-    Family(register(
-        registry,
-        GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
-    ))
+    Family(register(registry, gauge_vec(s)))
+}
+
+/// A float gauge family, not registered yet.
+fn gauge_vec<const N: usize>(s: Spec<'_, N>) -> GaugeVec {
+    GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric")
 }
 
 /// A histogram family with the given buckets, registered.

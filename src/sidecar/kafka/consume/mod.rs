@@ -621,19 +621,17 @@ impl Consumption {
         // Label values are bounded before the lock; a scrape waits only for the sets themselves.
         let gauges: Vec<_> = gauges
             .into_iter()
-            .map(|g| match g {
-                Gauge::Set {
-                    labels: [group, topic, partition],
-                    offset,
-                    lag,
-                    seconds,
-                } => (
-                    [self.groups.label(&group), self.metrics.topic_label(&topic), partition],
-                    Some((offset, lag, seconds)),
-                ),
-                Gauge::Remove([group, topic, partition]) => {
-                    ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], None)
-                }
+            .map(|g| {
+                let ([group, topic, partition], set) = match g {
+                    Gauge::Set {
+                        labels,
+                        offset,
+                        lag,
+                        seconds,
+                    } => (labels, Some((offset, lag, seconds))),
+                    Gauge::Remove(labels) => (labels, None),
+                };
+                ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], set)
             })
             .collect();
         let _together = m.partitions.update();
