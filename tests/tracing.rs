@@ -161,20 +161,25 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
     // The read model commits 20 records, falls behind by 10 for a moment, then catches up.
     let mut lag_seen = None;
     let got = consume(&sidecar, "orders", "read-model", N, 20, || {
-        // Lag and offset at the commit of 20 in one scrape: the sidecar sets a partition's series
-        // together and a scrape reads them together (`telemetry::SetTogether`), so the two agree.
-        lag_seen = Some(es.wait_metrics("lag of 10 at offset 20 measured by the sidecar", |m| {
+        // The scrape that shows lag 10 shows the offset of that commit too: the sidecar sets a
+        // partition's series together and a scrape reads them together (`telemetry::SetTogether`).
+        lag_seen = Some(es.wait_metrics("lag of 10 measured by the sidecar", |m| {
             let labels = [
                 ("consumergroup", "read-model"),
                 ("topic", "orders"),
                 ("partition", "0"),
                 ("source", "sidecar"),
             ];
-            (m.get("kafka_consumergroup_lag", &labels) == Some(10.0) && m.get("kafka_consumergroup_current_offset", &labels) == Some(20.0))
-                .then(|| m.get("kafka_consumergroup_lag_seconds", &labels))
+            (m.get("kafka_consumergroup_lag", &labels) == Some(10.0)).then(|| {
+                (
+                    m.get("kafka_consumergroup_lag_seconds", &labels),
+                    m.get("kafka_consumergroup_current_offset", &labels),
+                )
+            })
         }));
     });
-    let lag_seconds = lag_seen.unwrap();
+    let (lag_seconds, current) = lag_seen.unwrap();
+    assert_eq!(current, Some(20.0), "the committed offset beside lag 10, in the same scrape");
     // Lag seconds: the age of record 20, the first one not committed (refreshed every second).
     let r20 = got.iter().find(|r| r.offset == 20).unwrap();
     let age = (now_ms() - r20.timestamp_ms) as f64 / 1000.0;
