@@ -560,12 +560,15 @@ impl Consumption {
         self.refresh_at(Instant::now(), crate::kafka::now_ms());
     }
 
-    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock; the series
-    /// are looked up and set after it is released.
+    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock, and the
+    /// series' lock is taken before that one is let go: the observer's refresh after a commit and the
+    /// once-a-second one run on different threads, and without it the one that computed first could set
+    /// its older values last. The series are looked up and set after the state's lock is released.
     fn refresh_at(&self, now: Instant, now_ms: i64) {
-        let mut gauges = Vec::new();
+        let mut computed = Vec::new();
         let mut idle_windows = Vec::new();
-        {
+        let m = self.m();
+        let (gauges, _together) = {
             let mut state = self.lock();
             let State {
                 delivered,
@@ -594,7 +597,7 @@ impl Consumption {
             committed.retain(|(group, topic, partition), c| {
                 let labels = [group.clone(), topic.clone(), partition.to_string()];
                 if now.duration_since(c.seen) >= IDLE_EXPIRY {
-                    gauges.push(Gauge::Remove(labels));
+                    computed.push(Gauge::Remove(labels));
                     return false;
                 }
                 let lag = high_watermarks
@@ -608,7 +611,7 @@ impl Consumption {
                         .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0),
                     None => None,
                 };
-                gauges.push(Gauge::Set {
+                computed.push(Gauge::Set {
                     labels,
                     offset: c.offset,
                     lag,
@@ -616,25 +619,24 @@ impl Consumption {
                 });
                 true
             });
-        }
-        let m = self.m();
-        // Label values are bounded before the lock; a scrape waits only for the sets themselves.
-        let gauges: Vec<_> = gauges
-            .into_iter()
-            .map(|g| {
-                let ([group, topic, partition], set) = match g {
-                    Gauge::Set {
-                        labels,
-                        offset,
-                        lag,
-                        seconds,
-                    } => (labels, Some((offset, lag, seconds))),
-                    Gauge::Remove(labels) => (labels, None),
-                };
-                ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], set)
-            })
-            .collect();
-        let _together = m.partitions.update();
+            // Label values are bounded before the series' lock: a scrape waits only for the sets.
+            let bounded: Vec<_> = computed
+                .into_iter()
+                .map(|g| {
+                    let ([group, topic, partition], set) = match g {
+                        Gauge::Set {
+                            labels,
+                            offset,
+                            lag,
+                            seconds,
+                        } => (labels, Some((offset, lag, seconds))),
+                        Gauge::Remove(labels) => (labels, None),
+                    };
+                    ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], set)
+                })
+                .collect();
+            (bounded, m.partitions.update())
+        };
         for ([group, topic, partition], set) in gauges {
             let labels = [self.cluster.as_str(), group.as_str(), topic.as_str(), partition.as_str(), "sidecar"];
             match set {
@@ -797,6 +799,56 @@ mod tests {
                 let (offsets, lags) = (values("kafka_consumergroup_current_offset"), values("kafka_consumergroup_lag"));
                 for (topic, offset) in &offsets {
                     assert_eq!(offset + lags[topic], 1000.0, "{topic}: offset {offset} beside lag {}", lags[topic]);
+                }
+                scrapes += 1;
+            }
+            scrapes
+        });
+        assert!(scrapes > 0);
+    }
+
+    /// Refreshes publish in the order they computed: the observer's refresh after a commit and the
+    /// once-a-second one run on different threads, and a refresh that computed first must not set its
+    /// values after one that computed later. With commits only moving forward, no scrape may see a
+    /// partition's committed offset go back.
+    #[test]
+    fn a_scrape_never_sees_an_older_refresh_after_a_newer_one() {
+        const TOPICS: [&str; 8] = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+        let (c, registry) = consumption();
+        for t in TOPICS {
+            c.fetch_response(&fetch(t, 0, &[1; 4], 100_000), 11, &fetch_ask(t, 0), SystemTime::now());
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let scrapes = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for offset in 1..400 {
+                    for t in TOPICS {
+                        commit(&c, "g", t, offset, SystemTime::now());
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        c.refresh();
+                    }
+                });
+            }
+            let mut last: std::collections::BTreeMap<String, f64> = Default::default();
+            let mut scrapes = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for f in registry
+                    .gather()
+                    .iter()
+                    .filter(|f| f.name() == "kafka_consumergroup_current_offset")
+                {
+                    for m in f.get_metric() {
+                        let topic = m.get_label().iter().find(|l| l.name() == "topic").unwrap().value().to_string();
+                        let offset = m.get_gauge().value();
+                        let before = last.insert(topic.clone(), offset).unwrap_or(0.0);
+                        assert!(offset >= before, "{topic}: committed offset {offset} scraped after {before}");
+                    }
                 }
                 scrapes += 1;
             }
