@@ -191,11 +191,13 @@ fn many_consumers(receiver: &support::otlp::OtlpReceiver, consumers: usize, n: u
                 s.spawn(|| consume(&bootstrap, "many", n, 1));
             }
         });
+        let before_scrape = es.peak_rss();
         let m = es.scrape();
         println!(
-            "| {consumers} consumers at once, {n} records each, sidecar {name} | {:.1} s | peak RSS **{:.1} MB** | unobserved pieces {:.0} | untracked records {:.0} |",
+            "| {consumers} consumers at once, {n} records each, sidecar {name} | {:.1} s | peak RSS **{:.1} MB** ({:.1} before its scrape) | unobserved pieces {:.0} | untracked records {:.0} |",
             started.elapsed().as_secs_f64(),
             es.peak_rss() / 1e6,
+            before_scrape / 1e6,
             m.get("eventscope_kafka_unobserved_responses_total", &[]).unwrap_or(0.0),
             m.get("eventscope_kafka_untracked_records_total", &[]).unwrap_or(0.0)
         );

@@ -82,17 +82,22 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         let (tracer, export_task) = crate::telemetry::traces::Tracer::start(&export, trace_metrics.clone(), rx.clone())?;
         (tracer, export_task, crate::memory::spawn_release(rx.clone()))
     };
+    let proxy_metrics = (!sc.kafka_bootstrap.is_empty()).then(|| crate::telemetry::kafka::ProxyMetrics::new(registry));
+    let series = crate::admin::Series {
+        registry: registry.clone(),
+        written: proxy_metrics.iter().map(|m| m.consume.partitions.clone()).collect(),
+    };
     let mut tasks = vec![
         admin_thread.handle.spawn(crate::admin::serve(
             admin_listener,
-            crate::admin::State::new(registry.clone(), None).with_page(config.ui.page("sidecar")),
+            crate::admin::State::new(series, None).with_page(config.ui.page("sidecar")),
             rx.clone(),
         )),
         release_task,
     ];
     tasks.extend(export_task);
 
-    if !sc.kafka_bootstrap.is_empty() {
+    if let Some(proxy_metrics) = proxy_metrics {
         let listen = sc.kafka_listen;
         // trace_mode = "off" turns off the Kafka side's spans; the HTTP side still traces.
         let kafka_tracer = if sc.trace_mode == crate::telemetry::traces::TraceMode::Off {
@@ -100,7 +105,6 @@ pub async fn sidecar(config: Config) -> anyhow::Result<()> {
         } else {
             tracer.clone()
         };
-        let proxy_metrics = crate::telemetry::kafka::ProxyMetrics::new(registry);
         let upstream = sc.kafka_bootstrap.to_string();
         let proxy = crate::sidecar::kafka::Proxy::start(sc.clone(), proxy_metrics, kafka_tracer, rx.clone())
             .await

@@ -61,11 +61,39 @@ pub trait Collection: Send + Sync + 'static {
 /// What the admin server serves.
 #[derive(Clone)]
 pub struct State {
-    registry: Registry,
+    series: Series,
     collection: Option<Arc<dyn Collection>>,
     page: Arc<Page>,
-    /// Registries the page reads besides this server's own (the demo's sidecar), not served by `/metrics`.
-    page_also: Vec<Registry>,
+    /// Series the page reads besides this server's own (the demo's sidecar), not served by `/metrics`.
+    page_also: Vec<Series>,
+}
+
+/// A role's series besides a collection's: its registry's, and the rows it writes itself (the
+/// sidecar's per-partition series, which a registry would copy whole into protobuf on every scrape).
+#[derive(Clone)]
+pub struct Series {
+    pub registry: Registry,
+    pub written: Vec<crate::telemetry::partitions::PartitionSeries>,
+}
+
+impl Series {
+    /// The series in the text format.
+    fn render(&self) -> String {
+        let mut text = crate::telemetry::render_registry(&self.registry);
+        for w in &self.written {
+            w.render(&mut text);
+        }
+        text
+    }
+}
+
+impl From<Registry> for Series {
+    fn from(registry: Registry) -> Series {
+        Series {
+            registry,
+            written: Vec::new(),
+        }
+    }
 }
 
 /// The page's view: the sampler and its last document.
@@ -76,19 +104,19 @@ struct Page {
 
 impl State {
     /// The page is a collector's with a collection, a sidecar's without; [`State::with_page`] says otherwise.
-    pub fn new(registry: Registry, collection: Option<Arc<dyn Collection>>) -> State {
+    pub fn new(series: impl Into<Series>, collection: Option<Arc<dyn Collection>>) -> State {
         let role = if collection.is_some() { "collector" } else { "sidecar" };
         State {
-            registry,
+            series: series.into(),
             collection,
             page: Arc::new(Page::new(view::PageConfig { role, trace_url: None })),
             page_also: Vec::new(),
         }
     }
 
-    /// The page also shows `registry`'s series (`/metrics` does not: a family must appear once there).
-    pub fn with_page_also(mut self, registry: Registry) -> State {
-        self.page_also.push(registry);
+    /// The page also shows these series (`/metrics` does not: a family must appear once there).
+    pub fn with_page_also(mut self, series: impl Into<Series>) -> State {
+        self.page_also.push(series.into());
         self
     }
 
@@ -101,7 +129,7 @@ impl State {
     /// Rebuilds the page's view from what `/metrics` would serve now.
     fn sample_view(&self) {
         let (series, own) = self.render();
-        let also: Vec<String> = self.page_also.iter().map(crate::telemetry::render_registry).collect();
+        let also: Vec<String> = self.page_also.iter().map(Series::render).collect();
         // Our own renders are UTF-8: borrowed, not copied (a large collector's text is tens of MB).
         let (series, own) = (String::from_utf8_lossy(&series), String::from_utf8_lossy(&own));
         let mut parts = vec![series.as_ref(), own.as_ref()];
@@ -117,7 +145,7 @@ impl State {
     /// The whole `/metrics` body in two parts: the collection's series and the registry's.
     pub fn render(&self) -> (Bytes, Bytes) {
         let collection = self.collection.as_ref().map(|c| c.render()).unwrap_or_default();
-        (collection, Bytes::from(crate::telemetry::render_registry(&self.registry)))
+        (collection, Bytes::from(self.series.render()))
     }
 
     fn waiting(&self) -> Vec<String> {

@@ -113,7 +113,12 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     // The services' sidecar: they connect to it, it relays to the cluster.
     let sidecar_registry = prometheus::Registry::new();
     crate::telemetry::register_process(&sidecar_registry);
-    let (proxy, through, export_task) = start_sidecar(&bootstrap, &sidecar_registry, rx.clone()).await?;
+    let proxy_metrics = crate::telemetry::kafka::ProxyMetrics::new(&sidecar_registry);
+    let sidecar_series = crate::admin::Series {
+        registry: sidecar_registry.clone(),
+        written: vec![proxy_metrics.consume.partitions.clone()],
+    };
+    let (proxy, through, export_task) = start_sidecar(&bootstrap, &sidecar_registry, proxy_metrics, rx.clone()).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = vec![
@@ -159,9 +164,9 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     // The page beside the collector shows the sidecar's series too; each `/metrics` stays its own role's.
     let admin = crate::admin::State::new(registry, Some(shared.clone()))
         .with_page(page.clone())
-        .with_page_also(sidecar_registry.clone());
+        .with_page_also(sidecar_series.clone());
     let sidecar_page = crate::admin::view::PageConfig { role: "sidecar", ..page };
-    let sidecar_state = crate::admin::State::new(sidecar_registry, None).with_page(sidecar_page);
+    let sidecar_state = crate::admin::State::new(sidecar_series, None).with_page(sidecar_page);
     let mut tasks = vec![
         tokio::spawn(ClusterCollector::new(0, cluster, settings, shared.clone()).run(rx.clone())),
         tokio::spawn(reader.run(rx.clone())),
@@ -220,7 +225,12 @@ type Sidecar = (Arc<crate::sidecar::kafka::Proxy>, String, Option<tokio::task::J
 /// Starts the services' sidecar towards `bootstrap` on a free port of 127.0.0.1: the proxy, where the
 /// services connect, and its span export (over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, else
 /// nowhere: the trace context is still carried on).
-async fn start_sidecar(bootstrap: &str, registry: &prometheus::Registry, rx: watch::Receiver<bool>) -> anyhow::Result<Sidecar> {
+async fn start_sidecar(
+    bootstrap: &str,
+    registry: &prometheus::Registry,
+    proxy_metrics: crate::telemetry::kafka::ProxyMetrics,
+    rx: watch::Receiver<bool>,
+) -> anyhow::Result<Sidecar> {
     use crate::telemetry::traces::{ExportSettings, TraceMetrics, Tracer};
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let settings = crate::config::SidecarConfig {
@@ -239,7 +249,7 @@ async fn start_sidecar(bootstrap: &str, registry: &prometheus::Registry, rx: wat
     } else {
         (Tracer::disabled(metrics), None)
     };
-    let proxy = crate::sidecar::kafka::Proxy::start(settings, crate::telemetry::kafka::ProxyMetrics::new(registry), tracer, rx)
+    let proxy = crate::sidecar::kafka::Proxy::start(settings, proxy_metrics, tracer, rx)
         .await
         .map_err(|e| anyhow::anyhow!("the demo's sidecar cannot listen on 127.0.0.1:{port}: {e}"))?;
     Ok((proxy, format!("127.0.0.1:{port}"), export_task))

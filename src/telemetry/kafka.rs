@@ -3,7 +3,8 @@
 
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::{counters, histograms, register, Counters, Gauges, Histograms, IntGauges, SetTogether, Spec};
+use super::partitions::PartitionSeries;
+use super::{counters, histograms, register, Counters, Histograms, Spec};
 
 use super::contract::*;
 use super::labels::BoundedLabel;
@@ -228,12 +229,9 @@ impl ProxyMetrics {
 /// labels plus `source="sidecar"` where the meaning is the same.
 #[derive(Clone)]
 pub struct ConsumeMetrics {
-    pub lag: IntGauges<5>,
-    pub lag_seconds: Gauges<5>,
-    pub current_offset: IntGauges<5>,
-    /// `lag`, `lag_seconds` and `current_offset`, which a refresh sets together and a scrape reads
-    /// together.
-    pub partitions: SetTogether,
+    /// `kafka_consumergroup_lag`, `_lag_seconds` and `_current_offset` of every partition committed,
+    /// as the last refresh made them: written by `/metrics` itself, not kept in the registry.
+    pub partitions: PartitionSeries,
     pub consistency: Histograms<4>,
     pub delivery_latency: Histograms<1>,
     pub delivered: Counters<2>,
@@ -243,22 +241,8 @@ pub struct ConsumeMetrics {
 
 impl ConsumeMetrics {
     fn new(registry: &Registry) -> ConsumeMetrics {
-        let partition = [L_CLUSTER, L_GROUP, L_TOPIC, L_PARTITION, L_SOURCE];
-        let family = |f: &Family, labels| Spec {
-            name: f.name,
-            help: f.help,
-            labels,
-        };
-        let mut partitions = SetTogether::default();
-        let lag = partitions.int_gauges(family(&GROUP_LAG, partition));
-        let lag_seconds = partitions.gauges(family(&GROUP_LAG_SECONDS, partition));
-        let current_offset = partitions.int_gauges(family(&GROUP_CURRENT_OFFSET, partition));
-        partitions.register(registry);
         ConsumeMetrics {
-            lag,
-            lag_seconds,
-            current_offset,
-            partitions,
+            partitions: PartitionSeries::default(),
             consistency: histograms(
                 registry,
                 Spec {

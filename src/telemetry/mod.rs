@@ -15,6 +15,7 @@ pub mod contract;
 pub mod http;
 pub mod kafka;
 pub mod labels;
+pub mod partitions;
 pub mod route;
 pub mod saga;
 pub mod text;
@@ -81,57 +82,6 @@ impl<B: MetricVecBuilder> VecBuilder for MetricVec<B> {
 pub fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry.register(Box::new(metric.clone())).expect("a metric name registered once");
     metric
-}
-
-/// Families one writer sets together and a scrape reads together, registered as one collector: a
-/// scrape sees all of an update or none of it. `prometheus` sets each series atomically but not several
-/// together, so without this a scrape between two `set`s can read one partition's committed offset from
-/// before an update beside its lag from after it (seen in CI: lag 10 beside offset 14, whose lag was 6).
-/// The writer holds [`SetTogether::update`] while it sets; collecting holds the same lock while it copies
-/// these families, which takes microseconds, so neither side waits long on the other.
-#[derive(Clone, Default)]
-pub struct SetTogether {
-    lock: std::sync::Arc<std::sync::Mutex<()>>,
-    members: Vec<std::sync::Arc<dyn Collector>>,
-}
-
-impl SetTogether {
-    /// `family` in this group, handed back (registered with the group, by [`SetTogether::register`]).
-    fn add<M: Collector + Clone + 'static>(&mut self, family: M) -> M {
-        self.members.push(std::sync::Arc::new(family.clone()));
-        family
-    }
-
-    /// An integer gauge family in this group.
-    pub fn int_gauges<const N: usize>(&mut self, s: Spec<'_, N>) -> IntGauges<N> {
-        Family(self.add(int_gauge_vec(s)))
-    }
-
-    /// A float gauge family in this group.
-    pub fn gauges<const N: usize>(&mut self, s: Spec<'_, N>) -> Gauges<N> {
-        Family(self.add(gauge_vec(s)))
-    }
-
-    /// Registers the group's families in `registry`, as one collector.
-    pub fn register(&self, registry: &Registry) {
-        registry.register(Box::new(self.clone())).expect("a metric name registered once");
-    }
-
-    /// Held while the group's series are set (and removed): no scrape reads them meanwhile.
-    pub fn update(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Collector for SetTogether {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.members.iter().flat_map(|m| m.desc()).collect()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let _reading = self.update();
-        self.members.iter().flat_map(|m| m.collect()).collect()
-    }
 }
 
 /// A counter family, registered.

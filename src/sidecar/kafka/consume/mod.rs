@@ -29,8 +29,10 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 
 use crate::kafka::{batch, records};
+use crate::telemetry::contract::{L_CLUSTER, L_GROUP, L_PARTITION, L_SOURCE, L_TOPIC};
 use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
 use crate::telemetry::labels::BoundedLabel;
+use crate::telemetry::partitions::Row;
 use crate::telemetry::traces::{SpanGroup, SpanIds, Tracer};
 
 /// Runs of delivered records awaiting their commit, in all partitions together: 24 bytes each, 6 MB at
@@ -165,9 +167,14 @@ pub struct Consumption {
     cluster: String,
     decompress_limit: usize,
     max_batch: usize,
+    /// Refreshes so far, numbered under the state's lock: the order in which they were computed.
+    refreshes: std::sync::atomic::AtomicU64,
     /// Called while a batch is decoded (tests: to check that nothing waits on the observer meanwhile).
     #[cfg(test)]
     decode_hook: Mutex<Option<Box<dyn Fn() + Send>>>,
+    /// Called between a refresh's computing and its publishing (tests: to publish them out of order).
+    #[cfg(test)]
+    publish_hook: Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// What one partition of a Fetch response delivered, read without the state's lock.
@@ -199,16 +206,9 @@ impl Delivered {
     }
 }
 
-/// A lag series to set (or remove) once the state's lock is released.
-enum Gauge {
-    Set {
-        labels: [String; 3],
-        offset: i64,
-        lag: Option<i64>,
-        seconds: Option<f64>,
-    },
-    Remove([String; 3]),
-}
+/// A partition's series as a refresh computed them under the state's lock: group, topic, partition,
+/// committed offset, lag, lag seconds.
+type Computed = (String, String, i32, i64, Option<i64>, Option<f64>);
 
 impl Consumption {
     /// `max_batch`: record batches of Fetch responses larger than this are relayed, not read.
@@ -216,6 +216,7 @@ impl Consumption {
         Consumption {
             max_batch,
             state: Mutex::new(State::default()),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
             metrics,
             groups: BoundedLabel::new(MAX_GROUP_LABELS),
             tracer,
@@ -223,6 +224,8 @@ impl Consumption {
             decompress_limit,
             #[cfg(test)]
             decode_hook: Mutex::new(None),
+            #[cfg(test)]
+            publish_hook: Mutex::new(None),
         }
     }
 
@@ -239,12 +242,13 @@ impl Consumption {
     /// (the state may be half-updated) or stopped (nothing would update the series any more). Later
     /// traffic builds them again.
     pub fn reset(&self) {
-        *self.lock() = State::default();
+        let refresh = {
+            let mut state = self.lock();
+            *state = State::default();
+            self.next_refresh()
+        };
         let m = self.m();
-        let _together = m.partitions.update();
-        m.lag.reset();
-        m.lag_seconds.reset();
-        m.current_offset.reset();
+        m.partitions.clear(refresh);
         m.consistency.reset();
     }
 
@@ -560,15 +564,19 @@ impl Consumption {
         self.refresh_at(Instant::now(), crate::kafka::now_ms());
     }
 
-    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock, and the
-    /// series' lock is taken before that one is let go: the observer's refresh after a commit and the
-    /// once-a-second one run on different threads, and without it the one that computed first could set
-    /// its older values last. The series are looked up and set after the state's lock is released.
+    /// The next refresh's number; taken under the state's lock.
+    fn next_refresh(&self) -> u64 {
+        self.refreshes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock, and
+    /// numbered there: the observer's refresh after a commit and the once-a-second one run on different
+    /// threads, and the one that computed first is not published after the other. The rows are made
+    /// and published after the lock is released.
     fn refresh_at(&self, now: Instant, now_ms: i64) {
-        let mut computed = Vec::new();
+        let mut computed: Vec<Computed> = Vec::new();
         let mut idle_windows = Vec::new();
-        let m = self.m();
-        let (gauges, _together) = {
+        let refresh = {
             let mut state = self.lock();
             let State {
                 delivered,
@@ -594,12 +602,10 @@ impl Consumption {
                 }
                 keep
             });
-            committed.retain(|(group, topic, partition), c| {
-                let labels = [group.clone(), topic.clone(), partition.to_string()];
-                if now.duration_since(c.seen) >= IDLE_EXPIRY {
-                    computed.push(Gauge::Remove(labels));
-                    return false;
-                }
+            // A partition unseen for IDLE_EXPIRY is forgotten: its series go with the next rows.
+            committed.retain(|_, c| now.duration_since(c.seen) < IDLE_EXPIRY);
+            computed.reserve(committed.len());
+            for ((group, topic, partition), c) in committed.iter() {
                 let lag = high_watermarks
                     .get(&(topic.clone(), *partition))
                     .map(|(hw, _)| (hw - c.offset).max(0));
@@ -611,55 +617,32 @@ impl Consumption {
                         .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0),
                     None => None,
                 };
-                computed.push(Gauge::Set {
-                    labels,
-                    offset: c.offset,
-                    lag,
-                    seconds,
-                });
-                true
-            });
-            // Label values are bounded before the series' lock: a scrape waits only for the sets.
-            let bounded: Vec<_> = computed
-                .into_iter()
-                .map(|g| {
-                    let ([group, topic, partition], set) = match g {
-                        Gauge::Set {
-                            labels,
-                            offset,
-                            lag,
-                            seconds,
-                        } => (labels, Some((offset, lag, seconds))),
-                        Gauge::Remove(labels) => (labels, None),
-                    };
-                    ([self.groups.label(&group), self.metrics.topic_label(&topic), partition], set)
-                })
-                .collect();
-            (bounded, m.partitions.update())
+                computed.push((group.clone(), topic.clone(), *partition, c.offset, lag, seconds));
+            }
+            self.next_refresh()
         };
-        for ([group, topic, partition], set) in gauges {
-            let labels = [self.cluster.as_str(), group.as_str(), topic.as_str(), partition.as_str(), "sidecar"];
-            match set {
-                None => {
-                    m.lag.remove(labels);
-                    m.lag_seconds.remove(labels);
-                    m.current_offset.remove(labels);
-                }
-                Some((offset, lag, seconds)) => {
-                    m.current_offset.with(labels).set(offset);
-                    if let Some(lag) = lag {
-                        m.lag.with(labels).set(lag);
-                    }
-                    match (lag, seconds) {
-                        (None, _) => {}
-                        (Some(_), Some(s)) => m.lag_seconds.with(labels).set(s),
-                        (Some(_), None) => {
-                            m.lag_seconds.remove(labels);
-                        }
-                    }
-                }
+        let m = self.m();
+        let rows = computed
+            .into_iter()
+            .map(|(group, topic, partition, offset, lag, seconds)| {
+                let labels = [
+                    (L_CLUSTER, self.cluster.as_str()),
+                    (L_GROUP, &self.groups.label(&group)),
+                    (L_TOPIC, &self.metrics.topic_label(&topic)),
+                    (L_PARTITION, &partition.to_string()),
+                    (L_SOURCE, "sidecar"),
+                ];
+                Row::new(&labels, offset, lag, seconds)
+            })
+            .collect();
+        #[cfg(test)]
+        {
+            let hook = self.publish_hook.lock().expect("hook lock").clone();
+            if let Some(hook) = hook {
+                hook();
             }
         }
+        m.partitions.publish(refresh, rows);
         for (group, topic) in idle_windows {
             m.consistency.remove([&self.cluster, &group, &topic, "sidecar"]);
         }
@@ -669,6 +652,8 @@ impl Consumption {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
 
     use bytes::{BufMut, BytesMut};
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -729,14 +714,45 @@ mod tests {
         c.commit_response(&frame, 8, ask, at);
     }
 
-    fn series(registry: &prometheus::Registry, name: &str, label: &str) -> std::collections::BTreeSet<String> {
-        registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter())
-            .filter_map(|m| m.get_label().iter().find(|l| l.name() == label).map(|l| l.value().to_string()))
+    /// What a scrape of the sidecar shows: the registry's series and the partitions' rows, as (name,
+    /// labels, value). Label values here hold no comma or quote.
+    fn scrape(c: &Consumption, registry: &prometheus::Registry) -> Vec<(String, BTreeMap<String, String>, f64)> {
+        let mut text = crate::telemetry::render_registry(registry);
+        c.m().partitions.render(&mut text);
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("a sample");
+                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                let labels = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                    .collect();
+                (name.to_string(), labels, value.parse().expect("a value"))
+            })
             .collect()
+    }
+
+    /// The values of `label` among a scrape's series of the family `name` (a histogram's too).
+    fn series(c: &Consumption, registry: &prometheus::Registry, name: &str, label: &str) -> std::collections::BTreeSet<String> {
+        scrape(c, registry)
+            .into_iter()
+            .filter(|(n, _, _)| {
+                n.strip_prefix(name)
+                    .is_some_and(|rest| ["", "_bucket", "_sum", "_count"].contains(&rest))
+            })
+            .filter_map(|(_, labels, _)| labels.get(label).cloned())
+            .collect()
+    }
+
+    /// A partition's value of `name` (group, topic, partition 0) in a scrape.
+    fn value(c: &Consumption, registry: &prometheus::Registry, name: &str, group: &str, topic: &str) -> Option<f64> {
+        scrape(c, registry)
+            .into_iter()
+            .find(|(n, l, _)| n == name && l["consumergroup"] == group && l["topic"] == topic && l["partition"] == "0")
+            .map(|(_, _, v)| v)
     }
 
     /// Delivered records are measured at their commit: lag, lag seconds and a window per record.
@@ -751,12 +767,11 @@ mod tests {
             SystemTime::now(),
         );
         commit(&c, "readmodel", "orders", 4, SystemTime::now());
-        let labels = ["c", "readmodel", "orders", "0", "sidecar"];
-        assert_eq!(c.m().lag.with(labels).get(), 6);
-        assert!(c.m().lag_seconds.with(labels).get() >= 2.0);
+        assert_eq!(value(&c, &registry, "kafka_consumergroup_lag", "readmodel", "orders"), Some(6.0));
+        assert!(value(&c, &registry, "kafka_consumergroup_lag_seconds", "readmodel", "orders").unwrap() >= 2.0);
         let h = c.m().consistency.with(["c", "readmodel", "orders", "sidecar"]);
         assert_eq!(h.get_sample_count(), 4);
-        assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").contains("readmodel"));
+        assert!(series(&c, &registry, "kafka_consumergroup_lag", "consumergroup").contains("readmodel"));
     }
 
     /// A scrape reads a partition's committed offset and its lag from the same refresh: with a high
@@ -784,16 +799,12 @@ mod tests {
             });
             let mut scrapes = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let families = registry.gather();
-                let values = |name: &str| -> std::collections::BTreeMap<String, f64> {
-                    families
+                let samples = scrape(&c, &registry);
+                let values = |name: &str| -> BTreeMap<String, f64> {
+                    samples
                         .iter()
-                        .filter(|f| f.name() == name)
-                        .flat_map(|f| f.get_metric().iter())
-                        .map(|m| {
-                            let topic = m.get_label().iter().find(|l| l.name() == "topic").unwrap().value().to_string();
-                            (topic, m.get_gauge().value())
-                        })
+                        .filter(|(n, _, _)| n == name)
+                        .map(|(_, labels, v)| (labels["topic"].clone(), *v))
                         .collect()
                 };
                 let (offsets, lags) = (values("kafka_consumergroup_current_offset"), values("kafka_consumergroup_lag"));
@@ -807,54 +818,35 @@ mod tests {
         assert!(scrapes > 0);
     }
 
-    /// Refreshes publish in the order they computed: the observer's refresh after a commit and the
-    /// once-a-second one run on different threads, and a refresh that computed first must not set its
-    /// values after one that computed later. With commits only moving forward, no scrape may see a
-    /// partition's committed offset go back.
+    /// Refreshes are published in the order they computed: the observer's refresh after a commit and
+    /// the once-a-second one run on different threads. Here the once-a-second one computes offset 1 and
+    /// is held before it publishes; a commit of offset 2 is refreshed and published meanwhile; the held
+    /// one, published last, must not bring offset 1 back.
     #[test]
-    fn a_scrape_never_sees_an_older_refresh_after_a_newer_one() {
-        const TOPICS: [&str; 8] = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+    fn an_older_refresh_published_last_does_not_bring_older_values_back() {
         let (c, registry) = consumption();
-        for t in TOPICS {
-            c.fetch_response(&fetch(t, 0, &[1; 4], 100_000), 11, &fetch_ask(t, 0), SystemTime::now());
-        }
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let scrapes = std::thread::scope(|scope| {
-            scope.spawn(|| {
-                for offset in 1..400 {
-                    for t in TOPICS {
-                        commit(&c, "g", t, offset, SystemTime::now());
-                    }
-                }
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-            });
-            for _ in 0..2 {
-                scope.spawn(|| {
-                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                        c.refresh();
-                    }
-                });
+        c.fetch_response(&fetch("orders", 0, &[1; 4], 100), 11, &fetch_ask("orders", 0), SystemTime::now());
+        commit(&c, "g", "orders", 1, SystemTime::now());
+        let offset = || value(&c, &registry, "kafka_consumergroup_current_offset", "g", "orders");
+        assert_eq!(offset(), Some(1.0));
+        let (paused, held) = std::sync::mpsc::channel();
+        let (go, proceed) = std::sync::mpsc::channel::<()>();
+        let (armed, proceed) = (std::sync::atomic::AtomicBool::new(true), Mutex::new(proceed));
+        *c.publish_hook.lock().unwrap() = Some(std::sync::Arc::new(move || {
+            if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = paused.send(());
+                let _ = proceed.lock().unwrap().recv_timeout(Duration::from_secs(10));
             }
-            let mut last: std::collections::BTreeMap<String, f64> = Default::default();
-            let mut scrapes = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                for f in registry
-                    .gather()
-                    .iter()
-                    .filter(|f| f.name() == "kafka_consumergroup_current_offset")
-                {
-                    for m in f.get_metric() {
-                        let topic = m.get_label().iter().find(|l| l.name() == "topic").unwrap().value().to_string();
-                        let offset = m.get_gauge().value();
-                        let before = last.insert(topic.clone(), offset).unwrap_or(0.0);
-                        assert!(offset >= before, "{topic}: committed offset {offset} scraped after {before}");
-                    }
-                }
-                scrapes += 1;
-            }
-            scrapes
+        }));
+        std::thread::scope(|scope| {
+            let older = scope.spawn(|| c.refresh());
+            held.recv_timeout(Duration::from_secs(10)).expect("the first refresh computed");
+            commit(&c, "g", "orders", 2, SystemTime::now());
+            assert_eq!(offset(), Some(2.0));
+            go.send(()).unwrap();
+            older.join().unwrap();
         });
-        assert!(scrapes > 0);
+        assert_eq!(offset(), Some(2.0), "the refresh computed first was published after the newer one");
     }
 
     /// Defect 2: the observer held the state's lock while it decompressed every batch of a Fetch
@@ -890,7 +882,7 @@ mod tests {
         let (c, registry) = consumption();
         c.fetch_response(&fetch("orders", 0, &[1000; 3], 3), 11, &fetch_ask("orders", 0), SystemTime::now());
         commit(&c, "g", "orders", 1, SystemTime::now());
-        assert!(!series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
+        assert!(!series(&c, &registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _held = c.state.lock().unwrap();
             panic!("a bug while measuring");
@@ -898,12 +890,12 @@ mod tests {
         assert!(poisoned.is_err() && c.state.is_poisoned());
         c.reset();
         c.refresh();
-        assert!(series(&registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
-        assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
+        assert!(series(&c, &registry, "kafka_consumergroup_lag", "consumergroup").is_empty());
+        assert!(series(&c, &registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
         // Later traffic measures again.
         c.fetch_response(&fetch("orders", 3, &[1000; 2], 5), 11, &fetch_ask("orders", 3), SystemTime::now());
         commit(&c, "g", "orders", 4, SystemTime::now());
-        assert_eq!(c.m().lag.with(["c", "g", "orders", "0", "sidecar"]).get(), 1);
+        assert_eq!(value(&c, &registry, "kafka_consumergroup_lag", "g", "orders"), Some(1.0));
     }
 
     /// Defect 4: `consumergroup` came from client requests unbounded, and consistency series were never
@@ -914,15 +906,15 @@ mod tests {
         for g in 0..MAX_GROUP_LABELS + 50 {
             commit(&c, &format!("group-{g}"), "orders", 1, SystemTime::now());
         }
-        let groups = series(&registry, "kafka_consumergroup_current_offset", "consumergroup");
+        let groups = series(&c, &registry, "kafka_consumergroup_current_offset", "consumergroup");
         assert_eq!(groups.len(), MAX_GROUP_LABELS + 1, "{} groups", groups.len());
         assert!(groups.contains(crate::telemetry::labels::OTHER_LABEL));
-        let windows = series(&registry, "eventscope_consistency_window_seconds", "consumergroup");
+        let windows = series(&c, &registry, "eventscope_consistency_window_seconds", "consumergroup");
         assert_eq!(windows.len(), MAX_GROUP_LABELS + 1);
         // Idle past the expiry: every lag and window series goes.
         c.refresh_at(Instant::now() + IDLE_EXPIRY + Duration::from_secs(1), crate::kafka::now_ms());
-        assert!(series(&registry, "kafka_consumergroup_current_offset", "consumergroup").is_empty());
-        assert!(series(&registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
+        assert!(series(&c, &registry, "kafka_consumergroup_current_offset", "consumergroup").is_empty());
+        assert!(series(&c, &registry, "eventscope_consistency_window_seconds", "consumergroup").is_empty());
         assert!(c.lock().committed.is_empty());
     }
 
