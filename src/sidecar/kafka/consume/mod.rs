@@ -31,8 +31,8 @@ use opentelemetry::KeyValue;
 use crate::kafka::{batch, records};
 use crate::telemetry::contract::{L_CLUSTER, L_GROUP, L_PARTITION, L_SOURCE, L_TOPIC};
 use crate::telemetry::kafka::{ConsumeMetrics, ProxyErrorKind, ProxyMetrics};
-use crate::telemetry::labels::BoundedLabel;
-use crate::telemetry::partitions::Row;
+use crate::telemetry::labels::{BoundedLabel, OTHER_LABEL};
+use crate::telemetry::partitions::{self, Labels, Row};
 use crate::telemetry::traces::{SpanGroup, SpanIds, Tracer};
 
 /// Runs of delivered records awaiting their commit, in all partitions together: 24 bytes each, 6 MB at
@@ -76,6 +76,10 @@ struct Committed {
     offset: i64,
     client: String,
     seen: Instant,
+    /// Its series' label set (bounded), made at its first commit; `shared` if the group or the topic
+    /// is beyond its bound (`_other`), which other partitions then share.
+    labels: Labels,
+    shared: bool,
 }
 
 #[derive(Default)]
@@ -205,10 +209,6 @@ impl Delivered {
         });
     }
 }
-
-/// A partition's series as a refresh computed them under the state's lock: group, topic, partition,
-/// committed offset, lag, lag seconds.
-type Computed = (String, String, i32, i64, Option<i64>, Option<f64>);
 
 impl Consumption {
     /// `max_batch`: record batches of Fetch responses larger than this are relayed, not read.
@@ -498,15 +498,27 @@ impl Consumption {
                     continue;
                 }
                 let key = (ask.group.clone(), topic.clone(), p.partition_index);
-                if state.committed.len() < MAX_COMMITTED_PARTITIONS || state.committed.contains_key(&key) {
-                    state.committed.insert(
-                        key,
-                        Committed {
-                            offset,
-                            client: ask.client.clone(),
-                            seen: now,
-                        },
-                    );
+                if let Some(c) = state.committed.get_mut(&key) {
+                    (c.offset, c.seen) = (offset, now);
+                    if c.client != ask.client {
+                        c.client = ask.client.clone();
+                    }
+                } else if state.committed.len() < MAX_COMMITTED_PARTITIONS {
+                    let labels = partitions::labels(&[
+                        (L_CLUSTER, &self.cluster),
+                        (L_GROUP, &group),
+                        (L_TOPIC, &label),
+                        (L_PARTITION, &p.partition_index.to_string()),
+                        (L_SOURCE, "sidecar"),
+                    ]);
+                    let c = Committed {
+                        offset,
+                        client: ask.client.clone(),
+                        seen: now,
+                        labels,
+                        shared: group == OTHER_LABEL || label == OTHER_LABEL,
+                    };
+                    state.committed.insert(key, c);
                 }
                 let Some(part) = state.delivered.get_mut(&(ask.client.clone(), topic.clone(), p.partition_index)) else {
                     continue;
@@ -569,12 +581,12 @@ impl Consumption {
         self.refreshes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
-    /// [`Consumption::refresh`] as of `now`. The values are computed under the state's lock, and
-    /// numbered there: the observer's refresh after a commit and the once-a-second one run on different
-    /// threads, and the one that computed first is not published after the other. The rows are made
-    /// and published after the lock is released.
+    /// [`Consumption::refresh`] as of `now`. The rows are made under the state's lock, and numbered
+    /// there: the observer's refresh after a commit and the once-a-second one run on different threads,
+    /// and the one that made its rows first is not published after the other. They are published after
+    /// the lock is released.
     fn refresh_at(&self, now: Instant, now_ms: i64) {
-        let mut computed: Vec<Computed> = Vec::new();
+        let mut rows = Vec::new();
         let mut idle_windows = Vec::new();
         let refresh = {
             let mut state = self.lock();
@@ -604,8 +616,8 @@ impl Consumption {
             });
             // A partition unseen for IDLE_EXPIRY is forgotten: its series go with the next rows.
             committed.retain(|_, c| now.duration_since(c.seen) < IDLE_EXPIRY);
-            computed.reserve(committed.len());
-            for ((group, topic, partition), c) in committed.iter() {
+            rows.reserve(committed.len());
+            for ((_, topic, partition), c) in committed.iter() {
                 let lag = high_watermarks
                     .get(&(topic.clone(), *partition))
                     .map(|(hw, _)| (hw - c.offset).max(0));
@@ -617,24 +629,11 @@ impl Consumption {
                         .map(|appended_ms| (now_ms.saturating_sub(appended_ms)).max(0) as f64 / 1000.0),
                     None => None,
                 };
-                computed.push((group.clone(), topic.clone(), *partition, c.offset, lag, seconds));
+                rows.push(Row::new(c.labels.clone(), c.shared, c.offset, lag, seconds));
             }
             self.next_refresh()
         };
         let m = self.m();
-        let rows = computed
-            .into_iter()
-            .map(|(group, topic, partition, offset, lag, seconds)| {
-                let labels = [
-                    (L_CLUSTER, self.cluster.as_str()),
-                    (L_GROUP, &self.groups.label(&group)),
-                    (L_TOPIC, &self.metrics.topic_label(&topic)),
-                    (L_PARTITION, &partition.to_string()),
-                    (L_SOURCE, "sidecar"),
-                ];
-                Row::new(&labels, offset, lag, seconds)
-            })
-            .collect();
         #[cfg(test)]
         {
             let hook = self.publish_hook.lock().expect("hook lock").clone();
@@ -1011,6 +1010,8 @@ mod tests {
                     offset: 0,
                     client: "app".into(),
                     seen: Instant::now(),
+                    labels: partitions::labels(&[("partition", &i.to_string())]),
+                    shared: false,
                 },
             );
         }
