@@ -158,6 +158,7 @@ impl Proxy {
         ));
         let observer = {
             let (consumption, panic_consumption) = (consumption.clone(), consumption.clone());
+            let tick_consumption = consumption.clone();
             let (metrics, panic_metrics) = (metrics.clone(), metrics.clone());
             let tracer = tracer.clone();
             Observer::start(
@@ -172,6 +173,8 @@ impl Proxy {
                         Ask::Commit(ask) => consumption.commit_response(&o.frame, o.version, ask, at),
                     }
                 },
+                // Lag keeps growing between commits: recomputed once a second, off the relaying thread.
+                move || tick_consumption.refresh(),
                 move |why| {
                     panic_metrics.error(
                         ProxyErrorKind::ObserverPanic,
@@ -210,7 +213,8 @@ impl Proxy {
         let _ = self.permits.acquire_many(self.settings.max_connections as u32).await;
     }
 
-    /// Keeps the lag gauges current between commits; drops them if the observer is gone.
+    /// Withdraws the consumer measurements if the observer is gone (it refreshes them itself, once a
+    /// second), and frees its spare buffer once unused.
     async fn refresh_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -218,9 +222,7 @@ impl Proxy {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if self.observer.alive() {
-                        self.consumption.refresh();
-                    } else if !observer_lost {
+                    if !self.observer.alive() && !observer_lost {
                         // Nothing updates the measurements any more: withdraw them rather than serve
                         // frozen values as fresh.
                         observer_lost = true;

@@ -5,7 +5,7 @@
 //!
 //! - **Bounded**: responses waiting to be observed hold at most [`OBSERVE_BUDGET`] bytes; beyond it a
 //!   response is relayed but not observed, and the caller counts it.
-//! - **Contained**: a panic while observing one response is caught; `on_panic` is told (it counts it and
+//! - **Contained**: a panic while observing one response (or in the periodic work) is caught; `on_panic` is told (it counts it and
 //!   drops what the measurement held, so no frozen value is served as fresh) and the next response is
 //!   observed as usual. If the thread ends anyway, [`Observer::alive`] turns false and sends fail.
 //! - **Gathered**: while traffic flows the thread looks for hand-overs every [`GATHER`] rather than being
@@ -39,6 +39,11 @@ pub const GATHER: Duration = Duration::from_millis(2);
 /// Empty looks in a row after which the observer waits to be woken (traffic stopped: 100 ms).
 pub const IDLE_LOOKS: u32 = 50;
 
+/// How often the observer runs its periodic work (the lag refresh), busy or idle: on this thread, never
+/// on the one that relays traffic (a refresh of 10,000 partitions takes milliseconds,
+/// `benches/lag_refresh.rs`).
+pub const TICK: Duration = Duration::from_secs(1);
+
 /// A relayed response to observe, with what its request asked (`A`).
 pub struct Observation<A> {
     pub frame: Bytes,
@@ -71,10 +76,11 @@ impl<A: Send + 'static> Drop for AliveGuard<A> {
 }
 
 impl<A: Send + 'static> Observer<A> {
-    /// Starts the observer thread: `observe` is called for each observation until `shutdown` turns true;
-    /// `on_panic` after each observation whose `observe` panicked.
+    /// Starts the observer thread: `observe` is called for each observation until `shutdown` turns true,
+    /// `tick` every [`TICK`]; `on_panic` after each call of either that panicked.
     pub fn start(
         mut observe: impl FnMut(Observation<A>) + Send + 'static,
+        mut tick: impl FnMut() + Send + 'static,
         on_panic: impl Fn(String) + Send + 'static,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<Observer<A>>> {
@@ -89,7 +95,22 @@ impl<A: Send + 'static> Observer<A> {
         std::thread::Builder::new().name("eventscope-observer".into()).spawn(move || {
             let observer = &guard.0;
             let mut empty = IDLE_LOOKS;
+            let mut ticked = Instant::now();
+            let contained = |f: &mut dyn FnMut()| {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    on_panic(why);
+                }
+            };
             loop {
+                if ticked.elapsed() >= TICK {
+                    ticked = Instant::now();
+                    contained(&mut tick);
+                }
                 let o = match rx.try_recv() {
                     Ok(o) => o,
                     Err(TryRecvError::Disconnected) => return,
@@ -108,14 +129,12 @@ impl<A: Send + 'static> Observer<A> {
                 };
                 empty = 0;
                 let frame = o.frame.clone();
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| observe(o))) {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".into());
-                    on_panic(why);
-                }
+                let mut o = Some(o);
+                contained(&mut || {
+                    if let Some(o) = o.take() {
+                        observe(o)
+                    }
+                });
                 observer.give_back(frame);
             }
         })?;
@@ -223,6 +242,7 @@ mod tests {
                 }
                 seen_tx.send(o.ask).unwrap();
             },
+            || {},
             move |why| panic_tx.send(why).unwrap(),
             shutdown,
         )
@@ -240,11 +260,39 @@ mod tests {
         assert!(observer.reserve(OBSERVE_BUDGET as usize).is_some());
     }
 
+    /// The periodic work runs on the observer's thread while it is idle too, and a panic in it is
+    /// contained and told like one while observing.
+    #[test]
+    fn the_tick_runs_on_the_observers_thread_idle_or_not_and_is_contained() {
+        let (_stop, shutdown) = watch::channel(false);
+        let (tick_tx, tick_rx) = channel();
+        let (panic_tx, panic_rx) = channel();
+        let mut ticks = 0;
+        let _observer = Observer::start(
+            |_: Observation<u32>| {},
+            move || {
+                ticks += 1;
+                tick_tx.send(std::thread::current().name().map(String::from)).unwrap();
+                if ticks == 1 {
+                    panic!("tick {ticks}");
+                }
+            },
+            move |why| panic_tx.send(why).unwrap(),
+            shutdown,
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let thread = tick_rx.recv_timeout(TICK * 5).expect("a tick");
+            assert_eq!(thread.as_deref(), Some("eventscope-observer"));
+        }
+        assert!(panic_rx.recv_timeout(Duration::from_secs(1)).unwrap().contains("tick 1"));
+    }
+
     /// An observer whose thread is gone says so, and refuses what it can no longer observe.
     #[test]
     fn a_stopped_observer_is_not_alive_and_refuses() {
         let (stop, shutdown) = watch::channel(false);
-        let observer = Observer::start(|_: Observation<u32>| {}, |_| {}, shutdown).unwrap();
+        let observer = Observer::start(|_: Observation<u32>| {}, || {}, |_| {}, shutdown).unwrap();
         stop.send(true).unwrap();
         let mut gone = false;
         for _ in 0..100 {
