@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::telemetry::contract as m;
+use crate::telemetry::text::{parse_line, Line};
 
 /// How often the view is rebuilt (and the page refreshes).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -70,65 +71,6 @@ impl Section {
             Section::HttpTraceContext => &[m::L_SERVICE],
         }
     }
-}
-
-/// One sample line of the text format.
-#[derive(Debug, PartialEq)]
-struct Line<'a> {
-    name: &'a str,
-    labels: Vec<(&'a str, String)>,
-    value: f64,
-}
-
-impl Line<'_> {
-    fn label(&self, k: &str) -> Option<&str> {
-        self.labels.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses one line of the Prometheus text format (comments and malformed lines: `None`).
-fn parse_line(line: &str) -> Option<Line<'_>> {
-    if line.starts_with('#') || line.is_empty() {
-        return None;
-    }
-    let name_end = line.find(['{', ' '])?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        rest = after;
-        loop {
-            rest = rest.trim_start_matches(',');
-            if let Some(after) = rest.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let eq = rest.find("=\"")?;
-            let key = &rest[..eq];
-            rest = &rest[eq + 2..];
-            let mut value = String::new();
-            let mut chars = rest.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') => break i,
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    (_, c) => value.push(c),
-                }
-            };
-            labels.push((key, value));
-            rest = &rest[end + 1..];
-        }
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(Line { name, labels, value })
 }
 
 /// One row's raw values in one sample.
@@ -650,19 +592,6 @@ fn charts(section: Section, row: &Row) -> Vec<(&'static str, Option<f64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_parse_with_escapes_and_bad_lines_do_not() {
-        let l = parse_line(r#"x{a="1",b="q\"\\\n"} 2.5"#).unwrap();
-        assert_eq!(l.name, "x");
-        assert_eq!(l.labels, vec![("a", "1".to_string()), ("b", "q\"\\\n".to_string())]);
-        assert_eq!(l.value, 2.5);
-        assert_eq!(parse_line("y 3").unwrap().value, 3.0);
-        assert_eq!(parse_line(r#"z{le="+Inf"} +Inf"#).unwrap().value, f64::INFINITY);
-        for bad in ["# HELP x", "", "x{a=\"1\" 2", "x{a=1} 2", "x", "x{a=\"1\"} nope"] {
-            assert!(parse_line(bad).is_none(), "{bad}");
-        }
-    }
 
     /// The view reads the metric contract's series and nothing else: renaming one there without here fails.
     #[test]

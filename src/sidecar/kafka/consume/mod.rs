@@ -714,22 +714,15 @@ mod tests {
     }
 
     /// What a scrape of the sidecar shows: the registry's series and the partitions' rows, as (name,
-    /// labels, value). Label values here hold no comma or quote.
+    /// labels, value).
     fn scrape(c: &Consumption, registry: &prometheus::Registry) -> Vec<(String, BTreeMap<String, String>, f64)> {
         let mut text = crate::telemetry::render_registry(registry);
         c.m().partitions.render(&mut text);
         text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(crate::telemetry::text::parse_line)
             .map(|l| {
-                let (series, value) = l.rsplit_once(' ').expect("a sample");
-                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
-                let labels = labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                    .collect();
-                (name.to_string(), labels, value.parse().expect("a value"))
+                let labels = l.labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                (l.name.to_string(), labels, l.value)
             })
             .collect()
     }
