@@ -161,8 +161,8 @@ fn trace_context_from_producer_through_broker_to_consumer_over_otlp_grpc() {
     // The read model commits 20 records, falls behind by 10 for a moment, then catches up.
     let mut lag_seen = None;
     let got = consume(&sidecar, "orders", "read-model", N, 20, || {
-        // The scrape that shows lag 10 shows the offset of that commit too: the sidecar sets a
-        // partition's series together and a scrape reads them together (`telemetry::SetTogether`).
+        // The scrape that shows lag 10 shows the offset of that commit too: a scrape reads every
+        // partition's series from one refresh (`telemetry::partitions`).
         lag_seen = Some(es.wait_metrics("lag of 10 measured by the sidecar", |m| {
             let labels = [
                 ("consumergroup", "read-model"),

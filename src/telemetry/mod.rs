@@ -94,22 +94,18 @@ pub fn counters<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Counters
 
 /// An integer gauge family, registered.
 pub fn int_gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> IntGauges<N> {
-    Family(register(registry, int_gauge_vec(s)))
-}
-
-/// An integer gauge family, not registered yet.
-fn int_gauge_vec<const N: usize>(s: Spec<'_, N>) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric")
+    Family(register(
+        registry,
+        IntGaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// A float gauge family, registered.
 pub fn gauges<const N: usize>(registry: &Registry, s: Spec<'_, N>) -> Gauges<N> {
-    Family(register(registry, gauge_vec(s)))
-}
-
-/// A float gauge family, not registered yet.
-fn gauge_vec<const N: usize>(s: Spec<'_, N>) -> GaugeVec {
-    GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric")
+    Family(register(
+        registry,
+        GaugeVec::new(Opts::new(s.name, s.help), &s.labels).expect("valid metric"),
+    ))
 }
 
 /// A histogram family with the given buckets, registered.

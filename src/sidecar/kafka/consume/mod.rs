@@ -768,7 +768,7 @@ mod tests {
 
     /// A scrape reads a partition's committed offset and its lag from the same refresh: with a high
     /// watermark of 1,000 they always add up to 1,000, however the scrape falls between refreshes.
-    /// (Without [`crate::telemetry::SetTogether`] this read an offset beside the previous commit's lag
+    /// (With the series set one by one and no lock, this read an offset beside the previous commit's lag
     /// within a few hundred scrapes.)
     #[test]
     fn a_scrape_never_reads_an_offset_and_a_lag_from_different_refreshes() {
