@@ -5,9 +5,9 @@
 //!
 //! - **Bounded**: responses waiting to be observed hold at most [`OBSERVE_BUDGET`] bytes; beyond it a
 //!   response is relayed but not observed, and the caller counts it.
-//! - **Contained**: a panic while observing one response (or in the periodic work) is caught; `on_panic` is told (it counts it and
-//!   drops what the measurement held, so no frozen value is served as fresh) and the next response is
-//!   observed as usual. If the thread ends anyway, [`Observer::alive`] turns false and sends fail.
+//! - **Contained**: a panic while observing one response (or in the periodic work) is caught;
+//!   `on_panic` is told (it counts it and drops what the measurement held, so no frozen value is served
+//!   as fresh) and the next response is observed as usual. If the thread ends anyway, [`Observer::alive`] turns false and sends fail.
 //! - **Gathered**: while traffic flows the thread looks for hand-overs every [`GATHER`] rather than being
 //!   woken for each (a wake-up is a futex call on the relaying thread and a context switch: at 5,000
 //!   records/s they were most of the sidecar's CPU, perf); after [`IDLE_LOOKS`] empty looks it waits to
@@ -66,6 +66,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs `f`, catching a panic in it: `on_panic` is told why, and the thread goes on.
+fn contained(f: impl FnOnce(), on_panic: &impl Fn(String)) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        on_panic(why);
+    }
+}
+
 /// Marks the observer dead when its thread ends, however it ends.
 struct AliveGuard<A: Send + 'static>(Arc<Observer<A>>);
 
@@ -96,20 +108,10 @@ impl<A: Send + 'static> Observer<A> {
             let observer = &guard.0;
             let mut empty = IDLE_LOOKS;
             let mut ticked = Instant::now();
-            let contained = |f: &mut dyn FnMut()| {
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".into());
-                    on_panic(why);
-                }
-            };
             loop {
                 if ticked.elapsed() >= TICK {
                     ticked = Instant::now();
-                    contained(&mut tick);
+                    contained(&mut tick, &on_panic);
                 }
                 let o = match rx.try_recv() {
                     Ok(o) => o,
@@ -129,12 +131,7 @@ impl<A: Send + 'static> Observer<A> {
                 };
                 empty = 0;
                 let frame = o.frame.clone();
-                let mut o = Some(o);
-                contained(&mut || {
-                    if let Some(o) = o.take() {
-                        observe(o)
-                    }
-                });
+                contained(|| observe(o), &on_panic);
                 observer.give_back(frame);
             }
         })?;
